@@ -1,0 +1,5 @@
+"""`python -m batchroute` runs the command line."""
+
+from batchroute.cli import main
+
+main()

@@ -1,0 +1,58 @@
+"""The `batchroute` command line: a thin edge over the library.
+
+Each command lives in its own module and is imported only when it runs, so `batchroute sim`
+never pays for scikit-learn and `--help` stays fast. `BatchrouteError` is caught once, here, and
+turned into one clear line on stderr and the error's documented exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from batchroute import __version__
+from batchroute.errors import BatchrouteError
+
+__all__ = ["main"]
+
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("batchroute.cli.run", "run_command"),
+    "validate": ("batchroute.cli.validate", "validate_command"),
+    "plan": ("batchroute.cli.plan", "plan_command"),
+    "report": ("batchroute.cli.report", "report_command"),
+    "sim": ("batchroute.cli.sim", "sim_command"),
+    "train": ("batchroute.cli.train", "train_command"),
+    "eval-classifier": ("batchroute.cli.evaluate", "eval_classifier_command"),
+    "calibrate": ("batchroute.cli.calibrate", "calibrate_command"),
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target
+        command: click.Command = getattr(importlib.import_module(module_name), attr)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BatchrouteError as exc:
+            click.echo(f"batchroute: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="batchroute")
+def main() -> None:
+    """Run a dataset of prompts through the cheapest LLM that can handle each row."""

@@ -1,0 +1,426 @@
+"""The job file: its typed schema, and `load_job`, which validates it in full.
+
+A job file is YAML. `${VAR}` and `${VAR:-default}` are expanded from the environment before
+parsing. Every section is a frozen pydantic model with unknown keys refused, so a typo is an error
+naming the file and the key path rather than a silently ignored setting. API keys never live in
+the file: `endpoint.api_key_env` names the environment variable that holds the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from batchroute.errors import JobError
+from batchroute.sim.config import SimConfig
+
+__all__ = [
+    "SIMULATOR_URL",
+    "TIERS",
+    "BudgetConfig",
+    "ClassifierConfig",
+    "EndpointConfig",
+    "InputConfig",
+    "Job",
+    "JobConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PricesConfig",
+    "RequestConfig",
+    "RetryConfig",
+    "RoutingConfig",
+    "RunConfig",
+    "SignalOverride",
+    "TierConfig",
+    "load_job",
+    "parse_job",
+]
+
+TIERS: tuple[str, ...] = ("complex", "standard", "structured", "bulk")
+"""The tiers batchroute routes to, from the most to the least capable."""
+
+SIMULATOR_URL = "simulator"
+"""`endpoint.base_url: simulator` starts the embedded OpenAI-compatible simulator."""
+
+Tier = Literal["complex", "standard", "structured", "bulk"]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Price = Annotated[Decimal, Field(ge=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Section):
+    """Where the prompts are and how the file's columns map onto a request."""
+
+    path: Path
+    format: Literal["jsonl", "csv", "parquet", "openai_batch"] | None = None
+    """Inferred from the extension (after any .gz/.zst) when not given."""
+    compression: Literal["gzip", "zstd", "none"] | None = None
+    """Inferred from the extension when not given."""
+    encoding: Literal["utf-8", "utf-8-sig", "latin-1", "cp1252", "utf-16"] = "utf-8"
+    id_column: str | None = None
+    """Without one, a row's id is its 1-based row number in the file."""
+    prompt_column: str = "prompt"
+    messages_column: str | None = None
+    """A column holding a list of chat messages; it stands in place of `prompt_column`."""
+    system_prompt: str | None = None
+    system_prompt_column: str | None = None
+    metadata_columns: tuple[str, ...] = ()
+    """Columns copied unchanged into results.parquet."""
+    tier_hint_column: str = "tier"
+    """A metadata column whose value, when present, names the row's tier."""
+    json_output_column: str = "json_output"
+    """A metadata column whose truthy value routes the row to `structured`."""
+    on_invalid_row: Literal["fail", "skip"] = "fail"
+    allow_duplicate_ids: bool = False
+
+    @model_validator(mode="after")
+    def _one_system_prompt(self) -> InputConfig:
+        if self.system_prompt is not None and self.system_prompt_column is not None:
+            raise ValueError("give either system_prompt or system_prompt_column, not both")
+        return self
+
+
+class EndpointConfig(_Section):
+    """An OpenAI-compatible server: OpenAI, a gateway, vLLM, Ollama, or the simulator."""
+
+    base_url: str = SIMULATOR_URL
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """The environment variable holding the key; None for servers that need none."""
+    timeout_s: PositiveFloat = 60.0
+    headers: Mapping[str, str] = Field(default_factory=dict)
+
+    @property
+    def is_simulator(self) -> bool:
+        return self.base_url == SIMULATOR_URL
+
+
+class RequestConfig(_Section):
+    """Chat-completion parameters; a tier may override any of them."""
+
+    max_tokens: PositiveInt | None = 1024
+    temperature: float | None = None
+    expected_output_tokens: PositiveInt | None = None
+    """What `plan` and the budget assume a response costs; defaults to `max_tokens`."""
+    params: Mapping[str, Any] = Field(default_factory=dict)
+    """Any further body fields, sent as they are (e.g. response_format, top_p, seed)."""
+
+    def merged(self, override: RequestConfig | None) -> RequestConfig:
+        """This request with the fields an override sets explicitly laid on top."""
+        if override is None:
+            return self
+        data = self.model_dump()
+        for key in override.model_fields_set:
+            value = getattr(override, key)
+            data[key] = {**data["params"], **value} if key == "params" else value
+        return RequestConfig.model_validate(data)
+
+    def body_fields(self) -> dict[str, Any]:
+        """The request fields as they go into a chat-completions body."""
+        body: dict[str, Any] = dict(self.params)
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        return body
+
+    @property
+    def wants_json(self) -> bool:
+        fmt = self.params.get("response_format")
+        return isinstance(fmt, Mapping) and fmt.get("type") in {"json_object", "json_schema"}
+
+
+class TierConfig(_Section):
+    """The model a tier routes to, with optional request overrides."""
+
+    model: str
+    request: RequestConfig | None = None
+
+
+class ModelConfig(_Section):
+    """One model: its price (overriding the price table), limits and fallback."""
+
+    api_model: str | None = None
+    """The name sent to the endpoint, when it differs from the job's name for the model."""
+    endpoint: str | None = None
+    """A key of `endpoints`; the job's `endpoint` when not given."""
+    input_per_mtok: Price | None = None
+    output_per_mtok: Price | None = None
+    cached_input_per_mtok: Price | None = None
+    reasoning_per_mtok: Price | None = None
+    context_window: PositiveInt | None = None
+    fallback: str | None = None
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_concurrency: PositiveInt = 64
+
+
+class SignalOverride(_Section):
+    """Changes to one tier's default signals: replace them, or add and remove some."""
+
+    replace: tuple[str, ...] | None = None
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+RuleName = Literal["metadata", "json_output", "structured", "complex", "long_prompt", "bulk"]
+
+
+class ClassifierConfig(_Section):
+    """Which classifier decides tiers: the rules alone, or a trained model before the rules."""
+
+    kind: Literal["rules", "model"] = "rules"
+    path: Path | None = None
+    min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.6
+
+    @model_validator(mode="after")
+    def _model_needs_path(self) -> ClassifierConfig:
+        if self.kind == "model" and self.path is None:
+            raise ValueError("kind: model needs a path to a file made by `batchroute train`")
+        return self
+
+
+class RoutingConfig(_Section):
+    """How rows are classified into tiers."""
+
+    order: tuple[RuleName, ...] = (
+        "metadata",
+        "json_output",
+        "structured",
+        "complex",
+        "long_prompt",
+        "bulk",
+    )
+    long_prompt_words: PositiveInt = 1000
+    signals: Mapping[Tier, SignalOverride] = Field(default_factory=dict)
+    classifier: ClassifierConfig = ClassifierConfig()
+
+
+class RetryConfig(_Section):
+    """batchroute's own retry loop (the SDK's retries are always off)."""
+
+    max_attempts_per_row: PositiveInt = 8
+    """A hard cap on HTTP attempts for one row over its whole fallback chain."""
+    max_retries_per_model: Annotated[int, Field(ge=0)] = 3
+    """Retries of a retryable error on one model before moving down the chain."""
+    backoff_initial_s: PositiveFloat = 0.5
+    backoff_max_s: PositiveFloat = 30.0
+
+
+class BudgetConfig(_Section):
+    """A hard cap on spend; `--max-cost` on the command line overrides it."""
+
+    max_cost_usd: Annotated[Decimal, Field(gt=0)] | None = None
+
+
+class PricesConfig(_Section):
+    """Where prices come from, beyond the shipped table and the models' own fields."""
+
+    file: Path | None = None
+    """A price file: batchroute's own YAML/JSON table, or LiteLLM's JSON format."""
+    allow_unpriced: bool = False
+
+
+class OutputConfig(_Section):
+    """Where a run's files go and how often progress is made durable."""
+
+    dir: str = "runs/{name}/{date}"
+    """A template; fields: {name} (the job's name), {date} (YYYY-MM-DD), {time} (HHMMSS)."""
+    checkpoint_rows: PositiveInt = 1000
+    checkpoint_seconds: PositiveFloat = 5.0
+
+
+class RunConfig(_Section):
+    """How the run proceeds: in-flight caps, batch size, the stop grace period."""
+
+    max_in_flight: PositiveInt = 512
+    """A cap on requests in flight over all models together."""
+    batch_rows: PositiveInt = 10_000
+    """Rows read, classified and dispatched at a time: memory is bounded by this, not the file."""
+    grace_s: Annotated[float, Field(ge=0)] = 10.0
+    """How long in-flight requests may finish after SIGTERM/SIGINT."""
+
+
+class JobConfig(_Section):
+    """A whole job file."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    input: InputConfig
+    endpoint: EndpointConfig = EndpointConfig()
+    endpoints: Mapping[str, EndpointConfig] = Field(default_factory=dict)
+    request: RequestConfig = RequestConfig()
+    tiers: Mapping[Tier, str | TierConfig]
+    models: Mapping[str, ModelConfig]
+    baseline_model: str | None = None
+    routing: RoutingConfig = RoutingConfig()
+    retry: RetryConfig = RetryConfig()
+    budget: BudgetConfig = BudgetConfig()
+    prices: PricesConfig = PricesConfig()
+    output: OutputConfig = OutputConfig()
+    run: RunConfig = RunConfig()
+    simulator: SimConfig = SimConfig()
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> JobConfig:
+        if "standard" not in self.tiers:
+            raise ValueError("tiers: a job must map the 'standard' tier, where unmatched rows go")
+        for tier in self.tiers:
+            model = self.tier(tier).model
+            if model not in self.models:
+                raise ValueError(f"tiers.{tier} names '{model}', which is not a model in this job")
+        for name, model_cfg in self.models.items():
+            if model_cfg.fallback is not None and model_cfg.fallback not in self.models:
+                raise ValueError(
+                    f"models.{name}.fallback names '{model_cfg.fallback}', "
+                    "which is not a model in this job"
+                )
+            if model_cfg.endpoint is not None and model_cfg.endpoint not in self.endpoints:
+                raise ValueError(
+                    f"models.{name}.endpoint names '{model_cfg.endpoint}', "
+                    "which is not a key of endpoints"
+                )
+        if self.baseline_model is not None and self.baseline_model not in self.models:
+            raise ValueError(
+                f"baseline_model names '{self.baseline_model}', which is not a model in this job"
+            )
+        return self
+
+    def tier(self, tier: str) -> TierConfig:
+        """The tier's settings, with the short form `tier: model` expanded."""
+        spec = self.tiers[tier]  # type: ignore[index]
+        return TierConfig(model=spec) if isinstance(spec, str) else spec
+
+    def tier_request(self, tier: str) -> RequestConfig:
+        """The request settings for one tier: the job's, with the tier's overrides on top."""
+        return self.request.merged(self.tier(tier).request)
+
+    def chain(self, tier: str) -> tuple[str, ...]:
+        """The tier's model followed by its fallbacks, each model once (cycles are cut)."""
+        chain: list[str] = []
+        model: str | None = self.tier(tier).model
+        while model is not None and model not in chain:
+            chain.append(model)
+            model = self.models[model].fallback
+        return tuple(chain)
+
+    def endpoint_for(self, model: str) -> EndpointConfig:
+        """The endpoint a model is served from."""
+        key = self.models[model].endpoint
+        return self.endpoint if key is None else self.endpoints[key]
+
+    def api_model(self, model: str) -> str:
+        """The model name sent on the wire."""
+        return self.models[model].api_model or model
+
+
+class Job:
+    """A validated job: its config, where it came from, and the hash of its text."""
+
+    def __init__(self, config: JobConfig, *, path: Path, text_sha256: str) -> None:
+        self.config = config
+        self.path = path
+        self.text_sha256 = text_sha256
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the job resolve against the working directory, like a shell's."""
+        return Path.cwd()
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the job file, resolved against `base_dir`."""
+        return path if path.is_absolute() else self.base_dir / path
+
+    def __repr__(self) -> str:
+        return f"<Job {self.name!r} from {str(self.path)!r} [sha256: {self.text_sha256[:12]}]>"
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(text: str, *, path: Path) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name, default)
+        if value is None:
+            line = text.count("\n", 0, match.start()) + 1
+            raise JobError(
+                f"line {line} uses ${{{name}}}, but the environment variable {name} is not set; "
+                f"set it, or write ${{{name}:-default}}",
+                path=path,
+            )
+        return value
+
+    return _VAR.sub(replace, text)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif part in {"str", "TierConfig"} or "[" in str(part):
+            continue  # union branch names that pydantic inserts; they are not keys
+        else:
+            parts.append(("." if parts else "") + str(part))
+    return "".join(parts)
+
+
+def parse_job(data: Any, *, path: Path) -> JobConfig:
+    """Validate parsed YAML as a job, turning pydantic's errors into one readable `JobError`."""
+    if not isinstance(data, Mapping):
+        raise JobError("a job file must be a YAML mapping of settings", path=path)
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            key = _key_path(error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "is not a setting batchroute knows; check its spelling and indentation"
+            lines.append(f"{key}: {message}" if key else message)
+        raise JobError("; ".join(lines), path=path) from None
+
+
+def load_job(path: Path | str) -> Job:
+    """Read, expand and validate a job file, and check its prices; raise `JobError` if wrong."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise JobError("no such job file", path=path) from None
+    except OSError as exc:
+        raise JobError(f"cannot read the job file ({exc.strerror})", path=path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobError(f"is not UTF-8 text (byte {exc.start})", path=path) from None
+    expanded = _expand_env(text, path=path)
+    try:
+        data = yaml.safe_load(expanded)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise JobError(f"{where}is not valid YAML ({problem})", path=path) from None
+    config = parse_job(data, path=path)
+    job = Job(config, path=path, text_sha256=hashlib.sha256(raw).hexdigest())
+    from batchroute.prices import resolve_prices  # prices import config types
+
+    resolve_prices(job)  # raises PriceError for an unpriced model unless allowed
+    return job

@@ -1,0 +1,95 @@
+"""What the simulator does per model: latency, rate limits, faults, context windows.
+
+The same schema serves a job's `simulator:` section and the file `batchroute sim --config` reads,
+so a rehearsal of "the bulk model is down tonight" is one YAML edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["FaultRates", "SimConfig", "SimModelConfig"]
+
+Rate = Annotated[float, Field(ge=0, le=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FaultRates(_Section):
+    """Probabilities, per request, of each injected fault (drawn from a seeded generator)."""
+
+    rate_limit: Rate = 0.0
+    """A 429 with the real API's error body and a retry-after header."""
+    server_error: Rate = 0.0
+    """A 500."""
+    unavailable: Rate = 0.0
+    """A 503."""
+    hang: Rate = 0.0
+    """No answer for `hang_s`, longer than any sane client timeout."""
+    disconnect: Rate = 0.0
+    """The connection is closed without a response."""
+    malformed: Rate = 0.0
+    """A 200 whose body is not valid JSON."""
+    content_filter: Rate = 0.0
+    """A 200 whose choice ends with finish_reason content_filter and no content."""
+    hang_s: PositiveFloat = 300.0
+    retry_after_s: Annotated[float, Field(ge=0)] = 1.0
+    """The retry-after the injected 429s carry."""
+
+    @property
+    def total(self) -> float:
+        return (
+            self.rate_limit
+            + self.server_error
+            + self.unavailable
+            + self.hang
+            + self.disconnect
+            + self.malformed
+            + self.content_filter
+        )
+
+
+
+class SimModelConfig(_Section):
+    """How the simulator serves one model."""
+
+    latency_ms: Annotated[float, Field(ge=0)] = 0.0
+    latency_jitter_ms: Annotated[float, Field(ge=0)] = 0.0
+    rpm: Annotated[int, Field(gt=0)] | None = None
+    tpm: Annotated[int, Field(gt=0)] | None = None
+    limit_window_s: PositiveFloat = 60.0
+    """The sliding window the rpm/tpm limits are enforced over."""
+    per_second: bool = False
+    """Also enforce limit/60 in any one second, as OpenAI may ("quantised" enforcement)."""
+    not_found: bool = False
+    """Every request answers 404 model_not_found, as for a retired model."""
+    context_window: Annotated[int, Field(gt=0)] | None = None
+    """Prompt tokens plus max_tokens above this answer 400 context_length_exceeded."""
+    completion_tokens: Annotated[int, Field(gt=0)] | Literal["max_tokens"] | None = None
+    """Report this many completion tokens; by default, the length of the generated answer."""
+    cached_fraction: Rate = 0.0
+    """The share of prompt tokens reported as cached (prompt_tokens_details.cached_tokens)."""
+    reasoning_fraction: Rate = 0.0
+    """The share of completion tokens reported as reasoning tokens."""
+    faults: FaultRates = FaultRates()
+
+
+class SimConfig(_Section):
+    """The whole simulator: defaults for every model, and overrides per model."""
+
+    seed: int = 0
+    require_api_key: str | None = None
+    """When set, requests without `Authorization: Bearer <this>` answer 401."""
+    default: SimModelConfig = SimModelConfig()
+    """Applies to any model not named in `models` (the simulator serves every model name)."""
+    models: Mapping[str, SimModelConfig] = Field(default_factory=dict)
+
+    def for_model(self, model: str) -> SimModelConfig:
+        """The settings that apply to one model name."""
+        return self.models.get(model, self.default)
