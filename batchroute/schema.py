@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 import polars as pl
+from polars._typing import PolarsDataType
 
 __all__ = [
     "ATTEMPT_SCHEMA",
@@ -24,6 +25,10 @@ COST_DTYPE: Final = pl.Decimal(38, 12)
 """Money is exact: USD as a decimal with 12 places (a picodollar), summed without drift."""
 
 _TIME = pl.Datetime("us", "UTC")
+
+
+def _schema(columns: dict[str, PolarsDataType]) -> pl.Schema:
+    return pl.Schema(columns)
 
 
 class Status:
@@ -73,7 +78,7 @@ class ErrorType:
     ABORTED: Final = "aborted"
 
 
-INPUT_SCHEMA: Final = pl.Schema(
+INPUT_SCHEMA: Final = _schema(
     {
         "row_index": pl.Int64,
         "line": pl.Int64,
@@ -88,7 +93,7 @@ INPUT_SCHEMA: Final = pl.Schema(
 )
 """The normalised frame `dataset` yields, before the passthrough metadata columns."""
 
-RESULT_SCHEMA: Final = pl.Schema(
+RESULT_SCHEMA: Final = _schema(
     {
         "id": pl.String,
         "row_index": pl.Int64,
@@ -123,7 +128,7 @@ RESULT_SCHEMA: Final = pl.Schema(
 )
 """results.parquet, before the passthrough metadata columns, which follow in input order."""
 
-ATTEMPT_SCHEMA: Final = pl.Schema(
+ATTEMPT_SCHEMA: Final = _schema(
     {
         "id": pl.String,
         "row_index": pl.Int64,

@@ -41,6 +41,10 @@ class FaultRates(_Section):
     hang_s: PositiveFloat = 300.0
     retry_after_s: Annotated[float, Field(ge=0)] = 1.0
     """The retry-after the injected 429s carry."""
+    active_from_s: Annotated[float, Field(ge=0)] = 0.0
+    """Faults are drawn only from this many seconds after the server starts (or `/sim/reset`)."""
+    active_until_s: PositiveFloat | None = None
+    """...and only until this many seconds after it; None for ever. A burst is a window."""
 
     @property
     def total(self) -> float:
@@ -53,7 +57,6 @@ class FaultRates(_Section):
             + self.malformed
             + self.content_filter
         )
-
 
 
 class SimModelConfig(_Section):

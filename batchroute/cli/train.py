@@ -1,0 +1,57 @@
+"""`batchroute train LABELED.csv --out MODEL`: learn text → tier from labelled examples."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from batchroute.classify.evaluate import read_labelled
+from batchroute.classify.learned import save_model, train_classifier
+
+__all__ = ["train_command"]
+
+
+@click.command("train")
+@click.argument("labelled", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The model file to write; a job names it in routing.classifier.path.",
+)
+@click.option(
+    "--cv-folds",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Report stratified k-fold accuracy on the training set first (0 skips it).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for CV and the fit.")
+def train_command(labelled: Path, out_path: Path, cv_folds: int, seed: int) -> None:
+    """Train the optional classifier (needs `pip install 'batchroute[ml]'`) on prompt,tier rows."""
+    prompts, tiers = read_labelled(labelled)
+    counts = Counter(tiers)
+    folds = cv_folds if cv_folds >= 2 and min(counts.values()) >= cv_folds else 0
+    model = train_classifier(prompts, tiers, seed=seed, cv_folds=folds)
+    path = save_model(model, out_path)
+    console = Console(soft_wrap=True)
+    table = Table(title=f"Trained on {labelled}")
+    table.add_column("tier")
+    table.add_column("examples", justify="right")
+    for tier in model.tiers:
+        table.add_row(tier, f"{counts[tier]:,}")
+    console.print(table)
+    if model.cv_accuracy is not None:
+        console.print(f"{folds}-fold cross-validated accuracy: {model.cv_accuracy:.1%}")
+    elif cv_folds >= 2:
+        console.print(f"Skipped {cv_folds}-fold CV: a tier has fewer than {cv_folds} examples.")
+    console.print(f"Wrote {path}")
+    console.print(
+        "Use it in a job: routing: {classifier: {kind: model, path: "
+        f"{path}, min_confidence: 0.6}}}}"
+    )

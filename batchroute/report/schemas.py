@@ -1,0 +1,140 @@
+"""The stable schemas of a run's report files; finance queries them with DuckDB or polars.
+
+Each is a public contract documented in the README: add columns at the end, never rename or
+retype one. Money is `COST_DTYPE` (exact USD to 12 places); `price_source` and `price_sha256`
+on every file name the prices that produced its figures.
+
+- `cost_report.parquet`: per tier and model (the model that answered, else the one requested).
+- `cost_totals.parquet`: one row, each count, token and cost column the exact sum of the above.
+- `tier_distribution.parquet`: rows and share per tier, how tiers were chosen, and the
+  forecast beside the actual cost when the run directory holds a plan.parquet.
+- `savings.parquet`: one row; the answered rows' tokens priced as they ran, on the baseline model
+  and on the job's most expensive model for these tokens, with savings in USD and percent.
+- `model_attempts.parquet`: HTTP attempts and failures per model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import polars as pl
+
+from batchroute.schema import COST_DTYPE
+
+__all__ = [
+    "COST_REPORT_SCHEMA",
+    "COST_TOTALS_SCHEMA",
+    "MODEL_ATTEMPTS_SCHEMA",
+    "REPORT_FILES",
+    "SAVINGS_SCHEMA",
+    "TIER_DISTRIBUTION_SCHEMA",
+]
+
+_TIME = pl.Datetime("us", "UTC")
+PRICE_COLUMNS: dict[str, Any] = {"price_source": pl.String, "price_sha256": pl.String}
+"""Where the prices came from, and the hash of the resolved prices."""
+
+COUNT_COLUMNS: dict[str, Any] = {
+    "rows": pl.Int64,
+    "ok": pl.Int64,
+    "failed": pl.Int64,
+    "skipped": pl.Int64,
+    "fallback_rows": pl.Int64,
+    "input_tokens": pl.Int64,
+    "output_tokens": pl.Int64,
+    "cached_tokens": pl.Int64,
+    "reasoning_tokens": pl.Int64,
+    "failed_input_tokens": pl.Int64,
+    "failed_output_tokens": pl.Int64,
+    "cost_usd": COST_DTYPE,
+    "failed_cost_usd": COST_DTYPE,
+    "total_cost_usd": COST_DTYPE,
+    "baseline_cost_usd": COST_DTYPE,
+    "unpriced": pl.Boolean,
+    "unpriced_rows": pl.Int64,
+    "latency_p50_ms": pl.Float64,
+    "latency_p95_ms": pl.Float64,
+}
+
+COST_REPORT_SCHEMA: Final = pl.Schema(
+    {"tier": pl.String, "model": pl.String, **COUNT_COLUMNS, **PRICE_COLUMNS}
+)
+"""cost_report.parquet. Tokens are the answered rows' usage; failed_* are failed attempts'."""
+
+COST_TOTALS_SCHEMA: Final = pl.Schema({**COUNT_COLUMNS, **PRICE_COLUMNS})
+"""cost_totals.parquet: one row; latency quantiles are over all answered rows."""
+
+TIER_DISTRIBUTION_SCHEMA: Final = pl.Schema(
+    {
+        "tier": pl.String,
+        "model": pl.String,
+        "rows": pl.Int64,
+        "share": pl.Float64,
+        "ok": pl.Int64,
+        "failed": pl.Int64,
+        "fallback_rows": pl.Int64,
+        "metadata_rows": pl.Int64,
+        "rule_rows": pl.Int64,
+        "classifier_rows": pl.Int64,
+        "default_rows": pl.Int64,
+        "cost_usd": COST_DTYPE,
+        "total_cost_usd": COST_DTYPE,
+        "forecast_rows": pl.Int64,
+        "forecast_cost_usd": COST_DTYPE,
+        **PRICE_COLUMNS,
+    }
+)
+"""tier_distribution.parquet; forecast_* are null when the run has no plan.parquet."""
+
+SAVINGS_SCHEMA: Final = pl.Schema(
+    {
+        "job": pl.String,
+        "run_dir": pl.String,
+        "started_at": _TIME,
+        "finished_at": _TIME,
+        "rows": pl.Int64,
+        "ok": pl.Int64,
+        "failed": pl.Int64,
+        "skipped": pl.Int64,
+        "actual_cost_usd": COST_DTYPE,
+        "failed_cost_usd": COST_DTYPE,
+        "total_cost_usd": COST_DTYPE,
+        "baseline_model": pl.String,
+        "baseline_cost_usd": COST_DTYPE,
+        "savings_vs_baseline_usd": COST_DTYPE,
+        "savings_vs_baseline_pct": pl.Float64,
+        "strongest_model": pl.String,
+        "strongest_cost_usd": COST_DTYPE,
+        "savings_vs_strongest_usd": COST_DTYPE,
+        "savings_vs_strongest_pct": pl.Float64,
+        "forecast_cost_usd": COST_DTYPE,
+        "forecast_delta_usd": COST_DTYPE,
+        "unpriced": pl.Boolean,
+        "budget_hit": pl.Boolean,
+        **PRICE_COLUMNS,
+    }
+)
+"""savings.parquet: one row. `actual_cost_usd` and the counterfactuals price the same tokens,
+those of the answered, priced rows; failed attempts' cost is apart in `failed_cost_usd`."""
+
+MODEL_ATTEMPTS_SCHEMA: Final = pl.Schema(
+    {
+        "model": pl.String,
+        "attempts": pl.Int64,
+        "failed_attempts": pl.Int64,
+        "rate_limited": pl.Int64,
+        "failure_rate": pl.Float64,
+        "cost_usd": COST_DTYPE,
+        **PRICE_COLUMNS,
+    }
+)
+"""model_attempts.parquet: every HTTP attempt per model, from attempts.parquet."""
+
+REPORT_FILES: Final = {
+    "cost_report": COST_REPORT_SCHEMA,
+    "cost_totals": COST_TOTALS_SCHEMA,
+    "tier_distribution": TIER_DISTRIBUTION_SCHEMA,
+    "savings": SAVINGS_SCHEMA,
+    "model_attempts": MODEL_ATTEMPTS_SCHEMA,
+}
+"""Each report's file stem and schema."""

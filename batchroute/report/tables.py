@@ -1,0 +1,448 @@
+"""A run's Parquet reports, built lazily from results.parquet and attempts.parquet.
+
+The files and their schemas are in `batchroute.report.schemas`.
+
+Only the needed columns are scanned and only aggregates are collected, so a results file of
+millions of rows is never loaded whole. Costs are exact decimals; an unpriced group's cost is
+null and flagged, and totals add up only the priced groups, flagged `unpriced`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+
+from batchroute.config import TIERS, Job
+from batchroute.costs import rate_literals, usage_cost, usage_cost_expr
+from batchroute.errors import OutputError
+from batchroute.plan import baseline_model, read_plan
+from batchroute.prices import PriceTable
+from batchroute.report.schemas import (
+    COST_REPORT_SCHEMA,
+    COST_TOTALS_SCHEMA,
+    COUNT_COLUMNS,
+    MODEL_ATTEMPTS_SCHEMA,
+    REPORT_FILES,
+    SAVINGS_SCHEMA,
+    TIER_DISTRIBUTION_SCHEMA,
+)
+from batchroute.schema import COST_DTYPE, Status
+
+__all__ = [
+    "ReportSummary",
+    "load_summary",
+    "write_reports",
+]
+
+_RESULT_COLUMNS = (
+    "tier",
+    "tier_source",
+    "model_requested",
+    "model_used",
+    "status",
+    "fallback_depth",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "failed_input_tokens",
+    "failed_output_tokens",
+    "cost_usd",
+    "failed_cost_usd",
+    "priced",
+    "latency_ms",
+    "started_at",
+    "finished_at",
+)
+_TOKENS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """A run's reports as frames: what the CLI prints and the HTML report draws."""
+
+    run_dir: Path
+    cost_report: pl.DataFrame
+    cost_totals: pl.DataFrame
+    tier_distribution: pl.DataFrame
+    savings: pl.DataFrame
+    model_attempts: pl.DataFrame
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def cost_usd(self) -> Decimal:
+        """What the answered rows cost (the priced ones, if some are unpriced)."""
+        return Decimal(self.cost_totals["cost_usd"][0] or 0)
+
+    @property
+    def total_cost_usd(self) -> Decimal:
+        """Everything spent: answered rows plus failed attempts (priced ones only)."""
+        total = self.cost_totals.select(pl.col("cost_usd", "failed_cost_usd").fill_null(0).sum())
+        return Decimal(total["cost_usd"][0] + total["failed_cost_usd"][0])
+
+    @property
+    def budget_hit(self) -> bool:
+        return bool(self.savings["budget_hit"][0])
+
+    @property
+    def unpriced(self) -> bool:
+        return bool(self.savings["unpriced"][0])
+
+    def __repr__(self) -> str:
+        return f"<ReportSummary {str(self.run_dir)!r} [{self.cost_totals['rows'][0]} rows]>"
+
+
+def _sum_if_complete(column: str) -> pl.Expr:
+    """The sum of a cost column, or null if any of its values is null (unpriced)."""
+    return pl.when(pl.col(column).null_count() == 0).then(pl.col(column).sum()).cast(COST_DTYPE)
+
+
+_SOURCES = ("metadata", "rule", "classifier", "default")
+
+
+def _row_indicators() -> dict[str, pl.Expr]:
+    """Per-row columns whose plain sums give every figure: one streaming pass, no row kept."""
+    ok = pl.col("status") == Status.OK
+    compared = ok & pl.col("cost_usd").is_not_null()
+
+    def count(flag: pl.Expr) -> pl.Expr:
+        return flag.fill_null(False).cast(pl.Int64)
+
+    return {
+        "ok": count(ok),
+        "failed": count(pl.col("status") == Status.FAILED),
+        "skipped": count(pl.col("status").str.starts_with("skipped")),
+        "fallback_rows": count(pl.col("fallback_depth") > 0),
+        **{t: pl.when(ok).then(pl.col(t)).otherwise(0) for t in _TOKENS},
+        **{f"compared_{t}": pl.when(compared).then(pl.col(t)).otherwise(0) for t in _TOKENS},
+        "unpriced_rows": count(~pl.col("priced").fill_null(False)),
+        "_cost_nulls": count(pl.col("cost_usd").is_null()),
+        "_failed_cost_nulls": count(pl.col("failed_cost_usd").is_null()),
+        **{f"{source}_rows": count(pl.col("tier_source") == source) for source in _SOURCES},
+    }
+
+
+def _group_sums(*keys: str) -> list[pl.Expr]:
+    """Sums over rows (or over finer groups: the same expressions re-aggregate exactly)."""
+    summed = [c for c in _row_indicators() if c not in {"_cost_nulls", "_failed_cost_nulls"}]
+    return [
+        pl.col("rows").sum().cast(pl.Int64) if keys else pl.len().cast(pl.Int64).alias("rows"),
+        *(pl.col(c).sum().cast(pl.Int64) for c in summed),
+        pl.col("failed_input_tokens", "failed_output_tokens").sum().cast(pl.Int64),
+        pl.col("cost_usd", "failed_cost_usd").sum().cast(COST_DTYPE),
+        pl.col("_cost_nulls", "_failed_cost_nulls").sum().cast(pl.Int64),
+        pl.col("started_at").min(),
+        pl.col("finished_at").max(),
+    ]
+
+
+def _null_if_unpriced() -> list[pl.Expr]:
+    return [
+        pl.when(pl.col("_cost_nulls") == 0).then(pl.col("cost_usd")).alias("cost_usd"),
+        pl.when(pl.col("_failed_cost_nulls") == 0)
+        .then(pl.col("failed_cost_usd"))
+        .alias("failed_cost_usd"),
+        (pl.col("unpriced_rows") > 0).alias("unpriced"),
+    ]
+
+
+def _latency() -> list[pl.Expr]:
+    return [
+        pl.col("latency_ms").quantile(0.5, "linear").alias("latency_p50_ms"),
+        pl.col("latency_ms").quantile(0.95, "linear").alias("latency_p95_ms"),
+    ]
+
+
+def _token_cost(price_rates: list[pl.Expr]) -> pl.Expr:
+    return usage_cost_expr(
+        input_tokens=pl.col("input_tokens"),
+        output_tokens=pl.col("output_tokens"),
+        cached_tokens=pl.col("cached_tokens"),
+        reasoning_tokens=pl.col("reasoning_tokens"),
+        rates=price_rates,
+    )
+
+
+def _tier_order(column: str = "tier") -> pl.Expr:
+    return pl.col(column).replace_strict(
+        {t: i for i, t in enumerate(TIERS)}, default=len(TIERS), return_dtype=pl.Int64
+    )
+
+
+def _pct(saved: Decimal | None, against: Decimal | None) -> float | None:
+    if saved is None or against is None or against == 0:
+        return None
+    return float(saved / against * 100)
+
+
+def _write(frame: pl.DataFrame, path: Path) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    frame.write_parquet(partial)
+    os.replace(partial, path)
+
+
+def write_reports(
+    run_dir: Path,
+    *,
+    job: Job,
+    prices: PriceTable,
+    budget_hit: bool = False,
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+) -> ReportSummary:
+    """Build every report from the run directory's results and attempts, and write them there."""
+    results_path = run_dir / "results.parquet"
+    if not results_path.is_file():
+        raise OutputError("has no results.parquet to report on", path=run_dir)
+    try:
+        results = (
+            pl.scan_parquet(results_path)
+            .select(_RESULT_COLUMNS)
+            .with_columns(model=pl.coalesce("model_used", "model_requested"))
+        )
+        attempts_path = run_dir / "attempts.parquet"
+        attempts = (
+            pl.scan_parquet(attempts_path).select("model", "error_type", "cost_usd", "priced")
+            if attempts_path.is_file()
+            else None
+        )
+        summary = _build(
+            run_dir,
+            results,
+            attempts,
+            job=job,
+            prices=prices,
+            budget_hit=budget_hit,
+            started_at=started_at,
+            finished_at=finished_at,
+        )
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise OutputError(f"cannot read the run's Parquet files ({exc})", path=run_dir) from None
+    try:
+        for stem, path in summary.paths.items():
+            _write(getattr(summary, stem), path)
+    except OSError as exc:
+        raise OutputError(f"cannot write reports ({exc.strerror or exc})", path=run_dir) from None
+    return summary
+
+
+def _build(
+    run_dir: Path,
+    results: pl.LazyFrame,
+    attempts: pl.LazyFrame | None,
+    *,
+    job: Job,
+    prices: PriceTable,
+    budget_hit: bool,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+) -> ReportSummary:
+    config = job.config
+    baseline = baseline_model(config)
+    provenance = {"price_source": pl.lit(prices.source), "price_sha256": pl.lit(prices.sha256)}
+    rows = results.with_columns(**_row_indicators())
+    # quantiles hold their group's values: key them by a hash, not two strings a row
+    group_key = pl.struct("tier", "model").hash().alias("_group")
+    answered = results.filter(pl.col("status") == Status.OK).select(group_key, "latency_ms")
+    frames = [
+        rows.group_by("tier", "model").agg(_group_sums()),
+        answered.group_by("_group").agg(_latency()),
+        answered.select(_latency()),
+    ]
+    if attempts is not None:
+        frames.append(
+            attempts.group_by("model").agg(
+                pl.len().cast(pl.Int64).alias("attempts"),
+                pl.col("error_type").is_not_null().sum().cast(pl.Int64).alias("failed_attempts"),
+                (pl.col("error_type") == "rate_limited").sum().cast(pl.Int64).alias("rate_limited"),
+                _sum_if_complete("cost_usd").alias("cost_usd"),
+            )
+        )
+    collected = pl.collect_all(frames, engine="streaming")
+    groups = (
+        collected[0]
+        .with_columns(group_key)
+        .join(collected[1], on="_group", how="left")
+        .drop("_group")
+    )
+    totals_row = groups.select(_group_sums("tier", "model")).with_columns(_null_if_unpriced())
+    totals_row = totals_row.hstack(collected[2])
+    tiers = groups.group_by("tier").agg(_group_sums("tier")).with_columns(_null_if_unpriced())
+    groups = groups.with_columns(_null_if_unpriced())
+
+    cost_report = (
+        groups.with_columns(
+            total_cost_usd=pl.col("cost_usd") + pl.col("failed_cost_usd"),
+            baseline_cost_usd=_token_cost(rate_literals(prices.get(baseline))),
+            **provenance,
+        )
+        .sort(_tier_order(), "tier", "model", nulls_last=True)
+        .select(COST_REPORT_SCHEMA.names())
+        .cast(COST_REPORT_SCHEMA)
+    )
+    sums = [c for c in COUNT_COLUMNS if c not in {"unpriced", "latency_p50_ms", "latency_p95_ms"}]
+    cost_totals = (
+        cost_report.select(
+            *(pl.col(c).sum() for c in sums),
+            pl.col("unpriced").any(),
+        )
+        .with_columns(
+            latency_p50_ms=pl.lit(totals_row["latency_p50_ms"][0], dtype=pl.Float64),
+            latency_p95_ms=pl.lit(totals_row["latency_p95_ms"][0], dtype=pl.Float64),
+            **provenance,
+        )
+        .select(COST_TOTALS_SCHEMA.names())
+        .cast(COST_TOTALS_SCHEMA)
+    )
+
+    plan = read_plan(run_dir)
+    forecast = (
+        plan.select("tier", forecast_rows="rows", forecast_cost_usd="forecast_cost_usd")
+        if plan is not None
+        else pl.DataFrame(
+            schema={"tier": pl.String, "forecast_rows": pl.Int64, "forecast_cost_usd": COST_DTYPE}
+        )
+    )
+    total_rows = max(int(totals_row["rows"][0]), 1)
+    tier_distribution = (
+        tiers.join(forecast, on="tier", how="full", coalesce=True)
+        .with_columns(
+            pl.col("rows", "ok", "failed", "fallback_rows").fill_null(0),
+            pl.col("metadata_rows", "rule_rows", "classifier_rows", "default_rows").fill_null(0),
+            model=pl.col("tier").replace_strict(
+                {t: config.tier(t).model for t in config.tiers},
+                default=None,
+                return_dtype=pl.String,
+            ),
+            share=pl.col("rows").fill_null(0) / total_rows,
+            total_cost_usd=pl.col("cost_usd") + pl.col("failed_cost_usd"),
+            **provenance,
+        )
+        .sort(_tier_order(), "tier", nulls_last=True)
+        .select(TIER_DISTRIBUTION_SCHEMA.names())
+        .cast(TIER_DISTRIBUTION_SCHEMA)
+    )
+
+    savings = _savings(
+        run_dir,
+        job=job,
+        prices=prices,
+        cost_totals=cost_totals,
+        overall=totals_row,
+        plan=plan,
+        budget_hit=budget_hit,
+        started_at=started_at,
+        finished_at=finished_at,
+    )
+
+    if attempts is not None:
+        model_attempts = collected[3].with_columns(
+            failure_rate=pl.col("failed_attempts") / pl.col("attempts"), **provenance
+        )
+    else:
+        model_attempts = pl.DataFrame(schema=MODEL_ATTEMPTS_SCHEMA)
+    model_attempts = (
+        model_attempts.sort("model")
+        .select(MODEL_ATTEMPTS_SCHEMA.names())
+        .cast(MODEL_ATTEMPTS_SCHEMA)
+    )
+    return ReportSummary(
+        run_dir=run_dir,
+        cost_report=cost_report,
+        cost_totals=cost_totals,
+        tier_distribution=tier_distribution,
+        savings=savings,
+        model_attempts=model_attempts,
+        paths={stem: run_dir / f"{stem}.parquet" for stem in REPORT_FILES},
+    )
+
+
+def _savings(
+    run_dir: Path,
+    *,
+    job: Job,
+    prices: PriceTable,
+    cost_totals: pl.DataFrame,
+    overall: pl.DataFrame,
+    plan: pl.DataFrame | None,
+    budget_hit: bool,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+) -> pl.DataFrame:
+    """The one-row savings table: counterfactuals priced on the same tokens, exactly."""
+    tokens = {t: int(overall[f"compared_{t}"][0]) for t in _TOKENS}
+    counterfactual = {
+        name: usage_cost(price, **tokens)
+        for name, price in prices.prices.items()
+        if name in job.config.models
+    }
+    baseline = baseline_model(job.config)
+    baseline_cost = counterfactual.get(baseline)
+    strongest = (
+        max(counterfactual, key=lambda m: (counterfactual[m], m)) if counterfactual else None
+    )
+    strongest_cost = counterfactual.get(strongest) if strongest is not None else None
+    totals = cost_totals.row(0, named=True)
+    actual: Decimal = totals["cost_usd"]
+    total: Decimal = totals["total_cost_usd"]
+    saved_baseline = None if baseline_cost is None else baseline_cost - actual
+    saved_strongest = None if strongest_cost is None else strongest_cost - actual
+    forecast_cost: Decimal | None = None
+    if plan is not None and plan.height and bool(plan["priced"].all()):
+        forecast_cost = Decimal(plan["forecast_cost_usd"].sum())
+    return pl.DataFrame(
+        [
+            {
+                "job": job.name,
+                "run_dir": str(run_dir),
+                "started_at": started_at or overall["started_at"][0],
+                "finished_at": finished_at or overall["finished_at"][0] or datetime.now(UTC),
+                "rows": totals["rows"],
+                "ok": totals["ok"],
+                "failed": totals["failed"],
+                "skipped": totals["skipped"],
+                "actual_cost_usd": actual,
+                "failed_cost_usd": totals["failed_cost_usd"],
+                "total_cost_usd": total,
+                "baseline_model": baseline,
+                "baseline_cost_usd": baseline_cost,
+                "savings_vs_baseline_usd": saved_baseline,
+                "savings_vs_baseline_pct": _pct(saved_baseline, baseline_cost),
+                "strongest_model": strongest,
+                "strongest_cost_usd": strongest_cost,
+                "savings_vs_strongest_usd": saved_strongest,
+                "savings_vs_strongest_pct": _pct(saved_strongest, strongest_cost),
+                "forecast_cost_usd": forecast_cost,
+                "forecast_delta_usd": None if forecast_cost is None else total - forecast_cost,
+                "unpriced": totals["unpriced"],
+                "budget_hit": budget_hit,
+                "price_source": prices.source,
+                "price_sha256": prices.sha256,
+            }
+        ],
+        schema=SAVINGS_SCHEMA,
+    )
+
+
+def load_summary(run_dir: Path) -> ReportSummary:
+    """Read a run directory's report files, as `write_reports` wrote them."""
+    paths = {stem: run_dir / f"{stem}.parquet" for stem in REPORT_FILES}
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        hint = (
+            "the run has not written its reports yet; rerun `batchroute run` to finish it, "
+            "or pass --job JOB.yaml to build them from results.parquet"
+            if (run_dir / "results.parquet").is_file()
+            else "it does not look like a batchroute run directory"
+        )
+        raise OutputError(f"has no {', '.join(missing)} ({hint})", path=run_dir)
+    try:
+        frames = {stem: pl.read_parquet(path) for stem, path in paths.items()}
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise OutputError(f"cannot read the reports ({exc})", path=run_dir) from None
+    return ReportSummary(run_dir=run_dir, paths=paths, **frames)

@@ -1,0 +1,220 @@
+"""The reports as rich tables on a terminal: a run's summary, a plan, and per-day trends."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import polars as pl
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from batchroute.plan import ForecastTotals
+from batchroute.report.tables import ReportSummary
+
+__all__ = ["format_usd", "print_plan", "print_report", "print_trend"]
+
+_CENT_FRACTION = Decimal("0.0001")
+
+
+def format_usd(value: Decimal | None) -> str:
+    """Dollars to four places for display ("unpriced" for a null cost); the data keeps twelve."""
+    if value is None:
+        return "unpriced"
+    shown = value.quantize(_CENT_FRACTION, rounding=ROUND_HALF_EVEN)
+    return f"-${-shown:,}" if shown < 0 else f"${shown:,}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}%"
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def _int(value: int | None) -> str:
+    return "0" if value is None else f"{value:,}"
+
+
+def _table(title: str, columns: tuple[str, ...], *, labels: int = 2) -> Table:
+    """A table of `labels` name columns, which may wrap, then figures, which never do."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for i, name in enumerate(columns):
+        if i < labels:
+            table.add_column(name, justify="left", overflow="fold", min_width=10)
+        else:
+            table.add_column(name, justify="right", no_wrap=True)
+    return table
+
+
+def print_report(summary: ReportSummary, *, console: Console) -> None:
+    """Print a run's cost report, tier distribution and savings."""
+    total = summary.cost_totals.row(0, named=True)
+    rows = [*summary.cost_report.iter_rows(named=True), {**total, "tier": "total", "model": ""}]
+    if total["unpriced"]:
+        rows[-1]["model"] = "* unpriced rows"
+    # two narrow tables rather than one wide one: each fits an 80-column terminal
+    costs = _table(
+        "Cost by tier and model",
+        ("tier", "model", "rows", "failed", "fallback", "cost", "failed $"),
+    )
+    usage = _table(
+        "Tokens and latency of answered rows",
+        ("tier", "model", "in tok", "out tok", "p50 ms", "p95 ms"),
+    )
+    for i, row in enumerate(rows):
+        last = i == len(rows) - 1
+        style = "bold" if last else None
+        costs.add_row(
+            row["tier"] or "—",
+            "—" if row["model"] is None else row["model"],
+            _int(row["rows"]),
+            _int(row["failed"]),
+            _int(row["fallback_rows"]),
+            format_usd(row["cost_usd"]),
+            format_usd(row["failed_cost_usd"]),
+            end_section=i == len(rows) - 2,
+            style=style,
+        )
+        usage.add_row(
+            row["tier"] or "—",
+            "—" if row["model"] is None else row["model"],
+            _int(row["input_tokens"]),
+            _int(row["output_tokens"]),
+            _ms(row["latency_p50_ms"]),
+            _ms(row["latency_p95_ms"]),
+            end_section=i == len(rows) - 2,
+            style=style,
+        )
+    console.print(costs)
+    console.print(usage)
+
+    tiers = _table("Tier distribution", ("tier", "model", "rows", "share", "forecast", "actual"))
+    has_plan = (
+        summary.tier_distribution["forecast_rows"].null_count() < summary.tier_distribution.height
+    )
+    for row in summary.tier_distribution.iter_rows(named=True):
+        tiers.add_row(
+            row["tier"] or "—",
+            "—" if row["model"] is None else row["model"],
+            _int(row["rows"]),
+            _pct(row["share"] * 100),
+            format_usd(row["forecast_cost_usd"]) if has_plan else "—",
+            format_usd(row["total_cost_usd"]),
+        )
+    console.print(tiers)
+
+    s = summary.savings.row(0, named=True)
+    savings = _table(
+        "Routing against one model for every row",
+        ("scenario", "model", "cost", "saved", "saved %"),
+    )
+    savings.add_row("as routed", "", format_usd(s["actual_cost_usd"]), "", "")
+    savings.add_row(
+        "baseline",
+        s["baseline_model"],
+        format_usd(s["baseline_cost_usd"]),
+        format_usd(s["savings_vs_baseline_usd"]),
+        _pct(s["savings_vs_baseline_pct"]),
+    )
+    savings.add_row(
+        "all strongest",
+        s["strongest_model"] or "—",
+        format_usd(s["strongest_cost_usd"]),
+        format_usd(s["savings_vs_strongest_usd"]),
+        _pct(s["savings_vs_strongest_pct"]),
+    )
+    console.print(savings)
+    console.print(
+        f"Failed attempts cost {format_usd(s['failed_cost_usd'])}; "
+        f"total spend {format_usd(s['total_cost_usd'])}."
+    )
+    forecast = s["forecast_cost_usd"]
+    if forecast is not None:
+        share = f" ({float(s['total_cost_usd'] / forecast):.0%} of it)" if forecast else ""
+        console.print(
+            f"Forecast {format_usd(forecast)} (output priced at expected_output_tokens or "
+            f"max_tokens); spent {format_usd(s['total_cost_usd'])}{share}."
+        )
+    if s["budget_hit"]:
+        console.print("[bold red]The budget cap was hit:[/] unsent rows are skipped_budget.")
+    if s["unpriced"]:
+        console.print(
+            "[bold yellow]Some rows ran on unpriced models:[/] their costs are blank, "
+            "and totals cover the priced rows only."
+        )
+    console.print(f"Prices: {s['price_source']} (sha256 {s['price_sha256'][:12]})", style="dim")
+
+
+def print_plan(
+    plan: pl.DataFrame, totals: ForecastTotals, *, console: Console, invalid_rows: int = 0
+) -> None:
+    """Print a forecast: per tier rows, share and cost, and the total against the baseline."""
+    table = _table(
+        "Forecast (no API called)",
+        ("tier", "model", "rows", "share", "in tok", "out tok", "forecast", "baseline"),
+    )
+    for i, row in enumerate(plan.iter_rows(named=True)):
+        table.add_row(
+            row["tier"],
+            row["model"],
+            _int(row["rows"]),
+            _pct(row["share"] * 100),
+            _int(row["input_tokens"]),
+            _int(row["output_tokens"]),
+            format_usd(row["forecast_cost_usd"]),
+            format_usd(row["baseline_cost_usd"]),
+            end_section=i == plan.height - 1,
+        )
+    table.add_row(
+        "total",
+        "",
+        _int(totals.rows),
+        "100.0%" if totals.rows else "—",
+        _int(totals.input_tokens),
+        _int(totals.output_tokens),
+        format_usd(totals.cost_usd),
+        format_usd(totals.baseline_cost_usd),
+        style="bold",
+    )
+    console.print(table)
+    baseline = plan["baseline_model"][0] if plan.height else "the baseline"
+    saved = totals.savings_usd
+    if saved is not None and totals.baseline_cost_usd:
+        share = float(saved / totals.baseline_cost_usd * 100)
+        console.print(
+            f"Routing saves {format_usd(saved)} ({share:.1f}%) against {baseline} for every row."
+        )
+    if invalid_rows:
+        console.print(f"{invalid_rows:,} invalid rows will not be sent and cost nothing.")
+    if totals.unpriced:
+        console.print("[bold yellow]Some tiers use unpriced models:[/] the total is unknown.")
+    if plan.height:
+        console.print(
+            f"Prices: {plan['price_source'][0]} (sha256 {plan['price_sha256'][0][:12]})",
+            style="dim",
+        )
+
+
+def print_trend(daily: pl.DataFrame, *, console: Console) -> None:
+    """Print per-day totals of a folder of runs."""
+    table = _table(
+        "Per-day totals",
+        ("date", "runs", "rows", "spend", "as routed", "baseline", "saved", "saved %"),
+        labels=1,
+    )
+    for row in daily.iter_rows(named=True):
+        table.add_row(
+            str(row["date"]) + (" *" if row["unpriced"] else ""),
+            _int(row["runs"]),
+            _int(row["rows"]),
+            format_usd(row["total_cost_usd"]),
+            format_usd(row["actual_cost_usd"]),
+            format_usd(row["baseline_cost_usd"]),
+            format_usd(row["savings_vs_baseline_usd"]),
+            _pct(row["savings_vs_baseline_pct"]),
+        )
+    console.print(table)
+    if daily["unpriced"].any():
+        console.print("* some runs that day used unpriced models; totals cover priced rows only.")

@@ -1,0 +1,111 @@
+"""The job file: validation at load, key paths in errors, env expansion, chains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchroute.config import load_job
+from batchroute.errors import JobError
+
+JOB = """
+name: nightly
+input: {path: prompts.jsonl}
+endpoint: {base_url: simulator}
+tiers: {complex: big, standard: mid, bulk: small}
+models:
+  big:   {input_per_mtok: 5, output_per_mtok: 25, fallback: mid}
+  mid:   {input_per_mtok: 3, output_per_mtok: 15, fallback: big}
+  small: {input_per_mtok: 0.27, output_per_mtok: 1.1, fallback: mid}
+baseline_model: mid
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_job_loads_with_defaults(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, JOB))
+    assert job.name == "nightly"
+    assert job.config.retry.max_attempts_per_row == 8
+    assert job.config.tier("complex").model == "big"
+    assert len(job.text_sha256) == 64
+
+
+def test_fallback_cycle_is_legal_and_chain_visits_each_model_once(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, JOB))
+    assert job.config.chain("complex") == ("big", "mid")
+    assert job.config.chain("bulk") == ("small", "mid", "big")
+
+
+def test_fallback_to_unknown_model_names_the_key_path(tmp_path: Path) -> None:
+    path = write(tmp_path, JOB.replace("25, fallback: mid}", "25, fallback: gpt-9}"))
+    with pytest.raises(JobError) as err:
+        load_job(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "models.big.fallback names 'gpt-9', which is not a model in this job" in message
+    assert err.value.exit_code == 6
+
+
+def test_unknown_key_is_refused_with_its_path(tmp_path: Path) -> None:
+    path = write(tmp_path, JOB.replace("endpoint: {base_url: simulator}", "endpoint: {base_ur: x}"))
+    with pytest.raises(JobError, match=r"endpoint\.base_ur: is not a setting batchroute knows"):
+        load_job(path)
+
+
+def test_tier_naming_undefined_model_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, JOB.replace("bulk: small}", "bulk: tiny}"))
+    with pytest.raises(JobError, match="tiers.bulk names 'tiny'"):
+        load_job(path)
+
+
+def test_standard_tier_is_required(tmp_path: Path) -> None:
+    path = write(tmp_path, JOB.replace("standard: mid, ", ""))
+    with pytest.raises(JobError, match="must map the 'standard' tier"):
+        load_job(path)
+
+
+def test_env_vars_expand_and_missing_ones_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BR_INPUT", "from-env.jsonl")
+    job = load_job(write(tmp_path, JOB.replace("prompts.jsonl", "${BR_INPUT}")))
+    assert job.config.input.path == Path("from-env.jsonl")
+    monkeypatch.delenv("BR_NOPE", raising=False)
+    with pytest.raises(JobError, match=r"line 3 uses \$\{BR_NOPE\}"):
+        load_job(write(tmp_path, JOB.replace("prompts.jsonl", "${BR_NOPE}")))
+    job = load_job(write(tmp_path, JOB.replace("prompts.jsonl", "${BR_NOPE:-d.jsonl}")))
+    assert job.config.input.path == Path("d.jsonl")
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match=r"job.yaml: line 2: is not valid YAML"):
+        load_job(write(tmp_path, "name: x\ninput: a: b\n"))
+
+
+def test_missing_job_file_is_a_job_error(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="no such job file"):
+        load_job(tmp_path / "nope.yaml")
+
+
+def test_tier_request_overrides_merge_params(tmp_path: Path) -> None:
+    text = JOB.replace(
+        "tiers: {complex: big, standard: mid, bulk: small}",
+        "request: {max_tokens: 100, params: {seed: 1}}\n"
+        "tiers:\n  complex: big\n  standard: mid\n  bulk: small\n"
+        "  structured: {model: mid, request: {params: {response_format: {type: json_object}}}}",
+    )
+    job = load_job(write(tmp_path, text))
+    structured = job.config.tier_request("structured")
+    assert structured.wants_json
+    assert structured.body_fields() == {
+        "seed": 1,
+        "response_format": {"type": "json_object"},
+        "max_tokens": 100,
+    }
+    assert not job.config.tier_request("standard").wants_json
