@@ -17,6 +17,7 @@ enforcement ("3,000 RPM" meaning at most 50 in any one second) even after the ev
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -42,6 +43,11 @@ TOKEN_TOLERANCE_S: Final = 0.05
 """The same for tokens, in seconds of the token rate."""
 PER_SECOND_SHARE: Final = 0.96
 """The most of one second's share of the limit sent in any one second (quantised enforcement)."""
+START_SHARE: Final = 0.8
+START_S: Final = 1.0
+"""For this long after its first send, a model sends at most START_SHARE of a second's share in
+any second: a cold start delays the first requests (new connections, a busy loop releasing every
+waiting row at once, TLS handshakes), and the provider sees them bunched into its first window."""
 COOLDOWN_DEFAULT_S: Final = 1.0
 """The pause after a 429 that carries no retry-after."""
 RAMP_S: Final = 3.0
@@ -56,7 +62,6 @@ LOW_REMAINING_FACTOR: Final = 0.9
 MAX_SLOW_S: Final = 1.0
 _RECENT_SENDS: Final = 1024
 """Send times kept for the one-second cap (so it applies up to 61,440 RPM)."""
-_BUCKET_S: Final = 0.25
 
 
 class ModelLimiter:
@@ -95,11 +100,8 @@ class ModelLimiter:
         self.in_flight = 0
         self.sent = 0
         self._recent: deque[float] = deque(maxlen=_RECENT_SENDS)
-        self._ramp_base_rps: float | None = None
         self._ramp_start = RAMP_FLOOR
-        self._bucket_start = 0.0  # sends counted per quarter second, for the peak rate
-        self._bucket_count = 0
-        self._peak_rps = 0.0
+        self._first_send_at = 0.0
 
     def __repr__(self) -> str:
         now = self._clock()
@@ -130,14 +132,20 @@ class ModelLimiter:
         """Requests and tokens per second allowed at full speed (None: no limit)."""
         rpm = _lowest(self.rpm, self._header_rpm)
         tpm = _lowest(self.tpm, self._header_tpm)
-        request_rate = None if rpm is None else rpm * HEADROOM / 60.0
-        if request_rate is None and self._ramp_base_rps is not None:
-            # No known limit, but a 429 came: ramp back from the rate that drew it.
-            if self._clock() < self.ramp_until:
-                request_rate = self._ramp_base_rps
-            else:
-                self._ramp_base_rps = None
-        return request_rate, None if tpm is None else tpm * HEADROOM / 60.0
+        return (
+            None if rpm is None else rpm * HEADROOM / 60.0,
+            None if tpm is None else tpm * HEADROOM / 60.0,
+        )
+
+    def _window(self, now: float) -> int:
+        """How many requests may be in flight now.
+
+        A model with no known rate ramps back after a cooldown through this window instead:
+        from a quarter of `max_concurrency` to all of it, whatever its latency.
+        """
+        if now >= self.ramp_until or self.rpm is not None or self._header_rpm is not None:
+            return self.max_concurrency
+        return max(1, math.ceil(self.max_concurrency * self.rate_factor(now)))
 
     def slot(self, tokens: int) -> _Slot:
         """A context manager holding one concurrency slot and one paced send of `tokens`."""
@@ -151,13 +159,13 @@ class ModelLimiter:
         except BaseException:
             self._concurrency.release()
             raise
-        self.in_flight += 1
-        self.sent += 1
 
     def release(self) -> None:
         """Give back the concurrency slot taken by `acquire`."""
         self.in_flight -= 1
         self._concurrency.release()
+        if self._waiters and self._timer is None:
+            self._schedule()  # a waiter held back by the ramp's window may go now
 
     async def _pace(self, tokens: int) -> None:
         if not self._waiters and self._try_take(self._clock(), tokens):
@@ -173,6 +181,7 @@ class ModelLimiter:
             elif not future.cancelled():
                 # Woken and cancelled in the same tick: the slot was taken but goes unused; give
                 # the tokens back so the pace is not lost.
+                self.in_flight -= 1
                 self.settle(tokens, 0)
             raise
 
@@ -187,7 +196,8 @@ class ModelLimiter:
             # At most 96% of one second's share of the limit in any one second, whatever the
             # lateness: safe under quantised enforcement, and loose enough never to bind while
             # the bucket keeps its schedule.
-            per_second = max(1, int(allowed / HEADROOM * PER_SECOND_SHARE))
+            share = PER_SECOND_SHARE if now - self._first_send_at >= START_S else START_SHARE
+            per_second = max(1, int(allowed / HEADROOM * share))
             recent = self._recent
             if len(recent) >= per_second:
                 ready = max(ready, recent[-per_second] + 1.0)
@@ -196,7 +206,7 @@ class ModelLimiter:
         return ready
 
     def _try_take(self, now: float, tokens: int) -> bool:
-        if self._ready_at(now, tokens) > now:
+        if self._ready_at(now, tokens) > now or self.in_flight >= self._window(now):
             return False
         request_rate, token_rate = self._limits()
         factor = self.rate_factor(now)
@@ -207,14 +217,10 @@ class ModelLimiter:
             tat = self._request_tat if self._request_tat >= now else now + interval
             self._request_tat = tat + interval
         self._recent.append(now)
-        if now - self._bucket_start >= _BUCKET_S:
-            if self._bucket_count:
-                self._peak_rps = max(
-                    self._peak_rps, self._bucket_count / (now - self._bucket_start)
-                )
-            self._bucket_start = now
-            self._bucket_count = 0
-        self._bucket_count += 1
+        if not self.sent:
+            self._first_send_at = now
+        self.in_flight += 1
+        self.sent += 1
         if token_rate is not None:
             self._token_tat = max(self._token_tat, now) + tokens / (token_rate * factor)
         return True
@@ -228,8 +234,10 @@ class ModelLimiter:
             return
         loop = asyncio.get_running_loop()
         now = self._clock()
-        delay = max(0.0, self._ready_at(now, self._waiters[0][1]) - now)
-        self._timer = loop.call_at(loop.time() + delay, self._wake)
+        ready = self._ready_at(now, self._waiters[0][1])
+        if ready <= now and self.in_flight >= self._window(now):
+            return  # held back by the ramp's window: the next `release` reschedules
+        self._timer = loop.call_at(loop.time() + max(0.0, ready - now), self._wake)
 
     def _wake(self) -> None:
         self._timer = None
@@ -269,12 +277,6 @@ class ModelLimiter:
             floor = PACED_RAMP_FLOOR if paced else RAMP_FLOOR
             ramping = now < self.ramp_until
             self._ramp_start = max(floor, 0.5 * self.rate_factor(now)) if ramping else floor
-            if not paced:
-                # Ramp back from the best rate the model sustained; a rate measured during a
-                # ramp is itself throttled, and basing the next ramp on it would compound.
-                elapsed = now - self._bucket_start
-                current = self._bucket_count / elapsed if elapsed > 0.05 else 0.0
-                self._ramp_base_rps = max(1.0, self._peak_rps, current)
         if until > self.cooldown_until:
             self.cooldown_until = until
             self.ramp_until = until + RAMP_S

@@ -4,8 +4,10 @@ The data flow is input → classify → dispatch → results → reports. The in
 batches; each batch is classified as a whole, rows already answered by an earlier session of the
 same run directory are dropped, and the rest are sent through the dispatcher with at most
 `run.max_in_flight` requests in flight. Finished rows are buffered and made durable as Parquet
-parts every `output.checkpoint_rows` rows or `output.checkpoint_seconds` seconds, so a crash at
-any instant loses at most the requests in flight. At the end the parts are assembled into
+parts every `output.checkpoint_rows` rows or `output.checkpoint_seconds` seconds. A row keeps
+its in-flight slot until its part is written (a quarter of the slots waiting also triggers a
+flush), so requests in flight plus answers not yet durable never exceed `run.max_in_flight`: a
+crash at any instant re-buys at most that many rows. At the end the parts are assembled into
 results.parquet in input order and the reports are written.
 """
 
@@ -156,6 +158,9 @@ class _Run:
         self.hard_stop = False
         self.sent_rows = 0
         self.reused_rows = 0
+        self._undurable = 0
+        """Answered rows whose in-flight slot is held until their part is written."""
+        self._flush_undurable = max(1, cfg.run.max_in_flight // 4)
         self.started_at = datetime.now(UTC)
         self._contexts = {tier: _tier_context(job, tier) for tier in cfg.tiers}
         self._requested = {tier: cfg.tier(tier).model for tier in cfg.tiers}
@@ -214,6 +219,7 @@ class _Run:
             anyio.create_task_group() as watchers,
         ):
             self._flush_wanted = anyio.Event()
+            self._slots = anyio.Semaphore(self.job.config.run.max_in_flight)
             watchers.start_soon(self._watch_signals, watchers)
             watchers.start_soon(self._flush_periodically)
             with anyio.CancelScope() as self._run_scope:
@@ -233,7 +239,7 @@ class _Run:
         classify: _Classify,
         done: pl.Series,
     ) -> None:
-        slots = anyio.Semaphore(self.job.config.run.max_in_flight)
+        slots = self._slots
         remaining = self.options.limit
         source = iter(batches(batch_rows=self.job.config.run.batch_rows))
         async with anyio.create_task_group() as in_flight:
@@ -318,6 +324,7 @@ class _Run:
         try:
             outcome = await dispatcher.dispatch(request)
         except anyio.get_cancelled_exc_class():
+            slots.release()
             self.buffer.add_unsent(
                 request.row_index,
                 status=Status.SKIPPED_INTERRUPTED,
@@ -325,14 +332,20 @@ class _Run:
                 message="the run was stopped while this request was in flight",
             )
             raise
-        finally:
+        except BaseException:
             slots.release()
+            raise
+        # The slot is released by the flush that makes this answer durable (see `_flush`).
+        self._undurable += 1
         self.sent_rows += 1
         self.buffer.add(request.row_index, request.row_key, request.id, outcome)
         self.progress.finished(
             request.tier, status=outcome.status, cost_usd=self._cost_estimate(outcome)
         )
-        if len(self.buffer) >= self.job.config.output.checkpoint_rows:
+        if (
+            len(self.buffer) >= self.job.config.output.checkpoint_rows
+            or self._undurable >= self._flush_undurable
+        ):
             self._flush_wanted.set()
 
     def _cost_estimate(self, outcome: RowOutcome) -> float:
@@ -385,9 +398,12 @@ class _Run:
         if len(self.buffer) == 0:
             return
         results, attempts = self.buffer.take()
+        held, self._undurable = self._undurable, 0
         results, attempts = price_outcomes(results, attempts, self.prices)
         with anyio.CancelScope(shield=True):  # a part is written whole or not at all
             await anyio.to_thread.run_sync(self.store.write, results, attempts)
+        for _ in range(held):
+            self._slots.release()
 
     # -- stopping -----------------------------------------------------------------------------
 

@@ -610,9 +610,9 @@ def test_fault_storm() -> None:
         endpoint={"timeout_s": 0.5},
     )
     faults = FaultRates(
-        rate_limit=0.005,
-        server_error=0.04,
-        unavailable=0.04,
+        rate_limit=0.02,
+        server_error=0.03,
+        unavailable=0.03,
         disconnect=0.02,
         malformed=0.025,
         content_filter=0.015,
@@ -637,7 +637,10 @@ def test_fault_storm() -> None:
 
     outcomes, dispatcher, stats = anyio.run(main)
     assert len(outcomes) == 1000
-    assert sorted(int(o.attempt_records[0].started_at.timestamp() >= 0) for o in outcomes)
+    assert all(
+        o.started_at is not None and o.finished_at is not None and o.finished_at >= o.started_at
+        for o in outcomes
+    )
     assert dispatcher.abort is None
     recorded = sum(o.attempts for o in outcomes)
     assert recorded == sum(len(o.attempt_records) for o in outcomes)

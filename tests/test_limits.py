@@ -132,19 +132,37 @@ def test_unpaced_model_ramps_from_a_quarter() -> None:
     assert limiter.rate_factor(now[0]) == pytest.approx(RAMP_FLOOR)
 
 
-def test_unlimited_model_ramps_from_the_rate_that_drew_the_429() -> None:
-    """Without a configured rate, the herd after a cooldown is paced by the rate seen before."""
+def test_unpaced_model_ramps_back_through_its_concurrency() -> None:
+    """Without a known rate, the herd after a cooldown is held to a quarter of the window."""
 
-    async def main() -> tuple[float, list[float]]:
-        limiter = ModelLimiter("m", rpm=None, tpm=None, max_concurrency=100)
-        await _send_many(limiter, 100)  # unpaced
+    async def main() -> tuple[int, int]:
+        limiter = ModelLimiter("m", rpm=None, tpm=None, max_concurrency=40)
         limiter.cool_down(0.05)
-        base = limiter._ramp_base_rps
-        assert base is not None
-        return base, await _send_many(limiter, 20)
+        peak_early = 0
+        peak_late = 0
 
-    base, stamps = anyio.run(main)
-    assert max(stamps) - min(stamps) >= 15 / base
+        async def one(hold_s: float) -> None:
+            nonlocal peak_early, peak_late
+            await limiter.acquire(0)
+            if time.monotonic() < limiter.cooldown_until + 0.3:
+                peak_early = max(peak_early, limiter.in_flight)
+            else:
+                peak_late = max(peak_late, limiter.in_flight)
+            await anyio.sleep(hold_s)
+            limiter.release()
+
+        async with anyio.create_task_group() as group:
+            for _ in range(40):
+                group.start_soon(one, 0.2)
+        await anyio.sleep(limiter.ramp_until - time.monotonic())
+        async with anyio.create_task_group() as group:
+            for _ in range(40):
+                group.start_soon(one, 0.05)
+        return peak_early, peak_late
+
+    early, late = anyio.run(main)
+    assert early <= 40 * RAMP_FLOOR + 3
+    assert late == 40
 
 
 def test_tokens_are_reserved_and_corrected() -> None:

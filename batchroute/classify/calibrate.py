@@ -18,10 +18,9 @@ job then names in `routing.classifier.path`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import polars as pl
 
@@ -29,6 +28,7 @@ from batchroute.classify.forecast import forecast_by_tier, input_tokens_expr, ti
 from batchroute.classify.router import Router
 from batchroute.classify.rules import TEXT_COLUMN, text_expr
 from batchroute.errors import JobError
+from batchroute.schema import INPUT_SCHEMA
 
 if TYPE_CHECKING:
     from batchroute.config import Job
@@ -73,52 +73,27 @@ def _total(forecast: pl.DataFrame) -> Decimal:
     return sum(forecast["cost_usd"].to_list(), Decimal(0))
 
 
-def _iter_input(job: Job, *, batch_rows: int) -> Iterator[pl.DataFrame]:
-    try:
-        from batchroute.dataset import open_dataset
-    except ImportError:  # the dataset package is optional for reading plain files
-        yield _read_plain(job)
-        return
-    for batch in open_dataset(job).batches(batch_rows=batch_rows):
-        yield batch.rows
-
-
-def _read_plain(job: Job) -> pl.DataFrame:
-    from batchroute.classify.router import frame_from_prompts
-
-    cfg = job.config.input
-    path = job.resolve(cfg.path)
-    reader: dict[str, Any] = {
-        "jsonl": pl.read_ndjson,
-        "csv": pl.read_csv,
-        "parquet": pl.read_parquet,
-    }
-    fmt = cfg.format or path.suffix.lstrip(".").replace("ndjson", "jsonl")
-    if fmt not in reader:
-        raise JobError(
-            f"calibrate cannot read a {fmt!r} input without batchroute.dataset", path=job.path
-        )
-    frame = reader[fmt](path)
-    hints = {
-        "tier_hint": frame[cfg.tier_hint_column].cast(pl.String).to_list()
-        if cfg.tier_hint_column in frame.columns
-        else None,
-        "json_output": frame[cfg.json_output_column].cast(pl.Boolean).to_list()
-        if cfg.json_output_column in frame.columns
-        else None,
-    }
-    prompts = frame[cfg.prompt_column].cast(pl.String).to_list()
-    return frame_from_prompts(prompts, **{k: v for k, v in hints.items() if v is not None})
-
-
 def read_sample(job: Job, *, rows: int, seed: int) -> tuple[pl.DataFrame, int]:
-    """A seeded random sample of the job's input (INPUT_SCHEMA), and the input's row count."""
-    batches = list(_iter_input(job, batch_rows=job.config.run.batch_rows))
-    frame = pl.concat(batches, how="diagonal_relaxed") if batches else pl.DataFrame()
-    total = frame.height
-    if total > rows:
-        frame = frame.sample(n=rows, seed=seed)
-    return frame, total
+    """A seeded random sample of the job's input (INPUT_SCHEMA), and the input's row count.
+
+    The input is streamed batch by batch; each row gets a seeded hash of its index as a key and
+    the `rows` smallest keys are kept, so memory stays bounded by `rows` plus one batch and the
+    sample does not depend on the batch size.
+    """
+    from batchroute.dataset import open_dataset
+
+    key = "__batchroute_sample_key"
+    kept: pl.DataFrame | None = None
+    total = 0
+    for batch in open_dataset(job).batches(batch_rows=job.config.run.batch_rows):
+        frame: pl.DataFrame = batch.rows
+        total += frame.height
+        keyed = frame.with_columns(pl.col("row_index").hash(seed).alias(key))
+        merged = keyed if kept is None else pl.concat([kept, keyed], how="diagonal_relaxed")
+        kept = merged.sort(key).head(rows)
+    if kept is None:
+        return pl.DataFrame(schema=INPUT_SCHEMA), 0
+    return kept.sort("row_index").drop(key), total
 
 
 def calibrate_router(

@@ -21,6 +21,8 @@ def print_run_summary(summary: RunSummary, *, console: Console) -> None:
     counts.add_column("status")
     counts.add_column("rows", justify="right")
     for status, rows in sorted(summary.counts.items()):
+        if not rows:
+            continue
         counts.add_row(status, str(rows))
     console.print(counts)
     console.print(
