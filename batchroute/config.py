@@ -250,6 +250,8 @@ class RunConfig(_Section):
     """Rows read, classified and dispatched at a time: memory is bounded by this, not the file."""
     grace_s: Annotated[float, Field(ge=0)] = 10.0
     """How long in-flight requests may finish after SIGTERM/SIGINT."""
+    progress_interval_s: PositiveFloat = 5.0
+    """When stderr is not a terminal, how often a progress line is logged."""
 
 
 class JobConfig(_Section):

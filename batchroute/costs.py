@@ -22,9 +22,11 @@ from batchroute.prices import ModelPrice, PriceTable
 from batchroute.schema import COST_DTYPE
 
 __all__ = [
+    "failed_costs",
     "model_rates",
     "price_attempts",
     "price_outcomes",
+    "price_results",
     "rate_literals",
     "usage_cost",
     "usage_cost_expr",
@@ -123,35 +125,37 @@ def price_attempts(attempts: pl.LazyFrame, prices: PriceTable) -> pl.LazyFrame:
     )
 
 
-def price_outcomes(
-    results: pl.DataFrame, attempts: pl.DataFrame, prices: PriceTable
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Fill the cost columns of results and attempts, keeping their schemas and row order.
+def failed_costs(priced_attempts: pl.LazyFrame) -> pl.LazyFrame:
+    """Per `row_key`, the summed cost of its failed attempts (those with an `error_type`).
 
-    A row's `cost_usd` is its successful response's usage on `model_used`; rows that were never
-    answered cost 0. `failed_cost_usd` is the sum of its failed attempts (those with an
-    `error_type`). A row touching an unpriced model has null costs there and `priced` false.
+    `_failed_cost` is null when any of those attempts was on an unpriced model.
     """
-    priced_attempts = price_attempts(attempts.lazy(), prices).collect()
-    failed = (
-        priced_attempts.lazy()
-        .filter(pl.col("error_type").is_not_null())
+    return (
+        priced_attempts.filter(pl.col("error_type").is_not_null())
         .group_by("row_key")
         .agg(
             _failed_cost=pl.when(pl.col("priced").all()).then(pl.col("cost_usd").sum()),
             _failed_priced=pl.col("priced").all(),
         )
     )
+
+
+def price_results(results: pl.DataFrame, failed: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
+    """Fill results' cost columns, given `failed_costs` for (at least) their row keys.
+
+    A row's `cost_usd` is its successful response's usage on `model_used`; rows that were never
+    answered cost 0. A row touching an unpriced model has null costs there and `priced` false.
+    """
     # join on the key alone, then lay the columns beside the results: no wide copy
     per_row = (
         results.lazy()
         .select("row_key")
-        .join(failed, on="row_key", how="left", maintain_order="left")
+        .join(failed.lazy(), on="row_key", how="left", maintain_order="left")
         .collect()
     )
     failed_priced = per_row["_failed_priced"].fill_null(True)
     is_ok = pl.col("status") == "ok"
-    priced_results = results.with_columns(
+    return results.with_columns(
         cost_usd=pl.when(~is_ok)
         .then(pl.lit(0, dtype=COST_DTYPE))
         .when(_is_priced("model_used", prices))
@@ -161,4 +165,15 @@ def price_outcomes(
         ),
         priced=(~is_ok | _is_priced("model_used", prices)) & pl.lit(failed_priced),
     )
-    return priced_results, priced_attempts.select(attempts.columns)
+
+
+def price_outcomes(
+    results: pl.DataFrame, attempts: pl.DataFrame, prices: PriceTable
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Fill the cost columns of results and attempts, keeping their schemas and row order.
+
+    `failed_cost_usd` is the sum of the row's failed attempts among `attempts`.
+    """
+    priced_attempts = price_attempts(attempts.lazy(), prices).collect()
+    failed = failed_costs(priced_attempts.lazy()).collect()
+    return price_results(results, failed, prices), priced_attempts.select(attempts.columns)

@@ -39,7 +39,7 @@ from batchroute.limits import ModelLimiter
 from batchroute.prices import PriceTable
 from batchroute.schema import ErrorType, Status
 
-__all__ = ["AttemptRecord", "Dispatcher", "RowOutcome", "RowRequest"]
+__all__ = ["Action", "AttemptRecord", "Dispatcher", "RowOutcome", "RowRequest"]
 
 DEFAULT_EXPECTED_OUTPUT_TOKENS: Final = 1024
 """What the budget assumes a response costs when the job sets neither max_tokens nor
@@ -249,10 +249,13 @@ class Dispatcher:
         for name in config.models:
             key = config.models[name].endpoint or "endpoint"
             endpoints[key] = config.endpoint_for(name)
+        # Every key is resolved before any client exists, so a missing one leaks nothing.
+        api_keys = {
+            key: resolve_api_key(endpoint, name=key if key == "endpoint" else f"endpoints.{key}")
+            for key, endpoint in endpoints.items()
+        }
         for key, endpoint in endpoints.items():
-            api_key = resolve_api_key(
-                endpoint, name=key if key == "endpoint" else f"endpoints.{key}"
-            )
+            api_key = api_keys[key]
             base_url = self.base_urls.get(endpoint.base_url, endpoint.base_url)
             if endpoint.is_simulator and base_url == endpoint.base_url:
                 raise ValueError(
@@ -386,7 +389,8 @@ class _Walk:
     def __init__(self, dispatcher: Dispatcher, row: RowRequest) -> None:
         self.dispatcher = dispatcher
         self.row = row
-        self.tier = dispatcher._tiers[row.tier]
+        # A tier the job does not map goes where unmatched rows go (`standard` is required).
+        self.tier = dispatcher._tiers.get(row.tier) or dispatcher._tiers["standard"]
         self.outcome = RowOutcome(
             status=Status.FAILED, model_requested=self.tier.chain[0], started_at=_now()
         )

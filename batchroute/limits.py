@@ -67,7 +67,7 @@ _RECENT_SENDS: Final = 1024
 class ModelLimiter:
     """Paces one model's requests: RPM, TPM, max concurrency, 429 cooldown and ramp-up.
 
-    Use `async with limiter.slot(tokens)` around one HTTP attempt, then `settle(...)` the tokens
+    `acquire(tokens)` before one HTTP attempt and `release()` after it; `settle(...)` the tokens
     once the usage is known. `cool_down` after a 429 pauses every caller of the model at once.
     """
 
@@ -146,10 +146,6 @@ class ModelLimiter:
         if now >= self.ramp_until or self.rpm is not None or self._header_rpm is not None:
             return self.max_concurrency
         return max(1, math.ceil(self.max_concurrency * self.rate_factor(now)))
-
-    def slot(self, tokens: int) -> _Slot:
-        """A context manager holding one concurrency slot and one paced send of `tokens`."""
-        return _Slot(self, tokens)
 
     async def acquire(self, tokens: int) -> None:
         """Wait for a concurrency slot, then for the pace (call `release` after the attempt)."""
@@ -303,20 +299,6 @@ class ModelLimiter:
             # moment. A 429, not this, is what pauses the model.
             if limit and remaining is not None and remaining <= LOW_REMAINING * limit:
                 self._slow_until = now + min(reset or 1.0, MAX_SLOW_S)
-
-
-class _Slot:
-    __slots__ = ("_limiter", "_tokens")
-
-    def __init__(self, limiter: ModelLimiter, tokens: int) -> None:
-        self._limiter = limiter
-        self._tokens = tokens
-
-    async def __aenter__(self) -> None:
-        await self._limiter.acquire(self._tokens)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._limiter.release()
 
 
 def _lowest(configured: int | None, announced: int | None) -> int | None:

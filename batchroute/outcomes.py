@@ -57,9 +57,8 @@ _ATTEMPT_SCHEMA_NO_COST = pl.Schema(
 )
 
 
-def _outcome_row(row_index: int, outcome: RowOutcome) -> tuple[Any, ...]:
+def _outcome_values(outcome: RowOutcome) -> tuple[Any, ...]:
     return (
-        row_index,
         outcome.model_used,
         outcome.status,
         outcome.error_type,
@@ -74,7 +73,7 @@ def _outcome_row(row_index: int, outcome: RowOutcome) -> tuple[Any, ...]:
         outcome.reasoning_tokens,
         outcome.failed_input_tokens,
         outcome.failed_output_tokens,
-        None,  # cost_usd: priced when the part is flushed
+        None,  # cost_usd: priced from the usage when the results are assembled
         None,  # failed_cost_usd
         None,  # priced
         outcome.latency_ms,
@@ -84,11 +83,16 @@ def _outcome_row(row_index: int, outcome: RowOutcome) -> tuple[Any, ...]:
 
 
 class OutcomeBuffer:
-    """Finished rows waiting to be written, with the context of the batches they came from."""
+    """Finished rows waiting to be written, each with its context from the classified batch.
+
+    A row's context (`ROW_CONTEXT_COLUMNS` and the passthrough metadata) travels with it as a
+    tuple, so building a part is one frame constructor: no join against the batches in flight.
+    """
 
     def __init__(self, *, metadata_columns: Sequence[str]) -> None:
         self.metadata_columns = tuple(metadata_columns)
-        self._context: list[pl.DataFrame] = []
+        self.context_columns = (*ROW_CONTEXT_COLUMNS, *self.metadata_columns)
+        self._schema: pl.Schema | None = None
         self._rows: list[tuple[Any, ...]] = []
         self._attempts: list[tuple[Any, ...]] = []
         self._frames: list[pl.DataFrame] = []
@@ -99,23 +103,30 @@ class OutcomeBuffer:
     def __repr__(self) -> str:
         return f"<OutcomeBuffer [rows: {len(self._rows)}, frames: {len(self._frames)}]>"
 
-    def add_context(self, frame: pl.DataFrame) -> None:
-        """Remember the classified rows of a batch that are about to be sent."""
-        self._context.append(frame.select(*ROW_CONTEXT_COLUMNS, *self.metadata_columns))
+    def contexts(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The context columns of a classified batch, in the order `add` expects them."""
+        context = frame.select(self.context_columns)
+        if self._schema is None:
+            self._schema = pl.Schema([*context.schema.items(), *list(_OUTCOME_SCHEMA.items())[1:]])
+        return context
 
-    def add(self, row_index: int, row_key: str, row_id: str, outcome: RowOutcome) -> None:
-        """Record one finished row and its attempts."""
-        self._rows.append(_outcome_row(row_index, outcome))
+    def add(self, context: tuple[Any, ...], outcome: RowOutcome) -> None:
+        """Record one finished row (its context tuple, as `contexts` gives it) and its attempts."""
+        self._rows.append(context + _outcome_values(outcome))
+        row_id, row_index, _, row_key = context[:4]
         for record in outcome.attempt_records:
             self._attempts.append(
                 (row_id, row_index, row_key, *(getattr(record, f) for f in _ATTEMPT_FIELDS))
             )
 
-    def add_unsent(self, row_index: int, *, status: str, error_type: str, message: str) -> None:
-        """Record a row whose request was abandoned (its context was added with the batch)."""
+    def add_unsent(
+        self, context: tuple[Any, ...], *, status: str, error_type: str, message: str
+    ) -> None:
+        """Record a row whose request was abandoned before it was answered."""
         now = datetime.now(UTC)
         self._rows.append(
-            (row_index, None, status, error_type, message, 0, 0, None, None)
+            context
+            + (None, status, error_type, message, 0, 0, None, None)
             + (0, 0, 0, 0, 0, 0, None, None, None, None, None, now)
         )
 
@@ -128,16 +139,9 @@ class OutcomeBuffer:
         """Everything buffered, as (results, attempts) frames; the buffer is left empty."""
         parts = list(self._frames)
         if self._rows:
-            outcomes = pl.DataFrame(self._rows, schema=_OUTCOME_SCHEMA, orient="row")
-            context = pl.concat(self._context, how="vertical_relaxed")
-            joined = outcomes.join(context, on="row_index", how="left")
-            parts.append(joined.select(*RESULT_SCHEMA.names(), *self.metadata_columns))
-            sent = set(outcomes["row_index"].to_list())
-            self._context = [
-                kept
-                for frame in self._context
-                if (kept := frame.filter(~pl.col("row_index").is_in(sent))).height
-            ]
+            assert self._schema is not None, "contexts() comes before add()"
+            sent = pl.DataFrame(self._rows, schema=self._schema, orient="row")
+            parts.append(sent.select(*RESULT_SCHEMA.names(), *self.metadata_columns))
         attempts = pl.DataFrame(self._attempts, schema=_ATTEMPT_SCHEMA_NO_COST, orient="row")
         attempts = attempts.with_columns(
             pl.lit(None, COST_DTYPE).alias("cost_usd"), pl.lit(None, pl.Boolean).alias("priced")
@@ -196,4 +200,3 @@ def skipped_results(
         pl.lit(now, RESULT_SCHEMA["finished_at"]).alias("finished_at"),
         *metadata_columns,
     )
-

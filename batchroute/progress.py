@@ -109,12 +109,15 @@ class Progress:
             return
         if self.is_live:
             with Live(
-                get_renderable=self.table, console=self.console, refresh_per_second=4, transient=True
+                get_renderable=self.table,
+                console=self.console,
+                refresh_per_second=4,
+                transient=True,
             ):
                 yield
             return
         stop = threading.Event()
-        ticker = threading.Thread(target=self._tick, args=(stop,), daemon=True)
+        ticker = threading.Thread(target=self._tick, args=(stop, run_id), daemon=True)
         ticker.start()
         try:
             yield
@@ -122,9 +125,10 @@ class Progress:
             stop.set()
             ticker.join()
 
-    def _tick(self, stop: threading.Event) -> None:
+    def _tick(self, stop: threading.Event, run_id: str) -> None:
+        # a thread does not inherit the run's context variables: name the run explicitly
         while not stop.wait(self.interval_s):
-            logger.info(self.line())
+            logger.info(self.line(), extra={"run_id": run_id})
 
     def line(self) -> str:
         """One plain line: done, failed, in flight, rate, cost so far and ETA, per tier."""

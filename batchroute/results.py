@@ -23,8 +23,9 @@ Memory grows with the row count by only about 16 bytes a row (see `_Assembly._ma
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -32,7 +33,9 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from batchroute.checkpoint import INDEX_COLUMNS, collect_parts, list_parts, scan_parts
+from batchroute.costs import failed_costs, price_attempts, price_results
 from batchroute.errors import OutputError
+from batchroute.prices import PriceTable
 from batchroute.rundir import PARTS_DIR, atomic_file
 from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA, ErrorType, Status
 
@@ -64,10 +67,14 @@ def assemble_results(
     attempts_out: Path | None = None,
     session: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    prices: PriceTable | None = None,
 ) -> dict[str, int]:
     """Write results.parquet and attempts.parquet from the parts; return row counts by status.
 
     `session` is the ordinal of the session whose index defines the rows; the latest by default.
+    With `prices`, the cost columns are filled as the files are written: parts hold the usage the
+    API reported, and money is derived from it once, here, with the run's price table. A row's
+    `failed_cost_usd` then counts its failed attempts in every session of the run directory.
     """
     run_dir = Path(run_dir)
     index_parts = list_parts(run_dir, "index")
@@ -81,23 +88,38 @@ def assemble_results(
             path=run_dir / PARTS_DIR,
         )
     result_paths = [part.path for part in list_parts(run_dir, "results")]
+    attempts_out = attempts_out if attempts_out is not None else run_dir / ATTEMPTS_NAME
+    assemble_attempts(run_dir, out=attempts_out, prices=prices)
+    price: _Pricer | None = None
+    if prices is not None:
+        failed = failed_costs(pl.scan_parquet(attempts_out)).collect()
+        price = functools.partial(price_results, failed=failed, prices=prices)
     spill = run_dir / PARTS_DIR / _SPILL_DIR
     shutil.rmtree(spill, ignore_errors=True)
     try:
         spill.mkdir(parents=True)
         counts = _Assembly(
-            index_paths, result_paths, spill=spill, chunk_rows=chunk_rows, where=run_dir
+            index_paths,
+            result_paths,
+            spill=spill,
+            chunk_rows=chunk_rows,
+            where=run_dir,
+            price=price,
         ).write(out if out is not None else run_dir / RESULTS_NAME)
     except OSError as exc:
         raise OutputError(f"cannot assemble the results ({exc})", path=run_dir) from None
     finally:
         shutil.rmtree(spill, ignore_errors=True)
-    assemble_attempts(run_dir, out=attempts_out)
     return counts
 
 
-def assemble_attempts(run_dir: Path, *, out: Path | None = None) -> int:
-    """Write attempts.parquet: every session's attempts, in the order they were made."""
+def assemble_attempts(
+    run_dir: Path, *, out: Path | None = None, prices: PriceTable | None = None
+) -> int:
+    """Write attempts.parquet: every session's attempts, in the order they were made.
+
+    With `prices`, each attempt's `cost_usd` and `priced` are filled from its usage.
+    """
     run_dir = Path(run_dir)
     out = out if out is not None else run_dir / ATTEMPTS_NAME
     rows = 0
@@ -107,13 +129,20 @@ def assemble_attempts(run_dir: Path, *, out: Path | None = None) -> int:
             for part in list_parts(run_dir, "attempts"):
                 pending.append(_conform(_read_part(part.path), ATTEMPT_SCHEMA))
                 if sum(frame.height for frame in pending) >= _ATTEMPT_ROW_GROUP:
-                    rows += _write(writer, pl.concat(pending))
+                    rows += _write(writer, _priced_attempts(pl.concat(pending), prices))
                     pending.clear()
             if pending:
-                rows += _write(writer, pl.concat(pending))
+                rows += _write(writer, _priced_attempts(pl.concat(pending), prices))
     except OSError as exc:
         raise OutputError(f"cannot write the attempts ({exc})", path=out) from None
     return rows
+
+
+def _priced_attempts(frame: pl.DataFrame, prices: PriceTable | None) -> pl.DataFrame:
+    return frame if prices is None else price_attempts(frame.lazy(), prices).collect()
+
+
+_Pricer = Callable[[pl.DataFrame], pl.DataFrame]
 
 
 class _Assembly:
@@ -127,7 +156,9 @@ class _Assembly:
         spill: Path,
         chunk_rows: int,
         where: Path,
+        price: _Pricer | None = None,
     ) -> None:
+        self.price = price
         self.index_paths = index_paths
         self.result_paths = result_paths
         self.spill = spill
@@ -162,6 +193,8 @@ class _Assembly:
             self._spill_winners(first=first)
             for lo in range(first, last + 1, self.chunk_rows):
                 chunk = self._chunk(lo=lo, bucket=(lo - first) // self.chunk_rows)
+                if self.price is not None:
+                    chunk = self.price(chunk)
                 for status, n in chunk.group_by("status").len().iter_rows():
                     counts[status] = counts.get(status, 0) + n
                 _write(writer, chunk)

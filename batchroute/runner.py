@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import polars as pl
@@ -32,7 +33,6 @@ from batchroute.budget import Budget
 from batchroute.checkpoint import CheckpointStore, row_keys
 from batchroute.classify import build_router
 from batchroute.config import Job
-from batchroute.costs import price_outcomes
 from batchroute.dataset import Batch, open_dataset
 from batchroute.dispatch import Dispatcher, RowOutcome, RowRequest
 from batchroute.exitcodes import ExitCode
@@ -162,7 +162,7 @@ class _Run:
         """Answered rows whose in-flight slot is held until their part is written."""
         self._flush_undurable = max(1, cfg.run.max_in_flight // 4)
         self.started_at = datetime.now(UTC)
-        self._contexts = {tier: _tier_context(job, tier) for tier in cfg.tiers}
+        self._contexts: dict[str, str] = {tier: _tier_context(job, tier) for tier in cfg.tiers}
         self._requested = {tier: cfg.tier(tier).model for tier in cfg.tiers}
 
     def warn(self, message: str) -> None:
@@ -189,7 +189,7 @@ class _Run:
             summary = self._summary(counts={}, report=None)
             write_manifest(self.run_dir, self._manifest(previous, finished=True, summary=summary))
             return summary
-        counts = assemble_results(self.run_dir)
+        counts = assemble_results(self.run_dir, prices=self.prices)
         self._write_side_files()
         report = write_reports(
             self.run_dir,
@@ -257,7 +257,7 @@ class _Run:
                 await self._send_batch(sendable, dispatcher, slots, in_flight)
 
     def _prepare(self, rows: pl.DataFrame, classify: _Classify, done: pl.Series) -> pl.DataFrame:
-        """Classify a batch, record it, settle invalid and already-answered rows; return the rest."""
+        """Classify a batch, record it, settle invalid and already-answered rows; return others."""
         frame = classify(rows)
         frame = frame.with_columns(
             row_keys(frame, context=self._contexts).alias("row_key"),
@@ -295,10 +295,10 @@ class _Run:
     ) -> None:
         if frame.height == 0:
             return
-        self.buffer.add_context(frame)
-        columns = frame.select("id", "row_index", "row_key", "tier", "messages", "prompt_tokens")
-        for position, (row_id, row_index, row_key, tier, messages, tokens) in enumerate(
-            columns.iter_rows()
+        contexts = self.buffer.contexts(frame).iter_rows()
+        requests = frame.select("id", "row_index", "row_key", "tier", "messages", "prompt_tokens")
+        for position, (context, (row_id, row_index, row_key, tier, messages, tokens)) in enumerate(
+            zip(contexts, requests.iter_rows(), strict=True)
         ):
             await slots.acquire()
             if self.stop_status is None and dispatcher.abort is not None:
@@ -318,15 +318,21 @@ class _Run:
                 prompt_tokens=tokens,
             )
             self.progress.sent(tier)
-            in_flight.start_soon(self._send, dispatcher, request, slots)
+            in_flight.start_soon(self._send, dispatcher, request, context, slots)
 
-    async def _send(self, dispatcher: Dispatcher, request: RowRequest, slots: anyio.Semaphore) -> None:
+    async def _send(
+        self,
+        dispatcher: Dispatcher,
+        request: RowRequest,
+        context: tuple[Any, ...],
+        slots: anyio.Semaphore,
+    ) -> None:
         try:
             outcome = await dispatcher.dispatch(request)
         except anyio.get_cancelled_exc_class():
             slots.release()
             self.buffer.add_unsent(
-                request.row_index,
+                context,
                 status=Status.SKIPPED_INTERRUPTED,
                 error_type=ErrorType.INTERRUPTED,
                 message="the run was stopped while this request was in flight",
@@ -338,7 +344,7 @@ class _Run:
         # The slot is released by the flush that makes this answer durable (see `_flush`).
         self._undurable += 1
         self.sent_rows += 1
-        self.buffer.add(request.row_index, request.row_key, request.id, outcome)
+        self.buffer.add(context, outcome)
         self.progress.finished(
             request.tier, status=outcome.status, cost_usd=self._cost_estimate(outcome)
         )
@@ -399,7 +405,6 @@ class _Run:
             return
         results, attempts = self.buffer.take()
         held, self._undurable = self._undurable, 0
-        results, attempts = price_outcomes(results, attempts, self.prices)
         with anyio.CancelScope(shield=True):  # a part is written whole or not at all
             await anyio.to_thread.run_sync(self.store.write, results, attempts)
         for _ in range(held):

@@ -9,9 +9,13 @@ Every workload sends the same requests with the same number of worker tasks.
     (c) raw-post      client.post(..., cast_to=httpx2.Response) + json.loads: the best plain loop
     (d) dispatcher    batchroute.dispatch.Dispatcher (limiters, probes, bookkeeping, records)
 
-The figure that matters is (d)/(c) (target: at most 1.2). To measure the whole `batchroute run`
-process later, add a workload to WORKLOADS that starts it as a subprocess and returns its CPU
-seconds from psutil; `measure` accepts a workload that reports its own CPU.
+    (e) raw-post-proc (c) as a whole Python process, imports and start-up included
+    (f) batchroute    the whole `batchroute run` process on a JSONL of the same prompts:
+                      reading, validation, classification, row keys, limiters, bookkeeping,
+                      durable parts, assembly of results.parquet and the reports
+
+The figures that matter are (d)/(c), the dispatcher's overhead in steady state, and (f)/(e),
+the whole tool against the best plain loop as a whole process (target: at most 1.2 for both).
 
     python benchmarks/bench_overhead.py            # 5,000 requests at concurrency 64 and 256
     python benchmarks/bench_overhead.py --quick    # 1,000 requests
@@ -24,6 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -128,11 +135,53 @@ async def dispatcher(base_url: str, count: int, concurrency: int) -> None:
         await _workers(count, concurrency, one)
 
 
+def _child_cpu_s(command: list[str]) -> float:
+    """Run a command to the end; return its user + system CPU seconds."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{command[:4]} exited {os.waitstatus_to_exitcode(status)}")
+    return usage.ru_utime + usage.ru_stime
+
+
+async def raw_post_process(base_url: str, count: int, concurrency: int) -> float:
+    command = [sys.executable, __file__, "--child", base_url, str(count), str(concurrency)]
+    return await anyio.to_thread.run_sync(_child_cpu_s, command)
+
+
+async def batchroute_run(base_url: str, count: int, concurrency: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "prompts.jsonl"
+        data.write_text(
+            "".join(
+                json.dumps({"id": f"r{i}", "prompt": _messages(i)[0]["content"]}) + "\n"
+                for i in range(count)
+            )
+        )
+        job = {
+            "name": "bench",
+            "input": {"path": str(data), "id_column": "id"},
+            "endpoint": {"base_url": base_url, "api_key_env": None},
+            "request": {"max_tokens": 64},
+            "tiers": {"standard": MODEL},
+            "models": {
+                MODEL: {"input_per_mtok": 1, "output_per_mtok": 2, "max_concurrency": concurrency}
+            },
+            "output": {"dir": str(Path(tmp) / "run")},
+        }
+        job_path = Path(tmp) / "job.yaml"
+        job_path.write_text(json.dumps(job))  # JSON is YAML
+        command = [sys.executable, "-m", "batchroute", "run", str(job_path), "--quiet"]
+        return await anyio.to_thread.run_sync(_child_cpu_s, command)
+
+
 WORKLOADS: dict[str, Workload] = {
     "sdk-httpx": sdk_httpx,
     "sdk-aiohttp": sdk_aiohttp,
     "raw-post": raw_post,
     "dispatcher": dispatcher,
+    "raw-post-proc": raw_post_process,
+    "batchroute": batchroute_run,
 }
 
 
@@ -152,7 +201,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--only", nargs="+", choices=sorted(WORKLOADS))
+    parser.add_argument("--child", nargs=3, metavar=("URL", "N", "C"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:  # (e): the raw-post loop as a process of its own
+        url, n, c = args.child
+        anyio.run(raw_post, url, int(n), int(c))
+        return
     count = args.requests or (1000 if args.quick else 5000)
     cpus = os.sched_getaffinity(0)
     sim_cpus = [max(cpus)] if len(cpus) > 1 else None
@@ -173,6 +227,13 @@ def main() -> None:
             if "dispatcher" in results and "raw-post" in results:
                 ratio = results["dispatcher"][0] / results["raw-post"][0]
                 print(f"c={concurrency:<4} dispatcher / raw-post CPU: {ratio:.2f}x (target <= 1.2)")
+            if "batchroute" in results and "raw-post-proc" in results:
+                ratio = results["batchroute"][0] / results["raw-post-proc"][0]
+                print(
+                    f"c={concurrency:<4} batchroute run / raw-post process CPU: {ratio:.2f}x "
+                    f"(target <= 1.2); batchroute {results['batchroute'][1]:.0f} requests/s "
+                    "(target >= 600)"
+                )
 
 
 if __name__ == "__main__":

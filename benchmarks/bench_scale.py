@@ -98,14 +98,18 @@ def measure(rows: int, workdir: Path, base_url: str) -> dict[str, float]:
         stdout=subprocess.DEVNULL,
     )
     first_request = float("nan")
-    while proc.poll() is None and first_request != first_request:
-        if _sim_total(stats_url) > before:
+    while True:  # wait4 with WNOHANG reaps the child itself, so its rusage is not lost
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if first_request != first_request and _sim_total(stats_url) > before:
             first_request = time.perf_counter() - started
         time.sleep(0.01)
-    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"batchroute run exited {os.waitstatus_to_exitcode(status)} on {rows} rows")
+        raise SystemExit(
+            f"batchroute run exited {os.waitstatus_to_exitcode(status)} on {rows} rows"
+        )
     return {
         "rows": rows,
         "peak_rss_mib": usage.ru_maxrss / 1024,

@@ -147,9 +147,7 @@ def test_kill_9_midway_then_rerun_answers_every_row_exactly_once(
     cron.write_job(sample_rows(ROWS), max_in_flight=SLOW_IN_FLIGHT)
     first = cron.start()
     parts = cron.directory / RUN_DIR / "parts"
-    wait_until(
-        lambda: sent(sim) >= ROWS // 2 and any(parts.glob("results-*.parquet")), proc=first
-    )
+    wait_until(lambda: sent(sim) >= ROWS // 2 and any(parts.glob("results-*.parquet")), proc=first)
     first.send_signal(signal.SIGKILL)
     assert cron.finish(first)[0] == -signal.SIGKILL
     paid_before = sent(sim)
@@ -204,6 +202,34 @@ def test_sigterm_stops_cleanly_then_rerun_sends_only_unanswered_rows(
     assert cron.manifest()["sessions"][-1]["reused_rows"] == by_status["ok"]
 
 
+def test_second_signal_stops_at_once_leaving_only_complete_files(
+    cron: Cron, sim: SimulatorProcess
+) -> None:
+    cron.write_job(sample_rows(ROWS), max_in_flight=SLOW_IN_FLIGHT)
+    first = cron.start()
+    wait_until(lambda: sent(sim) >= ROWS // 3, proc=first)
+    first.send_signal(signal.SIGTERM)
+    time.sleep(0.02)  # well inside the 150 ms the requests in flight take
+    first.send_signal(signal.SIGTERM)
+    code, out, err = cron.finish(first)
+    assert code == ExitCode.INTERRUPTED, err
+    assert "received again" in err
+    run_dir = cron.directory / RUN_DIR
+    assert not list(run_dir.rglob("*.tmp"))
+    manifest = cron.manifest()
+    assert manifest["exit_code"] == ExitCode.INTERRUPTED
+    assert manifest["finished_at"] is not None
+
+    paid_before = sent(sim)
+    code, _, err = cron.run()
+    assert code == ExitCode.OK, err
+    results = cron.results()
+    assert results["id"].to_list() == ids(ROWS)
+    assert (results["status"] == "ok").all()
+    assert sent(sim) <= ROWS + SLOW_IN_FLIGHT
+    assert sent(sim) - paid_before == cron.manifest()["sessions"][-1]["sent_rows"]
+
+
 def test_budget_cap_at_40_percent_of_forecast_stops_the_run(
     cron: Cron, sim: SimulatorProcess
 ) -> None:
@@ -223,8 +249,9 @@ def test_budget_cap_at_40_percent_of_forecast_stops_the_run(
     assert skipped.height > 0
     assert (skipped["error_type"] == "budget").all()
     assert sent(sim) == ok.height  # a row refused by the budget never reached the server
-    spend = results["cost_usd"].sum() + results["failed_cost_usd"].sum()
+    spend = results.select(pl.sum("cost_usd") + pl.sum("failed_cost_usd")).item()
     largest_reservation = ok["cost_usd"].max()  # actual == reserved: completions are max_tokens
+    assert isinstance(spend, Decimal)
     assert isinstance(largest_reservation, Decimal)
     assert spend <= cap + FAST_IN_FLIGHT * largest_reservation
     assert spend >= cap / 2  # the cap, not something else, stopped the run
@@ -235,7 +262,7 @@ def test_budget_cap_at_40_percent_of_forecast_stops_the_run(
 
 
 def test_second_concurrent_run_is_refused_naming_the_pid(cron: Cron, sim: SimulatorProcess) -> None:
-    cron.write_job(sample_rows(ROWS), max_in_flight=8)  # about 4 s: outlives the second's start
+    cron.write_job(sample_rows(ROWS), max_in_flight=2)  # about 15 s: it outlives the second
     first = cron.start()
     wait_until(lambda: sent(sim) > 0, proc=first)
     code, out, err = cron.run()
@@ -243,9 +270,12 @@ def test_second_concurrent_run_is_refused_naming_the_pid(cron: Cron, sim: Simula
     assert code == ExitCode.BAD_INPUT
     assert str(first.pid) in err
     assert "Traceback" not in err + out
+    first.send_signal(signal.SIGTERM)
     code, _, err = cron.finish(first)
-    assert code == ExitCode.OK, err  # the refused run disturbed nothing
-    assert sent(sim) == ROWS
+    assert code == ExitCode.INTERRUPTED, err
+    manifest = cron.manifest()
+    assert [session["pid"] for session in manifest["sessions"]] == [first.pid]
+    assert manifest["exit_code"] == ExitCode.INTERRUPTED  # the refused run wrote nothing here
 
 
 def test_lock_left_by_killed_process_is_taken_over_with_a_warning(

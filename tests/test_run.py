@@ -121,3 +121,15 @@ def test_cron_style_subprocess_run_logs_json_with_run_id(make_job: JobFactory) -
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     manifest = json.loads(Path("runs/t/run.json").read_text())
     assert all(entry["run_id"] == manifest["run_id"] for entry in lines)
+
+
+def test_forecast_equals_actual_when_usage_matches_the_estimate(make_job: JobFactory) -> None:
+    """With the simulator answering exactly max_tokens, plan.parquet's forecast is the bill."""
+    job = make_job(sample_rows(40), simulator={"default": {"completion_tokens": "max_tokens"}})
+    assert run_cli("run", str(job))[0] == 0
+    plan = pl.read_parquet("runs/t/plan.parquet")
+    results = pl.read_parquet("runs/t/results.parquet")
+    assert results["output_tokens"].to_list() == [64] * 40
+    assert plan["forecast_cost_usd"].sum() == results["cost_usd"].sum()
+    savings = pl.read_parquet("runs/t/savings.parquet")
+    assert savings["forecast_delta_usd"].item() == 0

@@ -20,8 +20,12 @@ __all__ = ["run_command"]
 
 @click.command("run")
 @click.argument("job_file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--limit", type=click.IntRange(min=1), help="Run only the first N rows (a smoke test).")
-@click.option("--fresh", is_flag=True, help="Start over in a new run directory instead of resuming.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="Run only the first N rows (a smoke test)."
+)
+@click.option(
+    "--fresh", is_flag=True, help="Start over in a new run directory instead of resuming."
+)
 @click.option(
     "--max-cost",
     type=click.FloatRange(min=0, min_open=True),
@@ -64,7 +68,12 @@ def run_command(
         retry_failed=not keep_failed,
     )
     console = Console(stderr=True)
-    progress = Progress(live=console.is_terminal and not quiet, enabled=not quiet, console=console)
+    progress = Progress(
+        live=console.is_terminal and not quiet,
+        enabled=not quiet,
+        console=console,
+        interval_s=job.config.run.progress_interval_s,
+    )
     summary = run_job(job, options, progress=progress)
     print_run_summary(summary, console=Console())
     sys.exit(int(summary.exit_code))

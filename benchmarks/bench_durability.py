@@ -1,0 +1,179 @@
+"""Issue 4: what durability costs. The same 5,000-row job with checkpointing on and off.
+
+Each trial runs `batchroute run JOB.yaml --quiet` as its own process against one standalone
+simulator process (zero latency, pinned to the last CPU when there are two or more), and reads
+the process's CPU time (user + system) from `os.wait4`'s rusage. The two settings alternate,
+three times each (on, off, off, on, on, off, so drift on a shared machine hits both), and the
+medians are compared in the same run:
+
+    on    the defaults: a part every `checkpoint_rows` 1000 rows or `checkpoint_seconds` 5 s, and
+          whenever a quarter of the in-flight slots wait on answers not yet durable (the runner
+          keeps a row's slot until its part is written, so a crash re-buys at most
+          `max_in_flight` rows).
+    off   no durable write until the run ends. The runner has no switch for that, since the
+          slot hand-back above depends on flushes, so "off" sets checkpoint_rows and
+          checkpoint_seconds huge and starts batchroute with `CheckpointStore.write` replaced by
+          `CheckpointStore.add`: the runner flushes on the same schedule, but each flush only
+          appends to memory, and everything is written in one go at the end. What "off" leaves
+          out is exactly the work durability adds: encoding a part, fsync and rename, mid-run.
+
+Figures: wall time and CPU time of the whole process (including about 1 s of Python start-up
+and imports, the same for both), the run's own wall time from run.json, and the same with the
+fixed cost of a one-row run (`--limit 1`, measured in the same loop) taken off. Target: on/off
+at most 1.10 for wall and CPU.
+
+    python benchmarks/bench_durability.py                # 5,000 rows, 3 trials per setting
+    python benchmarks/bench_durability.py --rows 2000 --trials 1   # a quick look
+"""
+
+# ruff: noqa: T201  (a benchmark script reports its figures on stdout)
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from batchroute.sim import SimConfig, SimulatorProcess
+
+_LAUNCH = """
+import sys
+if sys.argv[1] == "off":
+    from batchroute.checkpoint import CheckpointStore
+    CheckpointStore.write = CheckpointStore.add  # buffered in memory, written once at close
+from batchroute.cli import main
+main(sys.argv[2:], prog_name="batchroute")
+"""
+
+_PROMPTS = (
+    "Summarise ticket {i}: the nightly export to the warehouse fails after the schema change.",
+    "Extract the order id, customer and total from message {i} as JSON.",
+    "Refactor the retry loop in payment handler {i} to remove the race condition.",
+    "Translate UI string {i} ('Your refund is on its way') into German.",
+    "Draft a two-line reply to customer {i} asking where their parcel is.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """One batchroute process: its exit code, wall and CPU seconds, and the run's own span."""
+
+    code: int
+    wall_s: float
+    cpu_s: float
+    run_s: float
+
+
+def _sim_cpus() -> list[int] | None:
+    cpus = os.sched_getaffinity(0)
+    return [max(cpus)] if len(cpus) > 1 else None
+
+
+def _write_input(path: Path, rows: int) -> None:
+    with path.open("w") as out:
+        for i in range(rows):
+            prompt = _PROMPTS[i % len(_PROMPTS)].format(i=i)
+            out.write(json.dumps({"id": f"r{i:06d}", "prompt": prompt}) + "\n")
+
+
+def _job(data: Path, *, base_url: str, name: str, durable: bool) -> dict[str, Any]:
+    output: dict[str, Any] = {"dir": "runs/{name}"}
+    if not durable:
+        output |= {"checkpoint_rows": 10**9, "checkpoint_seconds": 1e9}
+    return {
+        "name": name,
+        "input": {"path": str(data), "id_column": "id", "prompt_column": "prompt"},
+        "endpoint": {"base_url": base_url, "api_key_env": None, "timeout_s": 30},
+        "request": {"max_tokens": 64},
+        "tiers": {"complex": "big", "standard": "mid", "structured": "mid", "bulk": "small"},
+        "models": {
+            "big": {"input_per_mtok": 5, "output_per_mtok": 25, "fallback": "mid"},
+            "mid": {"input_per_mtok": 3, "output_per_mtok": 15},
+            "small": {"input_per_mtok": 0.27, "output_per_mtok": 1.1, "fallback": "mid"},
+        },
+        "output": output,
+    }
+
+
+def _run(workdir: Path, job: dict[str, Any], *, mode: str, extra: tuple[str, ...] = ()) -> Trial:
+    job_path = workdir / f"{job['name']}.yaml"
+    job_path.write_text(yaml.safe_dump(job, sort_keys=False))
+    command = [sys.executable, "-c", _LAUNCH, mode, "run", str(job_path), "--quiet", *extra]
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
+    manifest = json.loads((workdir / "runs" / job["name"] / "run.json").read_text())
+    session = manifest["sessions"][-1]
+    span = datetime.fromisoformat(session["ended_at"]) - datetime.fromisoformat(
+        session["started_at"]
+    )
+    return Trial(
+        code=proc.returncode,
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        run_s=span.total_seconds(),
+    )
+
+
+def _median(trials: list[Trial], field: str) -> float:
+    return statistics.median(float(getattr(trial, field)) for trial in trials)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--trials", type=int, default=3)
+    args = parser.parse_args()
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SimulatorProcess(SimConfig(), cpus=_sim_cpus()) as sim,
+    ):
+        workdir = Path(tmp)
+        data = workdir / "prompts.jsonl"
+        _write_input(data, args.rows)
+        results: dict[str, list[Trial]] = {"on": [], "off": [], "fixed": []}
+        orders = [("on", "off"), ("off", "on")]
+        for number in range(args.trials):
+            for mode in orders[number % 2]:
+                name = f"{mode}-{number}"
+                job = _job(data, base_url=sim.base_url, name=name, durable=mode == "on")
+                trial = _run(workdir, job, mode=mode)
+                if trial.code != 0:
+                    raise SystemExit(f"run {name} exited {trial.code}")
+                results[mode].append(trial)
+            one_row = _job(data, base_url=sim.base_url, name=f"fixed-{number}", durable=True)
+            results["fixed"].append(_run(workdir, one_row, mode="on", extra=("--limit", "1")))
+        requests = sim.stats()["total"]
+
+    print(f"durability: {args.rows} rows, {args.trials} trials per setting, medians")
+    print(f"  server requests: {requests} (expected {2 * args.trials * args.rows + args.trials})")
+    print(f"  {'':8} {'wall s':>8} {'cpu s':>8} {'run s':>8}")
+    for mode in ("on", "off", "fixed"):
+        trials = results[mode]
+        print(
+            f"  {mode:8} {_median(trials, 'wall_s'):8.2f} {_median(trials, 'cpu_s'):8.2f} "
+            f"{_median(trials, 'run_s'):8.2f}"
+        )
+    for field, label in (("wall_s", "wall"), ("cpu_s", "cpu"), ("run_s", "run span")):
+        on, off, fixed = (_median(results[mode], field) for mode in ("on", "off", "fixed"))
+        net = (on - fixed) / (off - fixed) if off > fixed else float("nan")
+        print(f"  on/off {label:9} {on / off:.3f}   net of the one-row run: {net:.3f}")
+    print("  target: on/off <= 1.10 for wall and cpu")
+
+
+if __name__ == "__main__":
+    main()
