@@ -9,7 +9,6 @@ that are invalid are never sent, so they are counted apart and cost nothing.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +20,7 @@ from batchroute.config import TIERS, Job, JobConfig
 from batchroute.costs import model_rates, rate_literals, usage_cost_expr
 from batchroute.errors import OutputError
 from batchroute.prices import PriceTable
+from batchroute.rundir import atomic_file
 from batchroute.schema import COST_DTYPE
 from batchroute.tokens import (
     CHARS_PER_TOKEN,
@@ -228,11 +228,10 @@ def forecast_totals(plan: pl.DataFrame) -> ForecastTotals:
 def write_plan(plan: pl.DataFrame, directory: Path) -> Path:
     """Write plan.parquet atomically into `directory`; `OutputError` if it cannot."""
     path = directory / "plan.parquet"
-    partial = directory / ".plan.parquet.partial"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        plan.write_parquet(partial)
-        os.replace(partial, path)
+        with atomic_file(path) as handle:
+            plan.write_parquet(handle)
     except OSError as exc:
         raise OutputError(
             f"cannot write plan.parquet ({exc.strerror or exc})", path=directory

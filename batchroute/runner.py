@@ -40,12 +40,12 @@ from batchroute.lock import RunLock
 from batchroute.logs import run_id_var
 from batchroute.manifest import RunManifest, read_manifest, write_manifest
 from batchroute.outcomes import OutcomeBuffer, skipped_results
-from batchroute.plan import ForecastAccumulator
+from batchroute.plan import ForecastAccumulator, write_plan
 from batchroute.prices import PriceTable, resolve_prices
 from batchroute.progress import Progress
 from batchroute.report import ReportSummary, write_reports
 from batchroute.results import assemble_results
-from batchroute.rundir import resolve_run_dir
+from batchroute.rundir import atomic_file, resolve_run_dir
 from batchroute.schema import ErrorType, Status
 from batchroute.tokens import messages_tokens_expr
 
@@ -436,10 +436,10 @@ class _Run:
     # -- the end ------------------------------------------------------------------------------
 
     def _write_side_files(self) -> None:
-        plan = self.forecast.frame()
-        plan.write_parquet(self.run_dir / "plan.parquet")
+        write_plan(self.forecast.frame(), self.run_dir)
         if self.rejects:
-            pl.concat(self.rejects).write_parquet(self.run_dir / "rejects.parquet")
+            with atomic_file(self.run_dir / "rejects.parquet") as handle:
+                pl.concat(self.rejects).write_parquet(handle)
 
     def _summary(self, *, counts: dict[str, int], report: ReportSummary | None) -> RunSummary:
         if self.hard_stop or self.stop_status == Status.SKIPPED_INTERRUPTED:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -11,13 +12,96 @@ from rich.console import Console
 from rich.table import Table
 
 from batchroute.classify import build_router
-from batchroute.config import load_job
-from batchroute.dataset import open_dataset
+from batchroute.config import Job, load_job
+from batchroute.dataset import DatasetSummary, open_dataset
 from batchroute.exitcodes import ExitCode
+from batchroute.prices import resolve_prices
 
 __all__ = ["validate_command"]
 
-_SHOWN_PROBLEMS = 10
+SHOWN_PROBLEMS = 10
+"""How many problem rows are listed; the counts printed are always the real totals."""
+
+_PROBLEM_SCHEMA = pl.Schema({"line": pl.Int64, "id": pl.String, "reason": pl.String})
+
+
+@dataclass(frozen=True)
+class _Survey:
+    """What a dry pass over the input found: rows per tier, and the rows that would not run."""
+
+    summary: DatasetSummary
+    per_tier: dict[str, int]
+    """Rows that would be sent, by tier."""
+    invalid: int
+    """Rows that would fail without being sent (reader's or router's `invalid_reason`)."""
+    rejected: int
+    """Rows `on_invalid_row: skip` would set aside in rejects.parquet."""
+    problems: pl.DataFrame
+    """The first `SHOWN_PROBLEMS` invalid or rejected rows in file order (`_PROBLEM_SCHEMA`)."""
+
+    @property
+    def input_rows(self) -> int:
+        return self.summary.input_rows
+
+
+def _survey(job: Job) -> _Survey:
+    """Read and classify the whole input as `run` would, sending nothing and writing nothing.
+
+    File-level problems raise (DatasetError, JobError, PriceError) exactly as `run` raises them.
+    """
+    resolve_prices(job)
+    router = build_router(job)
+    dataset = open_dataset(job)
+    summary = dataset.check()
+    counts: dict[str, int] = dict.fromkeys(job.config.tiers, 0)
+    invalid = rejected = 0
+    shown = pl.DataFrame(schema=_PROBLEM_SCHEMA)
+    for batch in dataset.batches():
+        classified = router.classify(batch.rows)
+        failing = pl.col("invalid_reason").is_not_null()
+        sent = classified.filter(~failing).group_by("tier").len()
+        for tier, rows in sent.iter_rows():
+            counts[tier] = counts.get(tier, 0) + rows
+        bad = classified.filter(failing)
+        invalid += bad.height
+        rejected += batch.rejects.height
+        if shown.height < SHOWN_PROBLEMS and (bad.height or batch.rejects.height):
+            found = pl.concat(
+                [
+                    bad.select("line", "id", pl.col("invalid_reason").alias("reason")),
+                    batch.rejects.select("line", pl.lit(None, pl.String).alias("id"), "reason"),
+                ]
+            )
+            # Batches come in file order, so the first rows overall are among these.
+            shown = pl.concat([shown, found]).sort("line").head(SHOWN_PROBLEMS)
+    return _Survey(
+        summary=summary, per_tier=counts, invalid=invalid, rejected=rejected, problems=shown
+    )
+
+
+def _share(rows: int, total: int) -> str:
+    return f"{rows / total:.1%}" if total else "-"
+
+
+def _tier_table(survey: _Survey, *, job: Job) -> Table:
+    total = survey.input_rows
+    table = Table()
+    table.add_column("tier")
+    table.add_column("rows", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("model")
+    for tier, rows in survey.per_tier.items():
+        model = job.config.tier(tier).model if tier in job.config.tiers else "-"
+        table.add_row(tier, str(rows), _share(rows, total), model)
+    if survey.invalid:
+        table.add_row("(would fail)", str(survey.invalid), _share(survey.invalid, total), "-")
+    if survey.rejected:
+        table.add_row("(rejected)", str(survey.rejected), _share(survey.rejected, total), "-")
+    return table
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 @click.command("validate")
@@ -25,56 +109,32 @@ _SHOWN_PROBLEMS = 10
 def validate_command(job_file: Path) -> None:
     """Check JOB_FILE and every row of its input; print rows per tier and any problems.
 
-    Exit codes: 0 every row can be sent; 1 the run would go ahead but some rows would fail or be
-    rejected (listed); 6 the job or the input file is unusable (the message says where and why).
+    Nothing is sent and no run directory is created. Exit codes: 0 every row can be sent;
+    1 the run would go ahead but some rows would fail or be rejected (listed); 6 the job or the
+    input file is unusable (the message says where and why).
     """
-    console = Console()
     job = load_job(job_file)
-    dataset = open_dataset(job)
-    checked = dataset.check()
-    router = build_router(job)
-    tiers: list[pl.DataFrame] = []
-    problems: list[pl.DataFrame] = []
-    rejects = 0
-    for batch in dataset.batches(batch_rows=job.config.run.batch_rows):
-        classified = router.classify(batch.rows)
-        tiers.append(classified.group_by("tier").len())
-        problems.append(
-            classified.filter(pl.col("invalid_reason").is_not_null())
-            .select("line", "id", pl.col("invalid_reason").alias("reason"))
-            .head(_SHOWN_PROBLEMS)
+    survey = _survey(job)
+    summary = survey.summary
+    click.echo(f"{summary.path}: {_plural(survey.input_rows, 'row')} ({summary.format})")
+    Console(highlight=False).print(_tier_table(survey, job=job))
+    if not survey.invalid and not survey.rejected:
+        click.echo("ok: every row can be sent")
+        return
+    parts = []
+    if survey.invalid:
+        parts.append(f"{_plural(survey.invalid, 'row')} would fail without being sent")
+    if survey.rejected:
+        parts.append(
+            f"{_plural(survey.rejected, 'row')} would be set aside in rejects.parquet "
+            "(on_invalid_row: skip)"
         )
-        if batch.rejects.height:
-            rejects += batch.rejects.height
-            problems.append(
-                batch.rejects.select("line", pl.lit(None, pl.String).alias("id"), "reason")
-                .head(_SHOWN_PROBLEMS)
-            )
-    per_tier = (
-        pl.concat(tiers).group_by("tier").agg(pl.col("len").sum()).sort("tier")
-        if tiers
-        else pl.DataFrame(schema={"tier": pl.String, "len": pl.UInt32})
-    )
-    total = int(per_tier["len"].sum())
-    table = Table(title=f"{job.resolve(job.config.input.path)}: {total} rows")
-    table.add_column("tier")
-    table.add_column("rows", justify="right")
-    table.add_column("share", justify="right")
-    table.add_column("model")
-    for tier, rows in per_tier.iter_rows():
-        model = job.config.tier(tier).model if tier in job.config.tiers else "-"
-        table.add_row(tier, str(rows), f"{rows / max(total, 1):.1%}", model)
-    console.print(table)
-    found = pl.concat(problems, how="vertical_relaxed") if problems else None
-    invalid = checked.invalid
-    if found is not None and found.height:
-        console.print(
-            f"[yellow]{invalid} row(s) would fail without being sent"
-            + (f", {rejects} row(s) would be rejected" if rejects else "")
-            + ":[/yellow]"
-        )
-        for line, row_id, reason in found.head(_SHOWN_PROBLEMS).iter_rows():
-            who = f"id {row_id}" if row_id is not None else "row"
-            console.print(f"  line {line}, {who}: {reason}")
-        sys.exit(int(ExitCode.SOME_FAILED))
-    console.print("[green]ok[/green]: every row can be sent")
+    listed = survey.problems.height
+    more = survey.invalid + survey.rejected - listed
+    click.echo("problems: " + "; ".join(parts) + (f"; the first {listed}:" if more else ":"))
+    for line, row_id, reason in survey.problems.iter_rows():
+        who = f"id {row_id}" if row_id is not None else "rejected"
+        click.echo(f"  line {line}, {who}: {reason}")
+    if more:
+        click.echo(f"  ... and {more} more")
+    sys.exit(int(ExitCode.SOME_FAILED))
