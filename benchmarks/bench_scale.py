@@ -10,6 +10,8 @@ the two peaks (target: the large run's peak at most 1.5x the small run's).
     python benchmarks/bench_scale.py --small 20000 --large 200000   # a quicker look
 """
 
+# ruff: noqa: T201  (a benchmark script reports its figures on stdout)
+
 from __future__ import annotations
 
 import argparse

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from batchroute.classify import ROUTING_COLUMNS, build_router, frame_from_prompts
+from batchroute.classify.rules import MATCH_PREFIX, TEXT_COLUMN, text_expr
 from batchroute.classify.signals import DEFAULT_SIGNALS, compile_signal, phrase_pattern
 from batchroute.config import Job, parse_job
 from batchroute.errors import JobError
@@ -140,6 +141,40 @@ def test_precedence_hint_then_json_output_then_structured_complex_long_bulk() ->
         "bulk:add docstrings",
         None,
     ]
+
+
+def test_a_tier_scans_only_the_rows_no_earlier_rule_decided() -> None:
+    """Rows settled by a hint or an earlier tier are null before a later tier's regex runs."""
+    router = build_router(make_job())
+    frame = frame_from_prompts(
+        ["Refactor this and return as JSON", "Refactor this module", "Refactor it", "hi"],
+        tier_hint=[None, "bulk", None, None],
+    )
+    work = frame.with_columns(text_expr(frame).alias(TEXT_COLUMN))
+    rules = router.rules.rules()
+    decided = router._decide(
+        work, steps=[r.name for r in rules], masks={r.name: r.mask for r in rules}
+    )
+    # Only row 3 reaches the complex tier: row 1 went structured, row 2 followed its hint.
+    assert decided[MATCH_PREFIX + "complex"].to_list() == [None, None, "Refactor", None]
+    assert decided[MATCH_PREFIX + "structured"].to_list() == ["return as", None, None, None]
+    assert decided[MATCH_PREFIX + "bulk"].to_list() == [None, None, None, None]
+
+
+def test_labels_resolve_per_tier_when_one_text_fires_in_two_tiers() -> None:
+    job = make_job(
+        routing={
+            "signals": {"complex": {"add": ["zork"]}, "bulk": {"add": ["zork"]}},
+            "order": ["metadata", "bulk", "complex"],
+        }
+    )
+    routed = route(["zork the files", "refactor zork"], job)
+    assert routed["tier"].to_list() == ["bulk", "bulk"]
+    assert routed["matched_signal"].to_list() == ["bulk:zork", "bulk:zork"]
+    routed = route(
+        ["zork it", "Refactor this"], make_job(routing={"signals": {"complex": {"add": ["zork"]}}})
+    )
+    assert routed["matched_signal"].to_list() == ["complex:zork", "complex:refactor"]
 
 
 def test_classify_adds_the_routing_columns_and_keeps_the_input() -> None:

@@ -69,6 +69,28 @@ def test_model_round_trips_through_its_file(model_path: Path) -> None:
     assert np.all((confidence > 0.25) & (confidence <= 1.0))
 
 
+class _RecordingPipeline:
+    """Stands in for a fitted pipeline: scores a text by its length and records each batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray[Any, Any]:
+        self.batches.append(list(texts))
+        share = np.array([len(t) / 100 for t in texts])
+        return np.column_stack([share, 1.0 - share])
+
+
+def test_predict_proba_scores_each_distinct_text_once() -> None:
+    pipeline = _RecordingPipeline()
+    model = TrainedClassifier(pipeline, ("bulk", "standard"))
+    scores = model.predict_proba(["aa", "bbbb", "aa", "c", "bbbb"])
+    assert pipeline.batches == [["aa", "bbbb", "c"]]
+    np.testing.assert_allclose(scores[:, 0], [0.02, 0.04, 0.02, 0.01, 0.04])
+    unique = TrainedClassifier(_RecordingPipeline(), ("bulk", "standard"))
+    np.testing.assert_allclose(unique.predict_proba(["x", "yy"])[:, 1], [0.99, 0.98])
+
+
 def test_confident_rows_use_the_classifier_and_the_rest_fall_back_to_rules(
     model_path: Path,
 ) -> None:

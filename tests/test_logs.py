@@ -34,9 +34,7 @@ def test_json_logs_carry_run_id_and_progress_but_no_prompt_text(
     make_job: Callable[..., Path],
 ) -> None:
     rows = sample_rows(60)
-    job = make_job(
-        rows, simulator=SLOW, models=SLOW_MODELS, run={"progress_interval_s": 0.2}
-    )
+    job = make_job(rows, simulator=SLOW, models=SLOW_MODELS, run={"progress_interval_s": 0.2})
     proc = run(job, "--log-format", "json")
     assert proc.returncode == 0, proc.stderr
     entries = [json.loads(line) for line in proc.stderr.splitlines()]

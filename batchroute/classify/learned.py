@@ -86,7 +86,12 @@ class TrainedClassifier:
         """Each text's probability per tier (columns in `tiers` order), batched."""
         if not texts:
             return np.zeros((0, len(self.tiers)))
-        return np.asarray(self.pipeline.predict_proba(list(texts)), dtype=np.float64)
+        # A batch job often repeats prompts; each distinct text is scored once (a row's
+        # probabilities depend on its text alone, so this changes no result).
+        first: dict[str, int] = {}
+        inverse = [first.setdefault(text, len(first)) for text in texts]
+        scores = np.asarray(self.pipeline.predict_proba(list(first)), dtype=np.float64)
+        return scores if len(first) == len(inverse) else scores[np.asarray(inverse)]
 
     def decide(
         self,
@@ -125,10 +130,9 @@ def _pipeline(seed: int) -> Any:
     features = FeatureUnion(
         [
             ("words", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)),
-            (
-                "chars",
-                TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True),
-            ),
+            # Character 4-grams alone: 2.3x faster to score than 3-5-grams, with equal or better
+            # train-CV accuracy (chosen on train CV, 0.943 vs 0.936; see bench_classify.py).
+            ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(4, 4), sublinear_tf=True)),
         ]
     )
     model = LogisticRegression(C=8.0, max_iter=2000, class_weight="balanced", random_state=seed)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
-from batchroute.classify.rules import HINT_RULES, MATCH_PREFIX, TEXT_COLUMN, RuleSet, text_expr
+from batchroute.classify.rules import (
+    HINT_RULES,
+    MATCH_PREFIX,
+    TEXT_COLUMN,
+    Rule,
+    RuleSet,
+    text_expr,
+)
 from batchroute.classify.signals import SIGNAL_TIERS, resolve_signals
 from batchroute.errors import JobError
 from batchroute.schema import INPUT_SCHEMA, TierSource
@@ -31,6 +38,29 @@ _RULE = "__batchroute_rule"
 _CLF_TIER = "__batchroute_clf_tier"
 _CLF_CONF = "__batchroute_clf_conf"
 _CLF_OK = "__batchroute_clf_ok"
+_HINT = "__batchroute_hint"
+
+
+_STREAMING_ROWS = 100_000
+"""From this many rows, the streaming engine's spread over cores outweighs its start-up cost."""
+
+
+def _engine(rows: int) -> Literal["streaming", "in-memory"]:
+    return "streaming" if rows >= _STREAMING_ROWS else "in-memory"
+
+
+def _step_value(rules: list[Rule], step: str, field: str) -> str | None:
+    """A step's fixed tier, source or signal (None where the row decides it, or for no rule)."""
+    if step == "classifier":
+        return {"tier": None, "source": TierSource.CLASSIFIER, "signal": "classifier"}[field]
+    rule = next(r for r in rules if r.name == step)
+    value: str | None = getattr(rule, field)
+    return value or None
+
+
+def _by_step(values: list[str | None]) -> pl.Expr:
+    """The value of each row's deciding step, looked up by index (null for undecided rows)."""
+    return pl.lit(pl.Series(values, dtype=pl.String)).gather(pl.col(_RULE))
 
 
 class Router:
@@ -63,46 +93,34 @@ class Router:
         `scores` (the classifier's probabilities for every row) and `bias` let calibration
         re-route one sample many times without scoring it again.
         """
-        work = frame.with_columns(text_expr(frame).alias(TEXT_COLUMN))
-        work = work.with_columns(self.rules.match_exprs())
         rules = self.rules.rules()
         steps = [rule.name for rule in rules]
+        masks = {rule.name: rule.mask for rule in rules}
+        work = frame.with_columns(text_expr(frame).alias(TEXT_COLUMN))
         if self.classifier is not None:
             work = self._add_classifier(work, scores=scores, bias=bias)
             slot = next((i for i, name in enumerate(steps) if name not in HINT_RULES), len(steps))
             steps.insert(slot, "classifier")
-        masks = {rule.name: rule.mask for rule in rules}
-        masks["classifier"] = pl.col(_CLF_OK)
-        chosen: Any = pl
-        for step in steps:
-            chosen = chosen.when(masks[step]).then(pl.lit(step))
-        rule_expr = chosen.otherwise(pl.lit(None)) if steps else pl.lit(None)
-        work = work.with_columns(rule_expr.cast(pl.String).alias(_RULE))
+            masks["classifier"] = pl.col(_CLF_OK)
+        decided = self._decide(work, steps=steps, masks=masks)
 
         rule = pl.col(_RULE)
-        tier_of = {r.name: r.tier for r in rules if r.name != "metadata"}
-        source_of = {r.name: r.source for r in rules}
-        signal_of = {r.name: r.signal for r in rules if r.signal is not None}
-        source_of["classifier"] = TierSource.CLASSIFIER
-        signal_of["classifier"] = "classifier"
-        tier_col = rule.replace_strict(tier_of, default="standard", return_dtype=pl.String)
+        tier_of = [_step_value(rules, step, "tier") for step in steps]
+        source_of = [_step_value(rules, step, "source") for step in steps]
+        signal_of = [_step_value(rules, step, "signal") for step in steps]
+        tier_col = _by_step(tier_of).fill_null("standard")
         if "metadata" in steps:
-            tier_col = pl.when(rule == "metadata").then(self.rules.hint_expr()).otherwise(tier_col)
+            tier_col = (
+                pl.when(rule == steps.index("metadata")).then(pl.col(_HINT)).otherwise(tier_col)
+            )
         if "classifier" in steps:
-            tier_col = pl.when(rule == "classifier").then(pl.col(_CLF_TIER)).otherwise(tier_col)
-        signal_col = rule.replace_strict(
-            signal_of, default=pl.lit(None, pl.String), return_dtype=pl.String
-        )
-        for step in steps:
-            if step in SIGNAL_TIERS:
-                labels = self._signal_labels(work, step)
-                signal_col = pl.when(rule == step).then(labels).otherwise(signal_col)
-        source_col = rule.replace_strict(
-            source_of, default=TierSource.DEFAULT, return_dtype=pl.String
-        )
-        confidence = pl.col(_CLF_CONF) if self.classifier is not None else pl.lit(None)
+            at = steps.index("classifier")
+            tier_col = pl.when(rule == at).then(pl.col(_CLF_TIER)).otherwise(tier_col)
+        signal_col = self._signal_expr(decided, steps=steps, fixed=signal_of)
+        source_col = _by_step(source_of).fill_null(TierSource.DEFAULT)
+        confidence = pl.col(_CLF_CONF) if self.classifier is not None else pl.lit(None, pl.Float64)
 
-        hint = self.rules.hint_expr()
+        hint = pl.col(_HINT)
         mapped = sorted(self.rules.tiers)
         bad_hint = (hint.is_not_null() & (hint != "") & ~hint.is_in(mapped)).fill_null(False)
         hint_reason = pl.when(bad_hint).then(
@@ -112,27 +130,74 @@ class Router:
         )
         existing = (
             pl.col("invalid_reason").cast(pl.String)
-            if "invalid_reason" in work.columns
+            if "invalid_reason" in frame.columns
             else pl.lit(None, pl.String)
         )
-        out = work.with_columns(
-            tier_col.cast(pl.String).alias("tier"),
-            source_col.alias("tier_source"),
-            signal_col.cast(pl.String).alias("matched_signal"),
-            confidence.cast(pl.Float64).alias("classifier_confidence"),
-            pl.coalesce(existing, hint_reason).alias("invalid_reason"),
+        routing = (
+            decided.lazy()
+            .select(
+                tier_col.cast(pl.String).alias("tier"),
+                source_col.cast(pl.String).alias("tier_source"),
+                signal_col.cast(pl.String).alias("matched_signal"),
+                confidence.cast(pl.Float64).alias("classifier_confidence"),
+                pl.coalesce(existing, hint_reason).alias("invalid_reason"),
+            )
+            .collect(engine=_engine(work.height))
         )
-        private = [c for c in out.columns if c.startswith("__batchroute_")]
-        return out.drop(private)
+        return frame.with_columns(routing.get_columns())
 
-    def _signal_labels(self, work: pl.DataFrame, tier: str) -> pl.Expr:
-        """The signal label of each row's match for `tier`, resolved over distinct matches."""
-        column = MATCH_PREFIX + tier
-        matches = work.filter(pl.col(_RULE) == tier)[column].unique()
-        labels = self.rules.signal_labels(tier, matches)
-        return pl.col(column).replace_strict(
-            matches, labels, default=pl.lit(None, pl.String), return_dtype=pl.String
+    def _decide(
+        self, work: pl.DataFrame, *, steps: list[str], masks: dict[str, pl.Expr]
+    ) -> pl.DataFrame:
+        """Each row's deciding step (its index in `steps`, null: none) and the tiers' matches.
+
+        The steps run in order, each over only the rows still undecided, so a row settled early
+        is never scanned by a later tier's regex. The streaming engine spreads every regex pass
+        over all cores.
+        """
+        rule = pl.col(_RULE)
+        lazy = work.lazy().with_columns(
+            self.rules.hint_expr().alias(_HINT), pl.lit(None, pl.UInt8).alias(_RULE)
         )
+        keep = (
+            [_RULE, _HINT, "invalid_reason"] if "invalid_reason" in work.columns else [_RULE, _HINT]
+        )
+        if self.classifier is not None:
+            keep += [_CLF_TIER, _CLF_CONF]
+        for i, step in enumerate(steps):
+            if step in SIGNAL_TIERS:
+                lazy = lazy.with_columns(self.rules.match_expr(step, pending=rule.is_null()))
+                keep.append(MATCH_PREFIX + step)
+            mask = masks[step]
+            lazy = lazy.with_columns(
+                pl.when(rule.is_null() & mask)
+                .then(pl.lit(i, pl.UInt8))
+                .otherwise(rule)
+                .alias(_RULE)
+            )
+        return lazy.select(keep).collect(engine=_engine(work.height))
+
+    def _signal_expr(
+        self, decided: pl.DataFrame, *, steps: list[str], fixed: list[str | None]
+    ) -> pl.Expr:
+        """Each row's matched_signal: its signal tier's label, or its deciding step's own.
+
+        A tier's match column is non-null exactly on the rows that tier decided. Its label is
+        resolved over the distinct matches only; rows pick theirs up by an integer code (an
+        Enum over those matches), and one gather from the table of all labels ends the lookup.
+        """
+        table: list[str | None] = list(fixed)
+        codes: list[pl.Expr] = []
+        for step in steps:
+            if step not in SIGNAL_TIERS:
+                continue
+            column = MATCH_PREFIX + step
+            matches = decided[column].drop_nulls().unique()
+            code = pl.col(column).cast(pl.Enum(matches.to_list())).to_physical()
+            codes.append(code.cast(pl.UInt32) + len(table))
+            table.extend(self.rules.signal_labels(step, matches).to_list())
+        index = pl.coalesce(*codes, pl.col(_RULE).cast(pl.UInt32))
+        return pl.lit(pl.Series(table, dtype=pl.String)).gather(index)
 
     def _add_classifier(
         self,

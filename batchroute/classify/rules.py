@@ -1,10 +1,11 @@
 """The vectorised rule engine: each precedence rule as a polars mask over the whole frame.
 
-Every rule of `routing.order` becomes one boolean mask. A signal tier runs one combined
-case-insensitive regex over the whole column (`str.extract`, which also keeps the matched text).
-The first rule that holds decides a row. The label of the signal that fired is recovered from the
-*distinct* matched texts only (a capture pass over a few thousand short strings, not the column),
-then mapped back onto the rows.
+Every rule of `routing.order` becomes one boolean mask, and the first rule that holds decides a
+row. A signal tier runs one combined case-insensitive regex (`str.extract`, which also keeps the
+matched text) over only the rows that no earlier rule decided: the regex scan is nearly all of
+the cost, so a row settled by a hint or an earlier tier is never scanned again. The label of the
+signal that fired is recovered from the *distinct* matched texts only (a capture pass over a few
+thousand short strings, not the column), then mapped back onto the rows.
 """
 
 from __future__ import annotations
@@ -97,21 +98,18 @@ class RuleSet:
         """The normalised tier hint of each row."""
         return pl.col("tier_hint").cast(pl.String).str.strip_chars().str.to_lowercase()
 
-    def match_exprs(self) -> list[pl.Expr]:
-        """Per live signal tier, the text its combined pattern matched (null: no match).
+    def match_expr(self, tier: str, *, pending: pl.Expr) -> pl.Expr:
+        """The text the tier's combined pattern matched, on `pending` rows only (null: no match).
 
-        One `str.extract` pass per tier serves as both the rule's mask and the evidence for its
-        label, so no second (capturing) pass over the whole column is needed.
+        One `str.extract` pass serves as both the rule's mask and the evidence for its label, so
+        no second (capturing) pass over the column is needed. Rows outside `pending` are null
+        before the regex runs, so it never scans them.
         """
-        text = pl.col(TEXT_COLUMN)
-        return [
-            text.str.extract(self._combined[name], 0).alias(MATCH_PREFIX + name)
-            for name in self.order
-            if name in SIGNAL_TIERS
-        ]
+        text = pl.when(pending).then(pl.col(TEXT_COLUMN))
+        return text.str.extract(self._combined[tier], 0).alias(MATCH_PREFIX + tier)
 
     def rules(self) -> list[Rule]:
-        """The live rules in precedence order; signal rules read `match_exprs`' columns."""
+        """The live rules in precedence order; signal rules read `match_expr`'s columns."""
         text = pl.col(TEXT_COLUMN)
         built: list[Rule] = []
         for name in self.order:
