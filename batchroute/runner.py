@@ -5,8 +5,8 @@ batches; each batch is classified as a whole, rows already answered by an earlie
 same run directory are dropped, and the rest are sent through the dispatcher with at most
 `run.max_in_flight` requests in flight. Finished rows are buffered and made durable as Parquet
 parts every `output.checkpoint_rows` rows or `output.checkpoint_seconds` seconds. A row keeps
-its in-flight slot until its part is written (a quarter of the slots waiting also triggers a
-flush), so requests in flight plus answers not yet durable never exceed `run.max_in_flight`: a
+its in-flight slot until its part is written (half the slots waiting, or none left free, also
+triggers a flush), so requests in flight plus answers not yet durable never exceed `run.max_in_flight`: a
 crash at any instant re-buys at most that many rows. At the end the parts are assembled into
 results.parquet in input order and the reports are written.
 """
@@ -160,10 +160,19 @@ class _Run:
         self.reused_rows = 0
         self._undurable = 0
         """Answered rows whose in-flight slot is held until their part is written."""
-        self._flush_undurable = max(1, cfg.run.max_in_flight // 4)
+        self._flush_undurable = max(1, cfg.run.max_in_flight // 2)
         self.started_at = datetime.now(UTC)
         self._contexts: dict[str, str] = {tier: _tier_context(job, tier) for tier in cfg.tiers}
         self._requested = {tier: cfg.tier(tier).model for tier in cfg.tiers}
+        self._float_rates = {  # USD per token, for the progress display only
+            model: (
+                float(price.input_per_mtok) / 1e6,
+                float(price.cached_input_per_mtok or price.input_per_mtok) / 1e6,
+                float(price.output_per_mtok) / 1e6,
+            )
+            for model in cfg.models
+            if (price := prices.get(model)) is not None
+        }
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -351,20 +360,21 @@ class _Run:
         if (
             len(self.buffer) >= self.job.config.output.checkpoint_rows
             or self._undurable >= self._flush_undurable
+            or self._slots.value == 0  # the feeder waits for slots that only a flush frees
         ):
             self._flush_wanted.set()
 
     def _cost_estimate(self, outcome: RowOutcome) -> float:
         """A float cost for the progress display; reports use the exact Decimal cost."""
-        price = self.prices.get(outcome.model_used) if outcome.model_used else None
-        if price is None:
+        rates = self._float_rates.get(outcome.model_used) if outcome.model_used else None
+        if rates is None:
             return 0.0
-        cached_price = price.cached_input_per_mtok or price.input_per_mtok
+        input_rate, cached_rate, output_rate = rates
         return (
-            float(price.input_per_mtok) * (outcome.input_tokens - outcome.cached_tokens)
-            + float(cached_price) * outcome.cached_tokens
-            + float(price.output_per_mtok) * outcome.output_tokens
-        ) / 1e6
+            input_rate * (outcome.input_tokens - outcome.cached_tokens)
+            + cached_rate * outcome.cached_tokens
+            + output_rate * outcome.output_tokens
+        )
 
     def _stop(self, status: str, message: str) -> None:
         if self.stop_status is None:
