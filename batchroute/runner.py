@@ -6,9 +6,9 @@ same run directory are dropped, and the rest are sent through the dispatcher wit
 `run.max_in_flight` requests in flight. Finished rows are buffered and made durable as Parquet
 parts every `output.checkpoint_rows` rows or `output.checkpoint_seconds` seconds. A row keeps
 its in-flight slot until its part is written (half the slots waiting, or none left free, also
-triggers a flush), so requests in flight plus answers not yet durable never exceed `run.max_in_flight`: a
-crash at any instant re-buys at most that many rows. At the end the parts are assembled into
-results.parquet in input order and the reports are written.
+triggers a flush), so requests in flight plus answers not yet durable never exceed
+`run.max_in_flight`: a crash at any instant re-buys at most that many rows. At the end the parts
+are assembled into results.parquet in input order and the reports are written.
 """
 
 from __future__ import annotations
