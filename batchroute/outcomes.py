@@ -171,8 +171,7 @@ def skipped_results(
     now = datetime.now(UTC)
     message_expr = message if isinstance(message, pl.Expr) else pl.lit(message, pl.String)
     return frame.select(
-        *ROW_CONTEXT_COLUMNS[:-1],
-        pl.col("model_requested"),
+        *ROW_CONTEXT_COLUMNS,
         pl.lit(None, pl.String).alias("model_used"),
         pl.lit(status, pl.String).alias("status"),
         pl.lit(error_type, pl.String).alias("error_type"),

@@ -361,14 +361,7 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
 
 
 def _read_part(path: Path) -> pl.DataFrame:
-    try:
-        return pl.read_parquet(path)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise OutputError(
-            f"a checkpoint part cannot be read ({exc}); move it out of the way and rerun: "
-            "its rows are sent again",
-            path=path,
-        ) from None
+    return collect_parts(pl.scan_parquet(path), where=path)
 
 
 def _extra_schema(paths: list[Path], known: pl.Schema) -> pl.Schema:

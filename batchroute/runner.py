@@ -20,7 +20,7 @@ import signal
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -80,7 +80,6 @@ class RunSummary:
     sent_rows: int
     message: str | None = None
     report: ReportSummary | None = None
-    warnings: list[str] = field(default_factory=list)
 
 
 def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
@@ -111,7 +110,7 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
             run_dir,
         )
         if lock.stale_pid is not None:
-            run.warn(
+            logger.warning(
                 f"{run_dir}: took over a lock left by process {lock.stale_pid}, "
                 "which is no longer running; resuming its work"
             )
@@ -152,7 +151,6 @@ class _Run:
         )
         self.forecast = ForecastAccumulator(job, prices)
         self.rejects: list[pl.DataFrame] = []
-        self.warnings: list[str] = []
         self.stop_status: str | None = None  # a Status.SKIPPED_* once the run stops sending
         self.stop_message = ""
         self.hard_stop = False
@@ -173,10 +171,6 @@ class _Run:
             for model in cfg.models
             if (price := prices.get(model)) is not None
         }
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-        logger.warning(message)
 
     # -- the session -------------------------------------------------------------------------
 
@@ -287,11 +281,12 @@ class _Run:
             )
             self.progress.settled(invalid["tier"], status=Status.FAILED)
         valid = frame.filter(pl.col("invalid_reason").is_null())
-        reused = valid.filter(pl.col("row_key").is_in(done.implode()))
+        answered = pl.col("row_key").is_in(done.implode())
+        reused = valid.filter(answered)
         if reused.height:
             self.reused_rows += reused.height
             self.progress.settled(reused["tier"], status="reused")
-        return valid.filter(~pl.col("row_key").is_in(done.implode())).with_columns(
+        return valid.filter(~answered).with_columns(
             messages_tokens_expr(pl.col("messages")).alias("prompt_tokens")
         )
 
@@ -472,7 +467,6 @@ class _Run:
             sent_rows=self.sent_rows,
             message=message,
             report=report,
-            warnings=self.warnings,
         )
 
     def _manifest(

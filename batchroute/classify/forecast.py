@@ -69,7 +69,11 @@ def tier_prices(job: Job) -> dict[str, TierPrice]:
 
 
 def input_tokens_expr(job: Job) -> pl.Expr:
-    """Each row's estimated prompt tokens, as `batchroute.tokens` counts a chat request."""
+    """Each row's estimated prompt tokens, as `batchroute.tokens` counts a chat request.
+
+    Unlike `plan.input_tokens_expr`, this needs only a `prompt` column: labelled sets have no
+    `messages` or `system_prompt` columns.
+    """
     text = pl.col("prompt").cast(pl.String).fill_null("")
     user = (text.str.len_chars().cast(pl.Int64) + (CHARS_PER_TOKEN - 1)) // CHARS_PER_TOKEN
     fixed = PRIMING_TOKENS + PER_MESSAGE_TOKENS

@@ -30,7 +30,7 @@ from batchroute.dataset.normalize import (
     TIER,
     ColumnMap,
 )
-from batchroute.dataset.parsed import Parsed, check_columns
+from batchroute.dataset.parsed import Parsed, check_columns, value_kind
 from batchroute.dataset.records import RecordChunk, iter_record_chunks
 from batchroute.dataset.rejects import Problems
 from batchroute.dataset.source import Source, iter_blocks
@@ -57,15 +57,7 @@ def is_openai_batch(source: Source) -> bool:
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    return "a boolean" if isinstance(value, bool) else "a number"
+    return value_kind(value, list_name="an array")  # JSON's own word for a list
 
 
 def _scalar_text(value: Any) -> str | None:

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import polars as pl
 
+from batchroute.dataset.parsed import value_kind
 from batchroute.schema import INPUT_SCHEMA
 
 __all__ = [
@@ -27,23 +28,11 @@ MESSAGES_DTYPE: Final = INPUT_SCHEMA["messages"]
 Message = dict[str, str | None]
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    return "a boolean" if isinstance(value, bool) else "a number"
-
-
 def _content_text(content: Any, *, index: int) -> tuple[str | None, str | None]:
     if content is None or isinstance(content, str):
         return content, None
     if not isinstance(content, list):
-        return None, f"message {index} has content that is {_kind(content)}, not text"
+        return None, f"message {index} has content that is {value_kind(content)}, not text"
     texts: list[str] = []
     for part in content:
         if isinstance(part, str):
@@ -54,7 +43,11 @@ def _content_text(content: Any, *, index: int) -> tuple[str | None, str | None]:
             texts.append(part["text"])
         else:
             kind = part.get("type") if isinstance(part, dict) else None
-            what = f"a '{kind}' part" if isinstance(kind, str) else f"a part that is {_kind(part)}"
+            what = (
+                f"a '{kind}' part"
+                if isinstance(kind, str)
+                else f"a part that is {value_kind(part)}"
+            )
             return None, f"message {index} has {what}; batchroute sends text parts only"
     return "\n".join(texts), None
 
@@ -64,7 +57,7 @@ def flatten_messages(value: Any) -> tuple[list[Message] | None, str | None]:
     if value is None:
         return None, None
     if not isinstance(value, list):
-        return None, f"is {_kind(value)}, not a list of chat messages"
+        return None, f"is {value_kind(value)}, not a list of chat messages"
     messages: list[Message] = []
     for index, message in enumerate(value, start=1):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from batchroute.errors import DatasetError
 
-__all__ = ["Parsed", "check_columns"]
+__all__ = ["Parsed", "check_columns", "value_kind"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,16 @@ def check_columns(
                 field=name,
                 hint=f"set {setting} in the job to the {noun} that holds it",
             )
+
+
+def value_kind(value: Any, *, list_name: str = "a list") -> str:
+    """What kind of parsed value this is, for a message: "an object", "a string", "null"…"""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return list_name
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    return "a boolean" if isinstance(value, bool) else "a number"
