@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -38,7 +39,7 @@ _OUTCOME_COLUMNS: tuple[str, ...] = tuple(
 _OUTCOME_SCHEMA = pl.Schema(
     [("row_index", pl.Int64()), *((n, RESULT_SCHEMA[n]) for n in _OUTCOME_COLUMNS)]
 )
-_ATTEMPT_FIELDS = (
+_attempt_values = attrgetter(
     "model",
     "attempt",
     "status_code",
@@ -51,6 +52,7 @@ _ATTEMPT_FIELDS = (
     "latency_ms",
     "started_at",
 )
+"""The values of an AttemptRecord, in ATTEMPT_SCHEMA's order after the row's own columns."""
 
 _ATTEMPT_SCHEMA_NO_COST = pl.Schema(
     {name: dtype for name, dtype in ATTEMPT_SCHEMA.items() if name not in {"cost_usd", "priced"}}
@@ -115,9 +117,7 @@ class OutcomeBuffer:
         self._rows.append(context + _outcome_values(outcome))
         row_id, row_index, _, row_key = context[:4]
         for record in outcome.attempt_records:
-            self._attempts.append(
-                (row_id, row_index, row_key, *(getattr(record, f) for f in _ATTEMPT_FIELDS))
-            )
+            self._attempts.append((row_id, row_index, row_key, *_attempt_values(record)))
 
     def add_unsent(
         self, context: tuple[Any, ...], *, status: str, error_type: str, message: str

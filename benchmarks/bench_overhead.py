@@ -9,7 +9,7 @@ Every workload sends the same requests with the same number of worker tasks.
     (c) raw-post      client.post(..., cast_to=httpx2.Response) + json.loads: the best plain loop
     (d) dispatcher    batchroute.dispatch.Dispatcher (limiters, probes, bookkeeping, records)
 
-    (e) raw-post-proc (c) as a whole Python process, imports and start-up included
+    (e) raw-post-proc (c) as a whole Python process (`_raw_post.py`), imports and start-up included
     (f) batchroute    the whole `batchroute run` process on a JSONL of the same prompts:
                       reading, validation, classification, row keys, limiters, bookkeeping,
                       durable parts, assembly of results.parquet and the reports
@@ -36,7 +36,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
-import httpx2
 import openai
 
 from batchroute.config import Job, parse_job
@@ -45,13 +44,14 @@ from batchroute.prices import resolve_prices
 from batchroute.sim import SimConfig, SimulatorProcess
 from batchroute.tokens import count_message_tokens
 
-MODEL = "bench-model"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _raw_post
+from _raw_post import MODEL, messages
+
+RAW_POST_SCRIPT = Path(__file__).with_name("_raw_post.py")
+"""(e)'s process: the raw-post loop importing only what it needs (openai, anyio, httpx2, json)."""
 Workload = Callable[[str, int, int], Awaitable[float | None]]
 """(base_url, requests, concurrency) -> CPU seconds if the workload measures its own, else None."""
-
-
-def _messages(i: int) -> list[dict[str, str]]:
-    return [{"role": "user", "content": f"Summarise ticket {i}: the nightly export fails."}]
 
 
 async def _workers(count: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
@@ -77,7 +77,7 @@ async def sdk_httpx(base_url: str, count: int, concurrency: int) -> None:
     async with _sdk_client(base_url, aiohttp=False) as client:
 
         async def one(i: int) -> None:
-            await client.chat.completions.create(model=MODEL, messages=_messages(i), max_tokens=64)  # type: ignore[arg-type]
+            await client.chat.completions.create(model=MODEL, messages=messages(i), max_tokens=64)  # type: ignore[arg-type]
 
         await _workers(count, concurrency, one)
 
@@ -86,20 +86,13 @@ async def sdk_aiohttp(base_url: str, count: int, concurrency: int) -> None:
     async with _sdk_client(base_url, aiohttp=True) as client:
 
         async def one(i: int) -> None:
-            await client.chat.completions.create(model=MODEL, messages=_messages(i), max_tokens=64)  # type: ignore[arg-type]
+            await client.chat.completions.create(model=MODEL, messages=messages(i), max_tokens=64)  # type: ignore[arg-type]
 
         await _workers(count, concurrency, one)
 
 
 async def raw_post(base_url: str, count: int, concurrency: int) -> None:
-    async with _sdk_client(base_url, aiohttp=True) as client:
-
-        async def one(i: int) -> None:
-            body = {"model": MODEL, "messages": _messages(i), "max_tokens": 64}
-            response = await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
-            json.loads(response.content)
-
-        await _workers(count, concurrency, one)
+    await _raw_post.run(base_url, count, concurrency)
 
 
 def _job(concurrency: int) -> Job:
@@ -122,10 +115,8 @@ async def dispatcher(base_url: str, count: int, concurrency: int) -> None:
     job = _job(concurrency)
     rows = []
     for i in range(count):
-        messages = _messages(i)
-        rows.append(
-            RowRequest(str(i), i, str(i), "standard", messages, count_message_tokens(messages))
-        )
+        chat = messages(i)
+        rows.append(RowRequest(str(i), i, str(i), "standard", chat, count_message_tokens(chat)))
     async with Dispatcher(job, prices=resolve_prices(job), base_urls={"simulator": base_url}) as d:
 
         async def one(i: int) -> None:
@@ -145,7 +136,7 @@ def _child_cpu_s(command: list[str]) -> float:
 
 
 async def raw_post_process(base_url: str, count: int, concurrency: int) -> float:
-    command = [sys.executable, __file__, "--child", base_url, str(count), str(concurrency)]
+    command = [sys.executable, str(RAW_POST_SCRIPT), base_url, str(count), str(concurrency)]
     return await anyio.to_thread.run_sync(_child_cpu_s, command)
 
 
@@ -154,7 +145,7 @@ async def batchroute_run(base_url: str, count: int, concurrency: int) -> float:
         data = Path(tmp) / "prompts.jsonl"
         data.write_text(
             "".join(
-                json.dumps({"id": f"r{i}", "prompt": _messages(i)[0]["content"]}) + "\n"
+                json.dumps({"id": f"r{i}", "prompt": messages(i)[0]["content"]}) + "\n"
                 for i in range(count)
             )
         )
@@ -201,12 +192,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--only", nargs="+", choices=sorted(WORKLOADS))
-    parser.add_argument("--child", nargs=3, metavar=("URL", "N", "C"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:  # (e): the raw-post loop as a process of its own
-        url, n, c = args.child
-        anyio.run(raw_post, url, int(n), int(c))
-        return
     count = args.requests or (1000 if args.quick else 5000)
     cpus = os.sched_getaffinity(0)
     sim_cpus = [max(cpus)] if len(cpus) > 1 else None

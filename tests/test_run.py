@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -133,3 +134,12 @@ def test_forecast_equals_actual_when_usage_matches_the_estimate(make_job: JobFac
     assert plan["forecast_cost_usd"].sum() == results["cost_usd"].sum()
     savings = pl.read_parquet("runs/t/savings.parquet")
     assert savings["forecast_delta_usd"].item() == 0
+
+
+def test_a_run_leaves_garbage_collection_as_it_found_it(make_job: JobFactory) -> None:
+    """The request loop tunes the collector (see runner._request_loop_gc) and restores it."""
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    code, _, err = run_cli("run", str(make_job(sample_rows(10))))
+    assert code == 0, err
+    assert gc.get_threshold() == threshold
+    assert gc.get_freeze_count() == frozen
