@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
 from batchroute.classify import ROUTING_COLUMNS, build_router, frame_from_prompts
+from batchroute.classify.learned import TrainedClassifier
+from batchroute.classify.router import Router
 from batchroute.classify.rules import MATCH_PREFIX, TEXT_COLUMN, text_expr
 from batchroute.classify.signals import DEFAULT_SIGNALS, compile_signal, phrase_pattern
 from batchroute.config import Job, parse_job
@@ -293,3 +296,31 @@ def test_every_default_signal_is_valid_polars_regex() -> None:
     for signals in DEFAULT_SIGNALS.values():
         for signal in signals:
             probe.str.contains("(?i)" + signal.pattern)  # raises if polars rejects it
+
+
+def test_a_large_frame_is_classified_in_slices_with_the_same_result() -> None:
+    """From 50,000 rows a frame is classified in parallel slices; the slices must not show."""
+    prompts = [
+        "Write unit tests for these functions",
+        "Return the fields as JSON",
+        "Help me find the root cause of this deadlock",
+        "What is the capital of Peru?",
+    ]
+    n = 60_000
+    frame = frame_from_prompts(
+        [f"{prompts[i % 4]} (row {i})" for i in range(n)],
+        tier_hint=["complex" if i % 7 == 0 else None for i in range(n)],
+    )
+    # Scores that differ on every row: a slice given another slice's scores would show.
+    share = (np.arange(n) % 10) / 10
+    scores = np.column_stack([share, 1.0 - share])
+    clf = TrainedClassifier(pipeline=None, tiers=("bulk", "standard"))
+    router = Router(build_router(make_job()).rules, classifier=clf, min_confidence=0.75)
+
+    whole = router.classify(frame, scores=scores)
+    pieces = pl.concat(
+        router.classify(frame.slice(i, 10_000), scores=scores[i : i + 10_000])
+        for i in range(0, n, 10_000)
+    )
+    assert whole.equals(pieces)
+    assert set(whole["tier_source"]) == {"metadata", "classifier", "rule", "default"}

@@ -7,8 +7,11 @@ turned into one clear line on stderr and the error's documented exit code.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -30,6 +33,23 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause garbage collection while a command's modules import.
+
+    Importing builds only long-lived objects (modules, classes, the SDK's models), so the
+    collections the allocations trigger find nothing to free and only cost time: about a tenth
+    of a `batchroute run`'s start-up.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class _LazyGroup(click.Group):
     """A group whose commands are imported on first use."""
 
@@ -41,7 +61,9 @@ class _LazyGroup(click.Group):
         if target is None:
             return None
         module_name, attr = target
-        command: click.Command = getattr(importlib.import_module(module_name), attr)
+        with _collector_paused():
+            module = importlib.import_module(module_name)
+        command: click.Command = getattr(module, attr)
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
