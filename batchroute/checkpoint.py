@@ -46,9 +46,12 @@ __all__ = [
     "KEY_VERSION",
     "CheckpointStore",
     "PartFile",
+    "collect_parts",
     "key_contexts",
     "list_parts",
+    "part_rows",
     "row_keys",
+    "scan_parts",
 ]
 
 KEY_VERSION: Final = "br1"
@@ -483,6 +486,11 @@ def scan_parts(paths: Iterable[Path]) -> pl.LazyFrame:
     return pl.scan_parquet(
         list(paths), glob=False, missing_columns="insert", extra_columns="ignore"
     )
+
+
+def part_rows(path: Path) -> int:
+    """A part's row count, read from its footer alone."""
+    return int(collect_parts(pl.scan_parquet(path).select(pl.len()), where=path).item())
 
 
 def collect_parts(

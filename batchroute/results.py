@@ -32,7 +32,13 @@ import polars as pl
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from batchroute.checkpoint import INDEX_COLUMNS, collect_parts, list_parts, scan_parts
+from batchroute.checkpoint import (
+    INDEX_COLUMNS,
+    collect_parts,
+    list_parts,
+    part_rows,
+    scan_parts,
+)
 from batchroute.costs import failed_costs, price_attempts, price_results
 from batchroute.errors import OutputError
 from batchroute.prices import PriceTable
@@ -51,6 +57,7 @@ RESULTS_NAME = "results.parquet"
 ATTEMPTS_NAME = "attempts.parquet"
 DEFAULT_CHUNK_ROWS = 25_000
 _SPILL_ROWS = 10_000  # winners buffered before a spill; memory scales with it, not the run
+_READ_ROWS = 10_000  # result records read in one query while spilling
 _SPILL_DIR = ".assembly"
 _ATTEMPT_ROW_GROUP = 65_536
 _POSITION_BITS = 40  # record positions below 2**40 (a trillion records) fit beside the rank
@@ -123,16 +130,12 @@ def assemble_attempts(
     run_dir = Path(run_dir)
     out = out if out is not None else run_dir / ATTEMPTS_NAME
     rows = 0
-    pending: list[pl.DataFrame] = []
+    parts = _sized([part.path for part in list_parts(run_dir, "attempts")])
     try:
         with _parquet_writer(out, ATTEMPT_SCHEMA) as writer:
-            for part in list_parts(run_dir, "attempts"):
-                pending.append(_conform(_read_part(part.path), ATTEMPT_SCHEMA))
-                if sum(frame.height for frame in pending) >= _ATTEMPT_ROW_GROUP:
-                    rows += _write(writer, _priced_attempts(pl.concat(pending), prices))
-                    pending.clear()
-            if pending:
-                rows += _write(writer, _priced_attempts(pl.concat(pending), prices))
+            for group, _ in _consecutive_groups(parts, rows=_ATTEMPT_ROW_GROUP):
+                frame = _conform(_read_parts(group), ATTEMPT_SCHEMA)
+                rows += _write(writer, _priced_attempts(frame, prices))
     except OSError as exc:
         raise OutputError(f"cannot write the attempts ({exc})", path=out) from None
     return rows
@@ -161,6 +164,8 @@ class _Assembly:
         self.price = price
         self.index_paths = index_paths
         self.result_paths = result_paths
+        # Every footer is read before any query spans several parts, so a damaged part is named.
+        self.result_parts = _sized(result_paths)
         self.spill = spill
         self.chunk_rows = chunk_rows
         self.where = where
@@ -207,14 +212,13 @@ class _Assembly:
         start = 0
         pending: list[pl.DataFrame] = []
         flushes = 0
-        for path in self.result_paths:
-            rows = pq.read_metadata(path).num_rows
+        for group, rows in _consecutive_groups(self.result_parts, rows=_READ_ROWS):
             lo = positions.search_sorted(start, side="left")
             hi = positions.search_sorted(start + rows, side="left")
             if hi > lo:
                 wanted = mapping.slice(lo, hi - lo)
                 local = (wanted.get_column("_g") - start).cast(pl.UInt32)
-                records = _read_part(path)[local].with_columns(
+                records = _read_parts(group)[local].with_columns(
                     wanted.get_column("row_index").alias("_out")
                 )
                 pending.append(_conform(records, self.record_schema))
@@ -360,8 +364,36 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     )
 
 
-def _read_part(path: Path) -> pl.DataFrame:
-    return collect_parts(pl.scan_parquet(path), where=path)
+def _read_parts(paths: list[Path]) -> pl.DataFrame:
+    """Consecutive parts as one frame, in order; a column a part lacks reads as null there."""
+    scans = [pl.scan_parquet(path) for path in paths]
+    where = paths[0] if len(paths) == 1 else paths[0].parent
+    return collect_parts(pl.concat(scans, how="diagonal_relaxed"), where=where)
+
+
+def _sized(paths: list[Path]) -> list[tuple[Path, int]]:
+    """Each part with its row count; a part whose footer cannot be read is named in the error."""
+    return [(path, part_rows(path)) for path in paths]
+
+
+def _consecutive_groups(
+    parts: list[tuple[Path, int]], *, rows: int
+) -> Iterator[tuple[list[Path], int]]:
+    """The parts in order, gathered into runs of at least `rows` rows (the last may be short).
+
+    Reading a run of small parts in one query costs a fraction of reading them one by one: a
+    fast run's parts hold a few hundred rows each.
+    """
+    group: list[Path] = []
+    total = 0
+    for path, count in parts:
+        group.append(path)
+        total += count
+        if total >= rows:
+            yield group, total
+            group, total = [], 0
+    if group:
+        yield group, total
 
 
 def _extra_schema(paths: list[Path], known: pl.Schema) -> pl.Schema:

@@ -112,7 +112,7 @@ def test_failed_rows_stay_failed_when_not_retried(tmp_path: Path) -> None:
 
 
 def test_a_changed_row_key_is_resent_and_the_old_answer_dropped(tmp_path: Path) -> None:
-    _session(tmp_path, "s1", ["a", "b", "c"], {"a": "ok", "b": "ok", "c": "ok"}, tag="one")
+    _session(tmp_path, "s1", ["a", "b", "c"], dict.fromkeys("abc", "ok"), tag="one", flush_rows=1)
     edited = ["a", "b-edited", "c"]
     done = _session(tmp_path, "s2", edited, dict.fromkeys(edited, "ok"), tag="two")
     assert "b-edited" not in done.to_list()
@@ -236,3 +236,27 @@ def test_results_file_is_replaced_atomically_and_spill_is_cleaned(tmp_path: Path
         "results.parquet",
     ]
     assert not any(p.name.startswith(".") for p in (tmp_path / "parts").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["results", "attempts"])
+def test_a_damaged_part_stops_assembly_with_what_to_do(tmp_path: Path, kind: str) -> None:
+    _session(tmp_path, "s1", ["a", "b", "c"], dict.fromkeys("abc", "ok"), tag="one", flush_rows=1)
+    damaged = sorted((tmp_path / "parts").glob(f"{kind}-*.parquet"))[1]
+    damaged.write_bytes(b"not parquet at all")
+    with pytest.raises(OutputError, match="move the damaged part") as caught:
+        assemble_results(tmp_path)
+    assert damaged.name in str(caught.value)
+
+
+def test_many_small_parts_are_read_in_groups_with_every_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results, "_READ_ROWS", 5)
+    monkeypatch.setattr(results, "_ATTEMPT_ROW_GROUP", 5)
+    keys = [f"k{i:02d}" for i in range(23)]
+    _session(tmp_path, "s1", keys, dict.fromkeys(keys, "ok"), tag="one", flush_rows=2)
+    assemble_results(tmp_path)
+    frame = pl.read_parquet(tmp_path / "results.parquet")
+    assert frame["row_key"].to_list() == keys
+    assert frame["content"].to_list() == [f"one:{k}" for k in keys]
+    assert sorted(pl.read_parquet(tmp_path / "attempts.parquet")["row_key"]) == keys
