@@ -55,11 +55,12 @@ from batchroute.workers import WorkerPool
 __all__ = ["RunOptions", "RunSummary", "run_job"]
 
 _BatchSource = Callable[..., Iterator[Batch]]
-_YOUNG_GC_THRESHOLD = 10_000
-"""Allocations between young-generation collections during the request loop (Python's: 700)."""
 _Classify = Callable[[pl.DataFrame], pl.DataFrame]
 _Row = tuple[RowRequest, tuple[Any, ...]]
 """A row on its way to a model: its request, and its context for `OutcomeBuffer.add`."""
+
+_YOUNG_GC_THRESHOLD = 10_000
+"""Allocations between young-generation collections during the request loop (Python's: 700)."""
 
 logger = logging.getLogger("batchroute")
 

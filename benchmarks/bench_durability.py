@@ -7,7 +7,7 @@ three times each (on, off, off, on, on, off, so drift on a shared machine hits b
 medians are compared in the same run:
 
     on    the defaults: a part every `checkpoint_rows` 1000 rows or `checkpoint_seconds` 5 s, and
-          whenever a quarter of the in-flight slots wait on answers not yet durable (the runner
+          whenever half the in-flight slots wait on answers not yet durable (the runner
           keeps a row's slot until its part is written, so a crash re-buys at most
           `max_in_flight` rows).
     off   no durable write until the run ends. The runner has no switch for that, since the

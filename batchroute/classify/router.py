@@ -96,7 +96,7 @@ class Router:
         re-route one sample many times without scoring it again.
         """
         threads = pl.thread_pool_size()
-        if frame.height < _PARALLEL_ROWS or threads < 1:
+        if frame.height < _PARALLEL_ROWS or threads < 2:
             return self._classify(frame, scores=scores, bias=bias)
         size = -(-frame.height // threads)
         starts = range(0, frame.height, size)
