@@ -1,5 +1,5 @@
 """`python -m batchroute` runs the command line."""
 
-from batchroute.cli import main
+from batchroute.cli import entry
 
-main()
+entry()

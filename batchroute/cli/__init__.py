@@ -19,7 +19,7 @@ import click
 from batchroute import __version__
 from batchroute.errors import BatchrouteError
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]
 
 _COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("batchroute.cli.run", "run_command"),
@@ -78,3 +78,17 @@ class _LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="batchroute")
 def main() -> None:
     """Run a dataset of prompts through the cheapest LLM that can handle each row."""
+
+
+def entry() -> None:
+    """The `batchroute` console script: `main`, then an exit without a final full collection.
+
+    Everything still alive at exit is freed by the operating system. Freezing it first spares
+    the interpreter the collection it otherwise runs at exit over the whole heap (the SDK's
+    models, polars, the job), about 0.1 s of CPU for every command. Python does not promise
+    to run `__del__` at exit, and batchroute closes its files and clients explicitly.
+    """
+    try:
+        main()
+    finally:
+        gc.freeze()
