@@ -14,7 +14,7 @@ Measures, over the same frame:
 - the trained classifier's batched `predict_proba` (trained on sample_data/labelled/train.csv).
 Figures are printed as rows/s and as ratios against the per-row loops measured in this run. The
 vectorised contenders are warmed up on 20,000 rows first (regexes compiled, threads started), as
-they are after a run's first batch.
+they are after a run's first batch. Each vectorised figure is the median of five runs.
 """
 
 # ruff: noqa: T201  (a benchmark prints its figures)
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -158,12 +159,17 @@ def new_rules_loop() -> Callable[[str, str | None, bool | None], tuple[str, str 
     return classify
 
 
-def timed(label: str, fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Run `fn` once; print its wall time and the process CPU time it used (all threads)."""
-    start, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
-    print(f"  {label:<50} {seconds:8.2f} s wall {cpu_s:8.2f} s cpu")
+def timed(label: str, fn: Callable[[], Any], *, repeat: int = 1) -> tuple[float, Any]:
+    """Run `fn` `repeat` times; print the median wall time and process CPU time (all threads)."""
+    walls, cpus, out = [], [], None
+    for _ in range(repeat):
+        start, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    seconds, cpu_s = statistics.median(walls), statistics.median(cpus)
+    runs = f" (median of {repeat})" if repeat > 1 else ""
+    print(f"  {label:<50} {seconds:8.2f} s wall {cpu_s:8.2f} s cpu{runs}")
     return seconds, out
 
 
@@ -194,7 +200,11 @@ def main() -> None:
     original_rules_vectorised(warm)
 
     print("Timings:")
-    t_vec, routed = timed("vectorised rules (polars, batchroute)", lambda: router.classify(frame))
+    # The vectorised runs take half a second, so one hiccup of a shared machine shows: each is
+    # the median of five. The per-row loops take seconds to minutes and run once.
+    t_vec, routed = timed(
+        "vectorised rules (polars, batchroute)", lambda: router.classify(frame), repeat=5
+    )
     t_orig, orig = timed(
         "(a) original substring rules, per-row Python",
         lambda: [original_rules(p, h, j) for p, h, j in zip(*cols, strict=True)],
@@ -202,9 +212,12 @@ def main() -> None:
     t_orig_vec, orig_vec = timed(
         "(c) original substring rules, vectorised (polars)",
         lambda: original_rules_vectorised(frame),
+        repeat=5,
     )
     t_orig_router, orig_routed = timed(
-        "(d) original rules in batchroute's Router", lambda: original_router.classify(frame)
+        "(d) original rules in batchroute's Router",
+        lambda: original_router.classify(frame),
+        repeat=5,
     )
     loop = new_rules_loop()
     t_loop, looped = timed(
