@@ -365,7 +365,11 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
 
 
 def _read_parts(paths: list[Path]) -> pl.DataFrame:
-    """Consecutive parts as one frame, in order; a column a part lacks reads as null there."""
+    """Consecutive parts as one frame, in order; a column a part lacks reads as null there.
+
+    Unlike `scan_parts`, which takes its columns from the first part, a column that only a
+    later part has is kept (parts from sessions with other metadata columns).
+    """
     scans = [pl.scan_parquet(path) for path in paths]
     where = paths[0] if len(paths) == 1 else paths[0].parent
     return collect_parts(pl.concat(scans, how="diagonal_relaxed"), where=where)

@@ -277,13 +277,7 @@ class _Run:
                 senders.close()
         finally:
             for _, context in senders.drain():  # queued when the senders were cancelled
-                self._slots.release()
-                self.buffer.add_unsent(
-                    context,
-                    status=Status.SKIPPED_INTERRUPTED,
-                    error_type=ErrorType.INTERRUPTED,
-                    message="the run was stopped before this request was sent",
-                )
+                self._interrupted(context, "the run was stopped before this request was sent")
 
     def _prepare(self, rows: pl.DataFrame, classify: _Classify, done: pl.Series) -> pl.DataFrame:
         """Classify a batch, record it, settle invalid and already-answered rows; return others."""
@@ -355,13 +349,7 @@ class _Run:
         try:
             outcome = await dispatcher.dispatch(request)
         except anyio.get_cancelled_exc_class():
-            self._slots.release()
-            self.buffer.add_unsent(
-                context,
-                status=Status.SKIPPED_INTERRUPTED,
-                error_type=ErrorType.INTERRUPTED,
-                message="the run was stopped while this request was in flight",
-            )
+            self._interrupted(context, "the run was stopped while this request was in flight")
             raise
         except BaseException:
             self._slots.release()
@@ -378,6 +366,16 @@ class _Run:
             or self._undurable >= self._flush_undurable
         ):
             self._flush_wanted.set()
+
+    def _interrupted(self, context: tuple[Any, ...], message: str) -> None:
+        """Settle a row that holds a slot but will get no answer: the run was stopped."""
+        self._slots.release()
+        self.buffer.add_unsent(
+            context,
+            status=Status.SKIPPED_INTERRUPTED,
+            error_type=ErrorType.INTERRUPTED,
+            message=message,
+        )
 
     def _cost_estimate(self, outcome: RowOutcome) -> float:
         """A float cost for the progress display; reports use the exact Decimal cost."""

@@ -28,7 +28,7 @@ from batchroute.classify.forecast import forecast_by_tier, input_tokens_expr, ti
 from batchroute.classify.router import Router
 from batchroute.classify.rules import TEXT_COLUMN, text_expr
 from batchroute.errors import JobError
-from batchroute.schema import INPUT_SCHEMA
+from batchroute.schema import COST_DTYPE, INPUT_SCHEMA
 
 if TYPE_CHECKING:
     from batchroute.config import Job
@@ -195,5 +195,5 @@ def _scaled(forecast: pl.DataFrame, scale: Decimal) -> pl.DataFrame:
         (pl.col("rows") * factor).round(0).cast(pl.Int64),
         (pl.col("input_tokens") * factor).round(0).cast(pl.Int64),
         (pl.col("output_tokens") * factor).round(0).cast(pl.Int64),
-        pl.Series("cost_usd", costs, dtype=pl.Decimal(38, 12)),
+        pl.Series("cost_usd", costs, dtype=COST_DTYPE),
     )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from batchroute.schema import COST_DTYPE
 from batchroute.tokens import CHARS_PER_TOKEN, PER_MESSAGE_TOKENS, PRIMING_TOKENS, count_text_tokens
 
 if TYPE_CHECKING:
@@ -114,6 +115,6 @@ def forecast_by_tier(frame: pl.DataFrame, *, job: Job) -> pl.DataFrame:
         "share": pl.Float64,
         "input_tokens": pl.Int64,
         "output_tokens": pl.Int64,
-        "cost_usd": pl.Decimal(38, 12),
+        "cost_usd": COST_DTYPE,
     }
     return pl.DataFrame(records, schema=schema)

@@ -41,10 +41,6 @@ class FaultPicker:
         self._from_s = rates.active_from_s
         self._until_s = rates.active_until_s
 
-    @property
-    def is_active(self) -> bool:
-        return bool(self._thresholds)
-
     def draw(self, rng: random.Random, *, elapsed_s: float) -> str | None:
         """One fault name, or None; draws nothing when no fault is set or active at `elapsed_s`."""
         if not self._thresholds or elapsed_s < self._from_s:
