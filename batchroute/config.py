@@ -422,7 +422,7 @@ def load_job(path: Path | str) -> Job:
         raise JobError(f"{where}is not valid YAML ({problem})", path=path) from None
     config = parse_job(data, path=path)
     job = Job(config, path=path, text_sha256=hashlib.sha256(raw).hexdigest())
-    from batchroute.prices import resolve_prices  # prices import config types
+    from batchroute.pricing.prices import resolve_prices  # prices import config types
 
     resolve_prices(job)  # raises PriceError for an unpriced model unless allowed
     return job

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import polars as pl
 
-from batchroute.checkpoint import CheckpointStore
 from batchroute.schema import RESULT_SCHEMA, Status
+from batchroute.store.checkpoint import CheckpointStore
 
 BATCH = 10_000
 WINDOW = 512
@@ -137,7 +137,7 @@ def make_run(run_dir: Path, rows: int) -> None:
 
 def measure(run_dir: Path) -> dict[str, float]:
     """Assemble in this process and report peak RSS (MiB) and time."""
-    from batchroute.results import assemble_results
+    from batchroute.store.assembly import assemble_results
 
     started = time.perf_counter()
     counts = assemble_results(run_dir)
@@ -162,7 +162,8 @@ def _peak_rss_mib() -> float:
 def _baseline_rss() -> float:
     """Peak RSS of a process that only imports what assembly imports."""
     code = (
-        f"import batchroute.results, runpy;print(runpy.run_path({__file__!r})['_peak_rss_mib']())"
+        "import batchroute.store.assembly, runpy;"
+        f"print(runpy.run_path({__file__!r})['_peak_rss_mib']())"
     )
     return float(
         subprocess.run(

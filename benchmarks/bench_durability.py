@@ -50,7 +50,7 @@ from batchroute.sim import SimConfig, SimulatorProcess
 _LAUNCH = """
 import sys
 if sys.argv[1] == "off":
-    from batchroute.checkpoint import CheckpointStore
+    from batchroute.store.checkpoint import CheckpointStore
     CheckpointStore.write = CheckpointStore.add  # buffered in memory, written once at close
 from batchroute.cli import main
 main(sys.argv[2:], prog_name="batchroute")

@@ -39,10 +39,10 @@ import anyio
 import openai
 
 from batchroute.config import Job, parse_job
-from batchroute.dispatch import Dispatcher, RowRequest
-from batchroute.prices import resolve_prices
+from batchroute.dispatch.dispatcher import Dispatcher, RowRequest
+from batchroute.pricing.prices import resolve_prices
+from batchroute.pricing.tokens import count_message_tokens
 from batchroute.sim import SimConfig, SimulatorProcess
-from batchroute.tokens import count_message_tokens
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _raw_post

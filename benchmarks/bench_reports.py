@@ -22,8 +22,8 @@ import polars as pl
 import psutil
 
 from batchroute.config import Job, parse_job
-from batchroute.costs import price_outcomes, usage_cost
-from batchroute.prices import resolve_prices
+from batchroute.pricing.costs import price_outcomes, usage_cost
+from batchroute.pricing.prices import resolve_prices
 from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA
 
 TIERS = ("complex", "standard", "structured", "bulk")

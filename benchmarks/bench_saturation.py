@@ -33,10 +33,10 @@ import openai
 from aiolimiter import AsyncLimiter
 
 from batchroute.config import Job, parse_job
-from batchroute.dispatch import Dispatcher, RowOutcome, RowRequest
-from batchroute.prices import resolve_prices
+from batchroute.dispatch.dispatcher import Dispatcher, RowOutcome, RowRequest
+from batchroute.pricing.prices import resolve_prices
+from batchroute.pricing.tokens import count_message_tokens
 from batchroute.sim import SimConfig, SimModelConfig, SimulatorProcess
-from batchroute.tokens import count_message_tokens
 
 MODEL = "paced-model"
 

@@ -14,9 +14,9 @@ import yaml
 from click.testing import CliRunner
 
 from batchroute.cli import main
+from batchroute.pricing.tokens import count_message_tokens
 from batchroute.schema import ErrorType, Status
 from batchroute.sim.answers import answer_for, prompt_digest
-from batchroute.tokens import count_message_tokens
 from tests.conftest import job_dict, sample_rows
 
 JobFactory = Callable[..., Path]

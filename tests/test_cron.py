@@ -26,8 +26,8 @@ import yaml
 
 from batchroute.config import load_job
 from batchroute.exitcodes import ExitCode
-from batchroute.plan import forecast_job, forecast_totals
-from batchroute.prices import resolve_prices
+from batchroute.pricing.forecast import forecast_job, forecast_totals
+from batchroute.pricing.prices import resolve_prices
 from batchroute.sim import SimConfig, SimulatorProcess
 from tests.conftest import job_dict, sample_rows
 
@@ -287,7 +287,7 @@ def test_lock_left_by_killed_process_is_taken_over_with_a_warning(
         [
             sys.executable,
             "-c",
-            "import sys, time; from batchroute.lock import RunLock; "
+            "import sys, time; from batchroute.store.lock import RunLock; "
             f"RunLock({str(run_dir)!r}).acquire(); print('locked', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,

@@ -9,7 +9,7 @@ import pytest
 
 from batchroute.cli import main
 from batchroute.exitcodes import ExitCode
-from batchroute.plan import PLAN_SCHEMA
+from batchroute.pricing.forecast import PLAN_SCHEMA
 from batchroute.report.schemas import REPORT_FILES
 from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA
 

@@ -8,7 +8,7 @@ from test_report_tables import make_run
 
 from batchroute.cli import main
 from batchroute.exitcodes import ExitCode
-from batchroute.prices import resolve_prices
+from batchroute.pricing.prices import resolve_prices
 from batchroute.report import write_reports
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from test_report_tables import START, make_run
 
-from batchroute.prices import resolve_prices
+from batchroute.pricing.prices import resolve_prices
 from batchroute.report import write_reports
 from batchroute.report.html import render_run_html, render_trend_html, write_html
 from batchroute.report.trend import daily_totals, read_runs

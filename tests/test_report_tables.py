@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from batchroute.config import Job, parse_job
-from batchroute.costs import price_outcomes
 from batchroute.errors import OutputError
-from batchroute.plan import ForecastAccumulator, write_plan
-from batchroute.prices import resolve_prices
+from batchroute.pricing.costs import price_outcomes
+from batchroute.pricing.forecast import ForecastAccumulator, write_plan
+from batchroute.pricing.prices import resolve_prices
 from batchroute.report import load_summary, write_reports
 from batchroute.report.schemas import (
     COST_REPORT_SCHEMA,

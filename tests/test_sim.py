@@ -13,6 +13,7 @@ import aiohttp
 import openai
 import pytest
 
+from batchroute.pricing.tokens import count_message_tokens, count_text_tokens
 from batchroute.sim import (
     EmbeddedSimulator,
     FaultRates,
@@ -21,7 +22,6 @@ from batchroute.sim import (
     SimModelConfig,
     SimulatorProcess,
 )
-from batchroute.tokens import count_message_tokens, count_text_tokens
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """What a routing costs at the job's prices, before anything is sent.
 
-Input tokens use the shared estimate of `batchroute.tokens` (a user message, plus the job's
+Input tokens use the shared estimate of `batchroute.pricing.tokens` (a user message, plus the job's
 constant system prompt if it has one); output tokens are the tier's `expected_output_tokens`, or
 its `max_tokens`. Money is Decimal, as everywhere in batchroute.
 """
@@ -13,8 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from batchroute.pricing.tokens import (
+    CHARS_PER_TOKEN,
+    PER_MESSAGE_TOKENS,
+    PRIMING_TOKENS,
+    count_text_tokens,
+)
 from batchroute.schema import COST_DTYPE
-from batchroute.tokens import CHARS_PER_TOKEN, PER_MESSAGE_TOKENS, PRIMING_TOKENS, count_text_tokens
 
 if TYPE_CHECKING:
     from batchroute.config import Job
@@ -49,8 +54,8 @@ class TierPrice:
 
 
 def tier_prices(job: Job) -> dict[str, TierPrice]:
-    """Each mapped tier's price, from `batchroute.prices.resolve_prices(job)`."""
-    from batchroute.prices import resolve_prices
+    """Each mapped tier's price, from `batchroute.pricing.prices.resolve_prices(job)`."""
+    from batchroute.pricing.prices import resolve_prices
 
     table = resolve_prices(job)
     prices: dict[str, TierPrice] = {}
@@ -70,7 +75,7 @@ def tier_prices(job: Job) -> dict[str, TierPrice]:
 
 
 def input_tokens_expr(job: Job) -> pl.Expr:
-    """Each row's estimated prompt tokens, as `batchroute.tokens` counts a chat request.
+    """Each row's estimated prompt tokens, as `batchroute.pricing.tokens` counts a chat request.
 
     Unlike `plan.input_tokens_expr`, this needs only a `prompt` column: labelled sets have no
     `messages` or `system_prompt` columns.

@@ -8,8 +8,8 @@ import click
 from rich.console import Console
 
 from batchroute.config import load_job
-from batchroute.plan import forecast_job, forecast_totals, write_plan
-from batchroute.prices import resolve_prices
+from batchroute.pricing.forecast import forecast_job, forecast_totals, write_plan
+from batchroute.pricing.prices import resolve_prices
 from batchroute.report.terminal import print_plan
 
 __all__ = ["plan_command"]

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from batchroute.config import load_job
 from batchroute.errors import OutputError
-from batchroute.prices import resolve_prices
+from batchroute.pricing.prices import resolve_prices
 from batchroute.report.tables import ReportSummary, load_summary, write_reports
 from batchroute.report.terminal import print_report, print_trend
 from batchroute.report.trend import daily_totals, is_run_dir, read_runs

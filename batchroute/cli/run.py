@@ -11,9 +11,9 @@ from rich.console import Console
 
 from batchroute.cli.summary import print_run_summary
 from batchroute.config import load_job
+from batchroute.engines.local import RunOptions, run_job
 from batchroute.logs import configure_logging
 from batchroute.progress import Progress
-from batchroute.runner import RunOptions, run_job
 
 __all__ = ["run_command"]
 

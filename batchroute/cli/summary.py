@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from batchroute.engines.local import RunSummary
 from batchroute.exitcodes import ExitCode
-from batchroute.runner import RunSummary
 
 __all__ = ["print_run_summary"]
 

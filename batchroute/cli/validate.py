@@ -15,7 +15,7 @@ from batchroute.classify import build_router
 from batchroute.config import Job, load_job
 from batchroute.dataset import DatasetSummary, open_dataset
 from batchroute.exitcodes import ExitCode
-from batchroute.prices import resolve_prices
+from batchroute.pricing.prices import resolve_prices
 
 __all__ = ["validate_command"]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import polars as pl
 
 from batchroute.config import TIERS, Job
-from batchroute.costs import rate_literals, usage_cost, usage_cost_expr
 from batchroute.errors import OutputError
-from batchroute.plan import baseline_model, read_plan
-from batchroute.prices import PriceTable
+from batchroute.pricing.costs import rate_literals, usage_cost, usage_cost_expr
+from batchroute.pricing.forecast import baseline_model, read_plan
+from batchroute.pricing.prices import PriceTable
 from batchroute.report.schemas import (
     COST_REPORT_SCHEMA,
     COST_TOTALS_SCHEMA,

@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from batchroute.plan import ForecastTotals
+from batchroute.pricing.forecast import ForecastTotals
 from batchroute.report.tables import ReportSummary
 
 __all__ = ["format_usd", "print_plan", "print_report", "print_trend"]

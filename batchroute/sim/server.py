@@ -24,13 +24,13 @@ from typing import Any
 
 from aiohttp import web
 
+from batchroute.pricing.tokens import CHARS_PER_TOKEN, count_message_tokens, count_text_tokens
 from batchroute.sim import wire
 from batchroute.sim.answers import answer_for, prompt_digest
 from batchroute.sim.config import SimConfig, SimModelConfig
 from batchroute.sim.faults import FaultPicker
 from batchroute.sim.limits import ModelLimiter
 from batchroute.sim.stats import SimStats
-from batchroute.tokens import CHARS_PER_TOKEN, count_message_tokens, count_text_tokens
 
 __all__ = ["MAX_BODY_BYTES", "SIM_STATE", "SimState", "create_app"]
 

@@ -1,0 +1,1 @@
+"""Engines that run a job: `local` runs it in this process."""

@@ -1,0 +1,542 @@
+"""`run_job`: the one entry point of a run, from input file to reports.
+
+The data flow is input → classify → dispatch → results → reports. The input is read in bounded
+batches; each batch is classified as a whole, rows already answered by an earlier session of the
+same run directory are dropped, and the rest are sent through the dispatcher with at most
+`run.max_in_flight` requests in flight. Finished rows are buffered and made durable as Parquet
+parts every `output.checkpoint_rows` rows or `output.checkpoint_seconds` seconds. A row keeps
+its in-flight slot until its part is written (half the slots waiting also triggers a flush), so
+requests in flight plus answers not yet durable never exceed `run.max_in_flight`: a crash at any
+instant re-buys at most that many rows. At the end the parts are assembled into results.parquet
+in input order and the reports are written.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import logging
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import polars as pl
+
+from batchroute.classify import build_router
+from batchroute.config import Job
+from batchroute.dataset import Batch, open_dataset
+from batchroute.dispatch.dispatcher import Dispatcher, RowOutcome, RowRequest
+from batchroute.engines.workers import WorkerPool
+from batchroute.exitcodes import ExitCode
+from batchroute.logs import run_id_var
+from batchroute.pricing.budget import Budget
+from batchroute.pricing.forecast import ForecastAccumulator, write_plan
+from batchroute.pricing.prices import PriceTable, resolve_prices
+from batchroute.pricing.tokens import messages_tokens_expr
+from batchroute.progress import Progress
+from batchroute.report import ReportSummary, write_reports
+from batchroute.schema import ErrorType, Status
+from batchroute.store.assembly import assemble_results
+from batchroute.store.checkpoint import CheckpointStore, row_keys
+from batchroute.store.lock import RunLock
+from batchroute.store.manifest import RunManifest, read_manifest, write_manifest
+from batchroute.store.outcomes import OutcomeBuffer, skipped_results
+from batchroute.store.rundir import atomic_file, resolve_run_dir
+
+__all__ = ["RunOptions", "RunSummary", "run_job"]
+
+_BatchSource = Callable[..., Iterator[Batch]]
+_Classify = Callable[[pl.DataFrame], pl.DataFrame]
+_Row = tuple[RowRequest, tuple[Any, ...]]
+"""A row on its way to a model: its request, and its context for `OutcomeBuffer.add`."""
+
+_YOUNG_GC_THRESHOLD = 10_000
+"""Allocations between young-generation collections during the request loop (Python's: 700)."""
+
+logger = logging.getLogger("batchroute")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What the command line may change about a run."""
+
+    fresh: bool = False
+    limit: int | None = None
+    max_cost_usd: Decimal | None = None
+    retry_failed: bool = True
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """How a run ended, for the CLI to print and exit with."""
+
+    run_id: str
+    run_dir: Path
+    exit_code: ExitCode
+    counts: dict[str, int]
+    cost_usd: Decimal
+    reused_rows: int
+    sent_rows: int
+    message: str | None = None
+    report: ReportSummary | None = None
+
+
+def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
+    """Run a job to the end (or to a clean stop) and write its results and reports."""
+    prices = resolve_prices(job)
+    router = build_router(job)
+    dataset = open_dataset(job)
+    checked = dataset.check()  # file-level problems stop here, before a run dir exists
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    run_id_var.set(run_id)
+    run_dir = resolve_run_dir(job, fresh=options.fresh, now=datetime.now(UTC))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir, run_id=run_id) as lock:
+        run = _Run(
+            job,
+            options,
+            run_id=run_id,
+            run_dir=run_dir,
+            prices=prices,
+            progress=progress,
+            total_rows=min(checked.rows, options.limit or checked.rows),
+        )
+        logger.info(
+            "run %s: %d rows from %s -> %s",
+            run_id,
+            run.total_rows,
+            job.resolve(job.config.input.path),
+            run_dir,
+        )
+        if lock.stale_pid is not None:
+            logger.warning(
+                f"{run_dir}: took over a lock left by process {lock.stale_pid}, "
+                "which is no longer running; resuming its work"
+            )
+        return run.execute(dataset.batches, router.classify)
+
+
+class _Run:
+    """The state of one session of a run: counters, buffers, and how it is stopping."""
+
+    def __init__(
+        self,
+        job: Job,
+        options: RunOptions,
+        *,
+        run_id: str,
+        run_dir: Path,
+        prices: PriceTable,
+        progress: Progress,
+        total_rows: int,
+    ) -> None:
+        cfg = job.config
+        self.job = job
+        self.options = options
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.prices = prices
+        self.progress = progress
+        self.total_rows = total_rows
+        self.metadata_columns = cfg.input.metadata_columns
+        cap = options.max_cost_usd if options.max_cost_usd is not None else cfg.budget.max_cost_usd
+        self.budget = Budget(cap)
+        self.buffer = OutcomeBuffer(metadata_columns=self.metadata_columns)
+        self.store = CheckpointStore(
+            run_dir,
+            session=run_id,
+            flush_rows=cfg.output.checkpoint_rows,
+            flush_seconds=cfg.output.checkpoint_seconds,
+        )
+        self.forecast = ForecastAccumulator(job, prices)
+        self.rejects: list[pl.DataFrame] = []
+        self.stop_status: str | None = None  # a Status.SKIPPED_* once the run stops sending
+        self.stop_message = ""
+        self.hard_stop = False
+        self.sent_rows = 0
+        self.reused_rows = 0
+        self._undurable = 0
+        """Answered rows whose in-flight slot is held until their part is written."""
+        self._flush_undurable = max(1, cfg.run.max_in_flight // 2)
+        self.started_at = datetime.now(UTC)
+        self._contexts: dict[str, str] = {tier: _tier_context(job, tier) for tier in cfg.tiers}
+        self._requested = {tier: cfg.tier(tier).model for tier in cfg.tiers}
+        self._float_rates = {  # USD per token, for the progress display only
+            model: (
+                float(price.input_per_mtok) / 1e6,
+                float(price.cached_input_per_mtok or price.input_per_mtok) / 1e6,
+                float(price.output_per_mtok) / 1e6,
+            )
+            for model in cfg.models
+            if (price := prices.get(model)) is not None
+        }
+
+    # -- the session -------------------------------------------------------------------------
+
+    def execute(self, batches: _BatchSource, classify: _Classify) -> RunSummary:
+        previous = read_manifest(self.run_dir)
+        done = self.store.completed_keys(retry_failed=self.options.retry_failed)
+        write_manifest(self.run_dir, self._manifest(previous, finished=False))
+        base_urls: dict[str, str] = {}
+        with ExitStack() as stack:
+            if self._uses_simulator():
+                from batchroute.sim import EmbeddedSimulator
+
+                sim = stack.enter_context(EmbeddedSimulator(self.job.config.simulator))
+                base_urls["simulator"] = sim.base_url
+            with self.progress.live(run_id=self.run_id, total_rows=self.total_rows):
+                with _request_loop_gc():
+                    anyio.run(self._dispatch_all, batches, classify, done, base_urls)
+        self.store.close()
+        if self.hard_stop:
+            summary = self._summary(counts={}, report=None)
+            write_manifest(self.run_dir, self._manifest(previous, finished=True, summary=summary))
+            return summary
+        counts = assemble_results(self.run_dir, prices=self.prices)
+        self._write_side_files()
+        report = write_reports(
+            self.run_dir,
+            job=self.job,
+            prices=self.prices,
+            budget_hit=self.stop_status == Status.SKIPPED_BUDGET,
+        )
+        summary = self._summary(counts=counts, report=report)
+        write_manifest(self.run_dir, self._manifest(previous, finished=True, summary=summary))
+        return summary
+
+    def _uses_simulator(self) -> bool:
+        cfg = self.job.config
+        return any(cfg.endpoint_for(model).is_simulator for model in cfg.models)
+
+    async def _dispatch_all(
+        self,
+        batches: _BatchSource,
+        classify: _Classify,
+        done: pl.Series,
+        base_urls: dict[str, str],
+    ) -> None:
+        async with (
+            Dispatcher(
+                self.job, prices=self.prices, budget=self.budget, base_urls=base_urls
+            ) as dispatcher,
+            anyio.create_task_group() as watchers,
+        ):
+            self._flush_wanted = anyio.Event()
+            # fast_acquire: the feeder takes a free slot without yielding, so a batch's rows are
+            # all handed to the dispatcher at once instead of one per event-loop turn.
+            self._slots = anyio.Semaphore(self.job.config.run.max_in_flight, fast_acquire=True)
+            watchers.start_soon(self._watch_signals, watchers)
+            watchers.start_soon(self._flush_periodically)
+            with anyio.CancelScope() as self._run_scope:
+                await self._feed(dispatcher, batches, classify, done)
+            # rows already in flight when the run had to stop still report how it ended
+            if dispatcher.abort is not None:
+                self._stop(Status.SKIPPED_ABORTED, str(dispatcher.abort))
+            elif self.budget.exhausted:
+                self._stop(Status.SKIPPED_BUDGET, "the budget cap was reached")
+            watchers.cancel_scope.cancel()
+        await self._flush()
+
+    async def _feed(
+        self,
+        dispatcher: Dispatcher,
+        batches: _BatchSource,
+        classify: _Classify,
+        done: pl.Series,
+    ) -> None:
+        remaining = self.options.limit
+        source = iter(batches(batch_rows=self.job.config.run.batch_rows))
+        # As many senders as slots: a row that gets a slot always finds an idle sender.
+        senders: WorkerPool[_Row] = WorkerPool(
+            self.job.config.run.max_in_flight, functools.partial(self._send, dispatcher)
+        )
+        try:
+            async with anyio.create_task_group() as in_flight:
+                self._in_flight_scope = in_flight.cancel_scope
+                senders.start(in_flight)
+                while remaining is None or remaining > 0:
+                    batch: Batch | None = await anyio.to_thread.run_sync(next, source, None)
+                    if batch is None:
+                        break
+                    rows = batch.rows if remaining is None else batch.rows.head(remaining)
+                    if remaining is not None:
+                        remaining -= rows.height
+                    if batch.rejects.height:
+                        self.rejects.append(batch.rejects)
+                    sendable = self._prepare(rows, classify, done)
+                    await self._send_batch(sendable, dispatcher, senders)
+                senders.close()
+        finally:
+            for _, context in senders.drain():  # queued when the senders were cancelled
+                self._interrupted(context, "the run was stopped before this request was sent")
+
+    def _prepare(self, rows: pl.DataFrame, classify: _Classify, done: pl.Series) -> pl.DataFrame:
+        """Classify a batch, record it, settle invalid and already-answered rows; return others."""
+        frame = classify(rows)
+        frame = frame.with_columns(
+            row_keys(frame, context=self._contexts).alias("row_key"),
+            pl.col("tier").replace_strict(self._requested, default=None).alias("model_requested"),
+        )
+        self.store.add_index(frame.select("row_index", "row_key"))
+        self.forecast.add(frame)
+        invalid = frame.filter(pl.col("invalid_reason").is_not_null())
+        if invalid.height:
+            self.buffer.add_frame(
+                skipped_results(
+                    invalid,
+                    status=Status.FAILED,
+                    error_type=ErrorType.INVALID_ROW,
+                    message=pl.col("invalid_reason"),
+                    metadata_columns=self.metadata_columns,
+                )
+            )
+            self.progress.settled(invalid["tier"], status=Status.FAILED)
+        valid = frame.filter(pl.col("invalid_reason").is_null())
+        answered = pl.col("row_key").is_in(done.implode())
+        reused = valid.filter(answered)
+        if reused.height:
+            self.reused_rows += reused.height
+            self.progress.settled(reused["tier"], status="reused")
+        return valid.filter(~answered).with_columns(
+            messages_tokens_expr(pl.col("messages")).alias("prompt_tokens")
+        )
+
+    async def _send_batch(
+        self,
+        frame: pl.DataFrame,
+        dispatcher: Dispatcher,
+        senders: WorkerPool[_Row],
+    ) -> None:
+        if frame.height == 0:
+            return
+        slots = self._slots
+        contexts = self.buffer.contexts(frame).iter_rows()
+        requests = frame.select("id", "row_index", "row_key", "tier", "messages", "prompt_tokens")
+        for position, (context, (row_id, row_index, row_key, tier, messages, tokens)) in enumerate(
+            zip(contexts, requests.iter_rows(), strict=True)
+        ):
+            await slots.acquire()
+            if self.stop_status is None and dispatcher.abort is not None:
+                self._stop(Status.SKIPPED_ABORTED, str(dispatcher.abort))
+            if self.stop_status is None and self.budget.exhausted:
+                self._stop(Status.SKIPPED_BUDGET, "the budget cap was reached")
+            if self.stop_status is not None:
+                slots.release()
+                self._skip_rest(frame.slice(position))
+                return
+            request = RowRequest(
+                id=row_id,
+                row_index=row_index,
+                row_key=row_key,
+                tier=tier,
+                messages=messages,
+                prompt_tokens=tokens,
+            )
+            self.progress.sent(tier)
+            senders.put((request, context))
+
+    async def _send(self, dispatcher: Dispatcher, row: _Row) -> None:
+        request, context = row
+        try:
+            outcome = await dispatcher.dispatch(request)
+        except anyio.get_cancelled_exc_class():
+            self._interrupted(context, "the run was stopped while this request was in flight")
+            raise
+        except BaseException:
+            self._slots.release()
+            raise
+        # The slot is released by the flush that makes this answer durable (see `_flush`).
+        self._undurable += 1
+        self.sent_rows += 1
+        self.buffer.add(context, outcome)
+        self.progress.finished(
+            request.tier, status=outcome.status, cost_usd=self._cost_estimate(outcome)
+        )
+        if (
+            len(self.buffer) >= self.job.config.output.checkpoint_rows
+            or self._undurable >= self._flush_undurable
+        ):
+            self._flush_wanted.set()
+
+    def _interrupted(self, context: tuple[Any, ...], message: str) -> None:
+        """Settle a row that holds a slot but will get no answer: the run was stopped."""
+        self._slots.release()
+        self.buffer.add_unsent(
+            context,
+            status=Status.SKIPPED_INTERRUPTED,
+            error_type=ErrorType.INTERRUPTED,
+            message=message,
+        )
+
+    def _cost_estimate(self, outcome: RowOutcome) -> float:
+        """A float cost for the progress display; reports use the exact Decimal cost."""
+        rates = self._float_rates.get(outcome.model_used) if outcome.model_used else None
+        if rates is None:
+            return 0.0
+        input_rate, cached_rate, output_rate = rates
+        return (
+            input_rate * (outcome.input_tokens - outcome.cached_tokens)
+            + cached_rate * outcome.cached_tokens
+            + output_rate * outcome.output_tokens
+        )
+
+    def _stop(self, status: str, message: str) -> None:
+        if self.stop_status is None:
+            self.stop_status = status
+            self.stop_message = message
+            logger.warning("stopping: %s", message)
+
+    def _skip_rest(self, frame: pl.DataFrame) -> None:
+        assert self.stop_status is not None
+        error_type = {
+            Status.SKIPPED_BUDGET: ErrorType.BUDGET,
+            Status.SKIPPED_ABORTED: ErrorType.ABORTED,
+            Status.SKIPPED_INTERRUPTED: ErrorType.INTERRUPTED,
+        }[self.stop_status]
+        self.buffer.add_frame(
+            skipped_results(
+                frame,
+                status=self.stop_status,
+                error_type=error_type,
+                message=self.stop_message,
+                metadata_columns=self.metadata_columns,
+            )
+        )
+        self.progress.settled(frame["tier"], status=self.stop_status)
+
+    # -- durability ---------------------------------------------------------------------------
+
+    async def _flush_periodically(self) -> None:
+        interval = self.job.config.output.checkpoint_seconds
+        while True:
+            with anyio.move_on_after(interval):
+                await self._flush_wanted.wait()
+            self._flush_wanted = anyio.Event()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if len(self.buffer) == 0:
+            return
+        results, attempts = self.buffer.take()
+        held, self._undurable = self._undurable, 0
+        with anyio.CancelScope(shield=True):  # a part is written whole or not at all
+            await anyio.to_thread.run_sync(self.store.write, results, attempts)
+        for _ in range(held):
+            self._slots.release()
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    async def _watch_signals(self, watchers: anyio.abc.TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self.stop_status != Status.SKIPPED_INTERRUPTED:
+                    self.stop_status = None  # an interrupt outranks a budget or abort stop
+                    self._stop(
+                        Status.SKIPPED_INTERRUPTED,
+                        f"{name} received; finishing in-flight requests "
+                        f"(up to {self.job.config.run.grace_s:g} s), then writing results",
+                    )
+                    watchers.start_soon(self._cancel_in_flight_after_grace)
+                else:
+                    self.hard_stop = True
+                    logger.warning("%s received again; stopping now", name)
+                    self._run_scope.cancel()
+
+    async def _cancel_in_flight_after_grace(self) -> None:
+        await anyio.sleep(self.job.config.run.grace_s)
+        self._in_flight_scope.cancel()
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def _write_side_files(self) -> None:
+        write_plan(self.forecast.frame(), self.run_dir)
+        if self.rejects:
+            with atomic_file(self.run_dir / "rejects.parquet") as handle:
+                pl.concat(self.rejects).write_parquet(handle)
+
+    def _summary(self, *, counts: dict[str, int], report: ReportSummary | None) -> RunSummary:
+        if self.hard_stop or self.stop_status == Status.SKIPPED_INTERRUPTED:
+            code, message = ExitCode.INTERRUPTED, self.stop_message
+        elif self.stop_status == Status.SKIPPED_ABORTED:
+            code, message = ExitCode.ABORTED, self.stop_message
+        elif self.stop_status == Status.SKIPPED_BUDGET:
+            code, message = ExitCode.BUDGET, self.stop_message
+        elif counts.get(Status.FAILED, 0):
+            code, message = ExitCode.SOME_FAILED, None
+        else:
+            code, message = ExitCode.OK, None
+        return RunSummary(
+            run_id=self.run_id,
+            run_dir=self.run_dir,
+            exit_code=code,
+            counts=counts,
+            cost_usd=report.total_cost_usd if report is not None else Decimal(0),
+            reused_rows=self.reused_rows,
+            sent_rows=self.sent_rows,
+            message=message,
+            report=report,
+        )
+
+    def _manifest(
+        self, previous: RunManifest | None, *, finished: bool, summary: RunSummary | None = None
+    ) -> RunManifest:
+        return RunManifest.for_session(
+            previous,
+            job_path=self.job.path,
+            job_sha256=self.job.text_sha256,
+            run_id=self.run_id,
+            started_at=self.started_at,
+            finished_at=datetime.now(UTC) if finished else None,
+            counts=summary.counts if summary else {},
+            total_cost_usd=summary.cost_usd if summary else Decimal(0),
+            exit_code=summary.exit_code if summary else None,
+            budget_hit=self.stop_status == Status.SKIPPED_BUDGET,
+            price_source=self.prices.source,
+            price_sha256=self.prices.sha256,
+            sent_rows=self.sent_rows,
+            reused_rows=self.reused_rows,
+            pid=os.getpid(),
+        )
+
+
+@contextmanager
+def _request_loop_gc() -> Iterator[None]:
+    """Garbage collection tuned for the request loop, restored afterwards.
+
+    Everything alive when the loop starts (modules, the SDK's hundreds of model classes, the
+    job) lives to the end, yet every full collection walks it again; and each request allocates
+    a few hundred short-lived objects, so the youngest generation fills every few requests.
+    Freezing the survivors and collecting the young less often saves about a tenth of the CPU
+    of a run (`benchmarks/bench_overhead.py`); reference counting still frees almost everything
+    a request allocates at once.
+    """
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(_YOUNG_GC_THRESHOLD, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+
+
+def _tier_context(job: Job, tier: str) -> str:
+    """What, besides the row itself, determines a row's answer on this tier (for its key)."""
+    cfg = job.config
+    chain = cfg.chain(tier)
+    context = {
+        "chain": [cfg.api_model(model) for model in chain],
+        "base_urls": [cfg.endpoint_for(model).base_url for model in chain],
+        "request": cfg.tier_request(tier).body_fields(),
+    }
+    return json.dumps(context, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,179 @@
+"""What tokens cost: one formula, as a Decimal for one request and as a polars expression.
+
+A request's cost is the usage the API reported, priced per 1M tokens:
+
+    (input - cached) × input + cached × cached_input
+    + (output - reasoning) × output + reasoning × reasoning       all / 1,000,000
+
+where a missing cached or reasoning price is the input or output price. Prices carry at most six
+decimal places per 1M tokens, so every cost is exact in `COST_DTYPE` (12 places) and any sum of
+costs equals the cost of the summed tokens: reports add up to the cent and beyond, without drift.
+An unpriced model's cost is null with `priced` false, never $0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+import polars as pl
+
+from batchroute.pricing.prices import ModelPrice, PriceTable
+from batchroute.schema import COST_DTYPE
+
+__all__ = [
+    "failed_costs",
+    "model_rates",
+    "price_attempts",
+    "price_outcomes",
+    "price_results",
+    "rate_literals",
+    "usage_cost",
+    "usage_cost_expr",
+]
+
+_MTOK = 1_000_000
+
+
+def usage_cost(
+    price: ModelPrice,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int = 0,
+    reasoning_tokens: int = 0,
+) -> Decimal:
+    """The exact cost in USD of one request's usage at this price."""
+    total = (
+        (input_tokens - cached_tokens) * price.input_per_mtok
+        + cached_tokens * price.cached_rate
+        + (output_tokens - reasoning_tokens) * price.output_per_mtok
+        + reasoning_tokens * price.reasoning_rate
+    )
+    return total / _MTOK
+
+
+def usage_cost_expr(
+    *,
+    input_tokens: pl.Expr,
+    output_tokens: pl.Expr,
+    cached_tokens: pl.Expr,
+    reasoning_tokens: pl.Expr,
+    rates: Iterable[pl.Expr],
+) -> pl.Expr:
+    """The vectorised `usage_cost`; null tokens count as 0, a null rate makes the cost null.
+
+    `rates` are the input, cached-input, output and reasoning prices per 1M, in that order.
+    """
+    rate_input, rate_cached, rate_output, rate_reasoning = rates
+    cached = cached_tokens.fill_null(0)
+    reasoning = reasoning_tokens.fill_null(0)
+    total = (
+        (input_tokens.fill_null(0) - cached) * rate_input
+        + cached * rate_cached
+        + (output_tokens.fill_null(0) - reasoning) * rate_output
+        + reasoning * rate_reasoning
+    )
+    return (total / _MTOK).cast(COST_DTYPE)
+
+
+def rate_literals(price: ModelPrice | None) -> list[pl.Expr]:
+    """One price's four rates as literals (null when unpriced), for `usage_cost_expr`."""
+    if price is None:
+        return [pl.lit(None, dtype=COST_DTYPE)] * 4
+    values = (price.input_per_mtok, price.cached_rate, price.output_per_mtok, price.reasoning_rate)
+    return [pl.lit(value, dtype=COST_DTYPE) for value in values]
+
+
+def model_rates(model: pl.Expr, prices: PriceTable) -> list[pl.Expr]:
+    """The four per-1M rates of each row's model (null for an unpriced one), for `usage_cost_expr`.
+
+    A `replace_strict` per rate rather than a join: the frame's other columns (answers, often
+    most of its bytes) are never copied.
+    """
+    rows = prices.prices
+    rates = (
+        {m: p.input_per_mtok for m, p in rows.items()},
+        {m: p.cached_rate for m, p in rows.items()},
+        {m: p.output_per_mtok for m, p in rows.items()},
+        {m: p.reasoning_rate for m, p in rows.items()},
+    )
+    return [
+        model.replace_strict(mapping, default=None, return_dtype=COST_DTYPE) for mapping in rates
+    ]
+
+
+def _cost_of(model: str, prices: PriceTable) -> pl.Expr:
+    return usage_cost_expr(
+        input_tokens=pl.col("input_tokens"),
+        output_tokens=pl.col("output_tokens"),
+        cached_tokens=pl.col("cached_tokens"),
+        reasoning_tokens=pl.col("reasoning_tokens"),
+        rates=model_rates(pl.col(model), prices),
+    )
+
+
+def _is_priced(model: str, prices: PriceTable) -> pl.Expr:
+    return pl.col(model).is_in(list(prices.prices)).fill_null(False)
+
+
+def price_attempts(attempts: pl.LazyFrame, prices: PriceTable) -> pl.LazyFrame:
+    """Fill attempts' `cost_usd` and `priced` from their usage on their model."""
+    return attempts.with_columns(
+        cost_usd=pl.when(_is_priced("model", prices)).then(_cost_of("model", prices)),
+        priced=_is_priced("model", prices),
+    )
+
+
+def failed_costs(priced_attempts: pl.LazyFrame) -> pl.LazyFrame:
+    """Per `row_key`, the summed cost of its failed attempts (those with an `error_type`).
+
+    `_failed_cost` is null when any of those attempts was on an unpriced model.
+    """
+    return (
+        priced_attempts.filter(pl.col("error_type").is_not_null())
+        .group_by("row_key")
+        .agg(
+            _failed_cost=pl.when(pl.col("priced").all()).then(pl.col("cost_usd").sum()),
+            _failed_priced=pl.col("priced").all(),
+        )
+    )
+
+
+def price_results(results: pl.DataFrame, failed: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
+    """Fill results' cost columns, given `failed_costs` for (at least) their row keys.
+
+    A row's `cost_usd` is its successful response's usage on `model_used`; rows that were never
+    answered cost 0. A row touching an unpriced model has null costs there and `priced` false.
+    """
+    # join on the key alone, then lay the columns beside the results: no wide copy
+    per_row = (
+        results.lazy()
+        .select("row_key")
+        .join(failed.lazy(), on="row_key", how="left", maintain_order="left")
+        .collect()
+    )
+    failed_priced = per_row["_failed_priced"].fill_null(True)
+    is_ok = pl.col("status") == "ok"
+    return results.with_columns(
+        cost_usd=pl.when(~is_ok)
+        .then(pl.lit(0, dtype=COST_DTYPE))
+        .when(_is_priced("model_used", prices))
+        .then(_cost_of("model_used", prices)),
+        failed_cost_usd=pl.when(pl.lit(failed_priced)).then(
+            pl.lit(per_row["_failed_cost"]).fill_null(0).cast(COST_DTYPE)
+        ),
+        priced=(~is_ok | _is_priced("model_used", prices)) & pl.lit(failed_priced),
+    )
+
+
+def price_outcomes(
+    results: pl.DataFrame, attempts: pl.DataFrame, prices: PriceTable
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Fill the cost columns of results and attempts, keeping their schemas and row order.
+
+    `failed_cost_usd` is the sum of the row's failed attempts among `attempts`.
+    """
+    priced_attempts = price_attempts(attempts.lazy(), prices).collect()
+    failed = failed_costs(priced_attempts.lazy()).collect()
+    return price_results(results, failed, prices), priced_attempts.select(attempts.columns)

@@ -1,0 +1,304 @@
+"""Model prices: the shipped table, price files, a job's own fields, and how they combine.
+
+Prices are USD per 1M tokens, held as `Decimal` quantized to six places (a picodollar per token),
+so that every cost computed from them is exact in `COST_DTYPE`. For each model of a job the price
+comes from, in order: the job's `models.X` fields, then `prices.file`, then the shipped table in
+`batchroute/data/prices.json`; a file or the table is looked up by the job's name for the model,
+then by its `api_model`. `models.X` with both `input_per_mtok` and `output_per_mtok` is a whole
+price; with only some price fields it adjusts the entry found below it.
+
+A model left without a price is a `PriceError` when the job loads, unless `prices.allow_unpriced`
+is set; such a model is then listed in `PriceTable.unpriced` and its costs are null, never $0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from batchroute.errors import PriceError
+
+if TYPE_CHECKING:
+    from batchroute.config import Job
+
+__all__ = [
+    "PRICE_FIELDS",
+    "ModelPrice",
+    "PriceTable",
+    "load_default_table",
+    "load_price_file",
+    "parse_price_table",
+    "resolve_prices",
+    "to_price",
+]
+
+PRICE_FIELDS: tuple[str, ...] = (
+    "input_per_mtok",
+    "output_per_mtok",
+    "cached_input_per_mtok",
+    "reasoning_per_mtok",
+)
+"""The fields of a price that enter a cost, in USD per 1M tokens."""
+
+_QUANTUM = Decimal("0.000001")
+_DEFAULT_TABLE = "prices.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """One model's price in USD per 1M tokens; cached and reasoning fall back to input/output."""
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None = None
+    reasoning_per_mtok: Decimal | None = None
+    batch_discount: Decimal = Decimal(0)
+    """The provider's discount on its asynchronous batch API, as a fraction; informational."""
+    context_window: int | None = None
+
+    @property
+    def cached_rate(self) -> Decimal:
+        """The price of a cached input token per 1M: its own, or the input price."""
+        return (
+            self.input_per_mtok
+            if self.cached_input_per_mtok is None
+            else self.cached_input_per_mtok
+        )
+
+    @property
+    def reasoning_rate(self) -> Decimal:
+        """The price of a reasoning token per 1M: its own, or the output price."""
+        return self.output_per_mtok if self.reasoning_per_mtok is None else self.reasoning_per_mtok
+
+    def canonical(self) -> dict[str, str | int | None]:
+        """The price as JSON-ready values, decimals as fixed-point strings (for hashing)."""
+        return {
+            "input_per_mtok": _text(self.input_per_mtok),
+            "output_per_mtok": _text(self.output_per_mtok),
+            "cached_input_per_mtok": _text(self.cached_input_per_mtok),
+            "reasoning_per_mtok": _text(self.reasoning_per_mtok),
+            "batch_discount": _text(self.batch_discount),
+            "context_window": self.context_window,
+        }
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """The prices a job resolved to, where they came from, and the hash that pins them."""
+
+    prices: Mapping[str, ModelPrice]
+    unpriced: frozenset[str] = frozenset()
+    source: str = "none"
+    sha256: str = field(default="")
+
+    def get(self, model: str) -> ModelPrice | None:
+        """The model's price, or None if it is unpriced (or not a model of the job)."""
+        return self.prices.get(model)
+
+    @classmethod
+    def of(
+        cls,
+        prices: Mapping[str, ModelPrice],
+        *,
+        source: str,
+        unpriced: frozenset[str] = frozenset(),
+    ) -> PriceTable:
+        """A table over these prices, with its hash computed."""
+        return cls(dict(prices), unpriced, source, _hash(prices))
+
+    def __repr__(self) -> str:
+        return (
+            f"<PriceTable [{len(self.prices)} priced, {len(self.unpriced)} unpriced] "
+            f"from {self.source!r} sha256: {self.sha256[:12]}>"
+        )
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+def _hash(prices: Mapping[str, ModelPrice]) -> str:
+    canonical = {name: prices[name].canonical() for name in sorted(prices)}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def to_price(value: Any, *, where: str) -> Decimal:
+    """A non-negative price as a Decimal quantized to six places; `ValueError` names `where`."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"{where}: must be a number, got {value!r}")
+    try:
+        number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{where}: must be a number, got {value!r}") from None
+    if not number.is_finite() or number < 0:
+        raise ValueError(f"{where}: must be a number of 0 or more, got {value!r}")
+    quantized = number.quantize(_QUANTUM)
+    if number and not quantized:  # rounding must never turn a real price into $0
+        raise ValueError(f"{where}: {value!r} is below $0.000001 per 1M tokens, the smallest price")
+    return quantized
+
+
+def _to_window(value: Any, *, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{where}: must be a whole number of tokens above 0, got {value!r}")
+    return value
+
+
+def _parse_entry(entry: Any, *, where: str) -> ModelPrice:
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where}: must be a mapping of price fields")
+    known = {*PRICE_FIELDS, "batch_discount", "context_window", "provider"}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: is not a price field ({', '.join(sorted(known))})")
+    for required in ("input_per_mtok", "output_per_mtok"):
+        if entry.get(required) is None:
+            raise ValueError(f"{where}.{required}: is required")
+    optional = {
+        name: to_price(entry[name], where=f"{where}.{name}")
+        for name in ("cached_input_per_mtok", "reasoning_per_mtok")
+        if entry.get(name) is not None
+    }
+    discount = to_price(entry.get("batch_discount", 0), where=f"{where}.batch_discount")
+    if discount > 1:
+        raise ValueError(f"{where}.batch_discount: is a fraction between 0 and 1, got {discount}")
+    return ModelPrice(
+        input_per_mtok=to_price(entry["input_per_mtok"], where=f"{where}.input_per_mtok"),
+        output_per_mtok=to_price(entry["output_per_mtok"], where=f"{where}.output_per_mtok"),
+        batch_discount=discount,
+        context_window=_to_window(entry.get("context_window"), where=f"{where}.context_window"),
+        **optional,
+    )
+
+
+def parse_price_table(data: Any, *, path: Path | str) -> tuple[dict[str, ModelPrice], str | None]:
+    """batchroute's own price-table format: `{as_of, models: {name: {input_per_mtok, ...}}}`."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("models"), Mapping):
+        raise PriceError(
+            "a price table needs a 'models' mapping of model names to prices", path=path
+        )
+    try:
+        prices = {
+            str(name): _parse_entry(entry, where=f"models.{name}")
+            for name, entry in data["models"].items()
+        }
+    except ValueError as exc:
+        raise PriceError(str(exc), path=path) from None
+    as_of = data.get("as_of")
+    return prices, None if as_of is None else str(as_of)
+
+
+def load_price_file(path: Path) -> tuple[dict[str, ModelPrice], str]:
+    """Read a price file (batchroute's YAML/JSON table, or LiteLLM's JSON) and describe it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PriceError("no such price file; fix prices.file in the job", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PriceError(f"cannot read the price file ({exc})", path=path) from None
+    try:
+        if path.suffix.lower() in {".yaml", ".yml"}:
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text, parse_float=Decimal)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise PriceError(f"is not valid JSON/YAML ({exc})", path=path) from None
+    if isinstance(data, Mapping) and "models" in data:
+        prices, as_of = parse_price_table(data, path=path)
+        dated = f" {as_of}" if as_of else ""
+        return prices, f"prices.file {path}{dated}"
+    from batchroute.pricing.litellm import parse_litellm
+
+    return parse_litellm(data, path=path), f"prices.file {path} (LiteLLM format)"
+
+
+def load_default_table() -> tuple[dict[str, ModelPrice], str]:
+    """The table shipped in `batchroute/data/prices.json`, and the date it is as of."""
+    resource = resources.files("batchroute").joinpath("data", _DEFAULT_TABLE)
+    data = json.loads(resource.read_text(encoding="utf-8"), parse_float=Decimal)
+    prices, as_of = parse_price_table(data, path=str(resource))
+    return prices, as_of or "undated"
+
+
+def _lookup(table: Mapping[str, ModelPrice], names: tuple[str, ...]) -> ModelPrice | None:
+    """Exact names first, then the names without a provider prefix on either side."""
+    for name in names:
+        if name in table:
+            return table[name]
+    short_keys: dict[str, list[str]] = {}
+    for key in table:
+        short_keys.setdefault(key.rsplit("/", 1)[-1], []).append(key)
+    for name in names:  # "openrouter/anthropic/claude-x" ↔ "claude-x" ↔ "anthropic/claude-x"
+        short = name.rsplit("/", 1)[-1]
+        if short in table:
+            return table[short]
+        if len(short_keys.get(short, ())) == 1:
+            return table[short_keys[short][0]]
+    return None
+
+
+def resolve_prices(job: Job) -> PriceTable:
+    """Every model of the job priced, with the source and hash; `PriceError` if one has none."""
+    config = job.config
+    layers: list[tuple[str, dict[str, ModelPrice]]] = []
+    if config.prices.file is not None:
+        file_prices, file_source = load_price_file(job.resolve(config.prices.file))
+        layers.append((file_source, file_prices))
+    default_prices, as_of = load_default_table()
+    layers.append((f"batchroute default table {as_of}", default_prices))
+
+    prices: dict[str, ModelPrice] = {}
+    used: set[str] = set()
+    missing: list[str] = []
+    for name, model in config.models.items():
+        names = tuple(dict.fromkeys((name, config.api_model(name))))
+        base, base_source = None, ""
+        for source, table in layers:
+            base = _lookup(table, names)
+            if base is not None:
+                base_source = source
+                break
+        inline = {f: getattr(model, f) for f in PRICE_FIELDS if getattr(model, f) is not None}
+        if "input_per_mtok" in inline and "output_per_mtok" in inline:
+            fields: dict[str, Any] = {f: inline.get(f) for f in PRICE_FIELDS}
+            used.add("job file")
+        elif base is not None:
+            fields = {f: inline.get(f, getattr(base, f)) for f in PRICE_FIELDS}
+            used.update(["job file"] if inline else [])
+            used.add(base_source)
+        else:
+            missing.append(name)
+            continue
+        quantized: dict[str, Any] = {
+            f: None if v is None else Decimal(v).quantize(_QUANTUM) for f, v in fields.items()
+        }
+        prices[name] = ModelPrice(
+            **quantized,
+            batch_discount=base.batch_discount if base is not None else Decimal(0),
+            context_window=model.context_window
+            or (base.context_window if base is not None else None),
+        )
+
+    if missing and not config.prices.allow_unpriced:
+        names_text = ", ".join(f"'{m}'" for m in missing)
+        raise PriceError(
+            f"no price for {names_text} in the job, its price file or batchroute's default table; "
+            f"add input_per_mtok/output_per_mtok under models.{missing[0]}, or a prices.file, "
+            "or set prices.allow_unpriced: true to run with its costs flagged as unpriced",
+            path=job.path,
+            key=f"models.{missing[0]}",
+        )
+    order = ["job file"] + [source for source, _ in layers]
+    source = " + ".join(s for s in order if s in used) or "none"
+    return PriceTable.of(prices, source=source, unpriced=frozenset(missing))

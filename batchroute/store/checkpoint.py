@@ -1,0 +1,507 @@
+"""Durable progress: row identity keys, append-only Parquet parts, and what earlier sessions did.
+
+A session appends three kinds of part to `<run_dir>/parts/`, each written atomically:
+
+    results-<ordinal>-<session>-<seq>.parquet    result records (RESULT_SCHEMA, then metadata)
+    attempts-<ordinal>-<session>-<seq>.parquet   attempt records (ATTEMPT_SCHEMA)
+    index-<ordinal>-<session>-<seq>.parquet      row_index, row_key, id, line and the passthrough
+                                                 metadata of every row the session read
+
+`ordinal` numbers the sessions of a run (1, 2, ...), so file names sort in the order the
+records were made. Parts from a session that crashed are complete files and count like any
+other; a results part is committed before its attempts part, so a kill between the two loses
+neither (see `CheckpointStore._flush_locked`). A row is identified across sessions by its
+`row_key` (see `row_keys`): resume skips the keys an earlier session settled, and
+`results.assemble_results` joins the latest session's index to the best record of each key.
+
+`add`, `write`, `flush` and `close` do blocking file I/O: call them outside the event loop
+(e.g. `anyio.to_thread`). `add_index` does none, short of a very large backlog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Literal
+
+import polars as pl
+
+from batchroute.errors import OutputError
+from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA, Status
+from batchroute.store.rundir import PARTS_DIR, TMP_SUFFIX, atomic_file, fsync_dir, remove_tmp_files
+
+if TYPE_CHECKING:
+    from batchroute.config import JobConfig
+
+__all__ = [
+    "INDEX_COLUMNS",
+    "KEY_VERSION",
+    "CheckpointStore",
+    "PartFile",
+    "collect_parts",
+    "key_contexts",
+    "list_parts",
+    "part_rows",
+    "row_keys",
+    "scan_parts",
+]
+
+KEY_VERSION: Final = "br1"
+"""Mixed into every row key; bump it only to invalidate every old answer on purpose."""
+
+INDEX_COLUMNS: Final = pl.Schema(
+    {"row_index": pl.Int64, "row_key": pl.String, "id": pl.String, "line": pl.Int64}
+)
+"""The fixed columns of an index part; the passthrough metadata columns follow them."""
+
+PartKind = Literal["results", "attempts", "index"]
+_PART_NAME = re.compile(
+    r"^(?P<kind>results|attempts|index)-(?P<ordinal>[0-9]+)-(?P<session>.+)-(?P<seq>[0-9]+)\.parquet$"
+)
+_SESSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NULL = "~"
+_INDEX_FLUSH_ROWS = 100_000  # index rows held before they are written without results
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PartFile:
+    """One part file; parts sort in the order they were written."""
+
+    ordinal: int
+    seq: int
+    kind: str
+    session: str
+    path: Path
+
+
+def list_parts(run_dir: Path, kind: PartKind) -> list[PartFile]:
+    """The complete parts of one kind in a run directory, oldest first (`*.tmp` never count)."""
+    directory = Path(run_dir) / PARTS_DIR
+    if not directory.is_dir():
+        return []
+    parts = []
+    for entry in directory.iterdir():
+        match = _PART_NAME.match(entry.name)
+        if match and match.group("kind") == kind:
+            parts.append(
+                PartFile(
+                    ordinal=int(match.group("ordinal")),
+                    seq=int(match.group("seq")),
+                    kind=kind,
+                    session=match.group("session"),
+                    path=entry,
+                )
+            )
+    return sorted(parts)
+
+
+def key_contexts(config: JobConfig) -> dict[str, str]:
+    """For each tier, the canonical JSON of what besides the row decides its answer.
+
+    That is the model chain (job names and the names sent on the wire), each model's endpoint
+    base URL, and the tier's merged request body fields. Headers, limits and prices change no
+    answer and are left out, so editing them re-buys nothing.
+    """
+    contexts: dict[str, str] = {}
+    for tier in config.tiers:
+        chain = config.chain(tier)
+        spec = {
+            "chain": [
+                {
+                    "model": model,
+                    "api_model": config.api_model(model),
+                    "base_url": config.endpoint_for(model).base_url,
+                }
+                for model in chain
+            ],
+            "request": config.tier_request(tier).body_fields(),
+        }
+        contexts[tier] = _canonical_json(spec)
+    return contexts
+
+
+def _canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _encoded(expr: pl.Expr) -> pl.Expr:
+    """A string field as `<byte length>:<text>`, or `~:` for null: unambiguous when joined."""
+    # No when/then: inside list.eval it costs twice as much as fill_null.
+    return pl.concat_str(
+        [expr.str.len_bytes().cast(pl.String).fill_null(_NULL), pl.lit(":"), expr.fill_null("")]
+    )
+
+
+def _string_column(frame: pl.DataFrame, name: str) -> pl.Expr:
+    if name not in frame.columns:
+        return pl.lit(None, dtype=pl.String)
+    return pl.col(name).cast(pl.String)
+
+
+def _messages_expr(frame: pl.DataFrame) -> pl.Expr:
+    """The chat as `[<turns>:` followed by each turn's encoded role and content."""
+    if "messages" not in frame.columns:
+        return pl.lit("[" + _NULL + ":")
+    messages = pl.col("messages")
+    turns = messages.list.eval(
+        pl.concat_str(
+            [
+                _encoded(pl.element().struct.field("role")),
+                _encoded(pl.element().struct.field("content")),
+            ]
+        )
+    ).list.join("")
+    return pl.concat_str(
+        [
+            pl.lit("["),
+            messages.list.len().cast(pl.String).fill_null(_NULL),
+            pl.lit(":"),
+            turns.fill_null(""),
+        ]
+    )
+
+
+def row_keys(frame: pl.DataFrame, *, context: Mapping[str, str]) -> pl.Series:
+    """The identity of each row: 32 hex characters that change when its answer could.
+
+    The key is blake2b-128 over a length-prefixed serialisation of the row's id, system prompt,
+    prompt, chat messages (each role and content) and the digest of its tier's `context` (see
+    `key_contexts`). It is stable across processes, platforms and versions: it is built only
+    from the bytes of those fields, never from polars' own hashing, which is seeded per build.
+    `frame` needs `id` and `tier`; `prompt`, `system_prompt` and `messages` are used when
+    present. Every tier of a valid row must be in `context`; invalid rows (never sent) whose
+    tier has none get a key without a context.
+    """
+    missing = [name for name in ("id", "tier") if name not in frame.columns]
+    if missing:
+        raise ValueError(f"row_keys needs the columns {missing}; the frame has {frame.columns}")
+    valid = frame.filter(pl.col("invalid_reason").is_null()) if "invalid_reason" in frame else frame
+    tiers = valid.get_column("tier").drop_nulls().unique().to_list()
+    unknown = sorted(str(tier) for tier in tiers if tier not in context)
+    if unknown:
+        raise ValueError(f"row_keys has no context for the tiers {unknown}")
+    digests = {
+        tier: hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+        for tier, text in context.items()
+    }
+    context_digest = (
+        pl.col("tier")
+        .cast(pl.String)
+        .replace_strict(list(digests), list(digests.values()), default=None, return_dtype=pl.String)
+    )
+    material = frame.select(
+        pl.concat_str(
+            [
+                pl.lit(KEY_VERSION + "|"),
+                _encoded(_string_column(frame, "id")),
+                _encoded(_string_column(frame, "system_prompt")),
+                _encoded(_string_column(frame, "prompt")),
+                _messages_expr(frame),
+                _encoded(context_digest),
+            ]
+        )
+        .cast(pl.Binary)
+        .alias("material")
+    ).to_series()
+    # A stable cryptographic hash has no polars expression, so this one step runs per row; the
+    # serialisation above is vectorised and the loop only hashes bytes (about 1 us a row).
+    blake2b = hashlib.blake2b
+    keys = [blake2b(data, digest_size=16).hexdigest() for data in material.to_list()]
+    return pl.Series("row_key", keys, dtype=pl.String)
+
+
+def _conform(frame: pl.DataFrame, schema: pl.Schema, *, keep_extra: bool) -> pl.DataFrame:
+    """`frame` with the schema's columns first, cast to their types (absent ones null)."""
+    columns = [
+        pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in schema.items()
+    ]
+    if keep_extra:
+        columns += [pl.col(name) for name in frame.columns if name not in schema]
+    return frame.select(columns)
+
+
+class CheckpointStore:
+    """The parts of one session: buffered in memory, flushed atomically every N rows or T s."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        session: str,
+        flush_rows: int | None = 1000,
+        flush_seconds: float | None = 5.0,
+        metadata_columns: Sequence[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not _SESSION.match(session):
+            raise ValueError(f"a session id must be safe in a file name, not {session!r}")
+        self.run_dir = Path(run_dir)
+        self.parts_dir = self.run_dir / PARTS_DIR
+        self.session = session
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.metadata_columns = tuple(metadata_columns)
+        self._clock = clock
+        try:
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            _recover_parts(self.parts_dir)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot prepare the parts directory ({exc.strerror})", path=self.parts_dir
+            ) from None
+        earlier = [p.ordinal for kind in ("results", "attempts", "index") for p in self._list(kind)]
+        self.ordinal = max(earlier, default=0) + 1
+        """This session's number in the run: parts of later sessions win."""
+        self._lock = threading.Lock()
+        self._results: list[pl.DataFrame] = []
+        self._attempts: list[pl.DataFrame] = []
+        self._index: list[pl.DataFrame] = []
+        self._buffered_rows = 0
+        self._index_rows = 0
+        self._seq = 0
+        self._last_flush = clock()
+        self.rows_written = 0
+        """Result rows made durable by this session so far."""
+        self.parts_written = 0
+        self._closed = False
+
+    def _list(self, kind: PartKind) -> list[PartFile]:
+        return list_parts(self.run_dir, kind)
+
+    def completed_keys(self, *, retry_failed: bool = True) -> pl.Series:
+        """The row keys earlier sessions settled: status ok, and failed too unless retrying.
+
+        Reads only the `row_key` and `status` columns of the result parts.
+        """
+        settled = [Status.OK] if retry_failed else [Status.OK, Status.FAILED]
+        paths = [part.path for part in self._list("results")]
+        if not paths:
+            return pl.Series("row_key", [], dtype=pl.String)
+        query = (
+            scan_parts(paths)
+            .select("row_key", "status")
+            .filter(pl.col("status").is_in(settled))
+            .select(pl.col("row_key").unique())
+        )
+        return collect_parts(query, where=self.parts_dir).to_series()
+
+    def add_index(self, frame: pl.DataFrame) -> None:
+        """Record the rows this session read, once per input batch, in input order.
+
+        Keeps `row_index`, `row_key`, and `id`, `line` and the declared metadata columns when
+        the frame has them. The index rides along with the next flush of results (it matters
+        only once the session ends), so this does no file I/O unless a lot of index is waiting:
+        it is safe to call from the event loop.
+        """
+        keep = [*INDEX_COLUMNS, *(c for c in self.metadata_columns if c in frame.columns)]
+        index = _conform(
+            frame.select([c for c in keep if c in frame.columns]), INDEX_COLUMNS, keep_extra=True
+        )
+        with self._lock:
+            self._check_open()
+            self._index.append(index)
+            self._index_rows += index.height
+            if self._index_rows >= _INDEX_FLUSH_ROWS:
+                self._flush_locked()
+
+    def add(self, results: pl.DataFrame, attempts: pl.DataFrame | None = None) -> None:
+        """Buffer settled rows and their attempts; flush a part when N rows or T s have passed."""
+        conformed = _conform(results, RESULT_SCHEMA, keep_extra=True)
+        with self._lock:
+            self._check_open()
+            self._add_locked(conformed, attempts)
+            self._flush_if_due_locked()
+
+    def _add_locked(self, results: pl.DataFrame, attempts: pl.DataFrame | None) -> None:
+        if results.select(
+            pl.col("row_key").is_null().any() | pl.col("status").is_null().any()
+        ).item():
+            raise ValueError("every result record needs a row_key and a status")
+        if results.height:
+            self._results.append(results)
+            self._buffered_rows += results.height
+        if attempts is not None and attempts.height:
+            self._attempts.append(_conform(attempts, ATTEMPT_SCHEMA, keep_extra=False))
+
+    def write(self, results: pl.DataFrame, attempts: pl.DataFrame | None = None) -> None:
+        """Make these rows durable now, with whatever else is buffered (for callers that buffer
+        and time their own flushes)."""
+        with self._lock:
+            self._check_open()
+            self._add_locked(_conform(results, RESULT_SCHEMA, keep_extra=True), attempts)
+            self._flush_locked()
+
+    def flush_if_due(self) -> bool:
+        """Flush if N rows are buffered or T seconds passed since the last flush; call it from
+        a periodic tick so slow rows are made durable even when no new row arrives."""
+        with self._lock:
+            return self._flush_if_due_locked()
+
+    def flush(self) -> None:
+        """Write whatever is buffered as parts, now."""
+        with self._lock:
+            self._flush_locked()
+
+    def close(self) -> None:
+        """Flush what is buffered; the store takes no more rows."""
+        with self._lock:
+            if not self._closed:
+                self._flush_locked()
+                self._closed = True
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<CheckpointStore {str(self.run_dir)!r} session {self.ordinal} ({self.session}) "
+            f"[buffered: {self._buffered_rows}, written: {self.rows_written} rows in "
+            f"{self.parts_written} parts{', closed' if self._closed else ''}]>"
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this CheckpointStore is closed")
+
+    def _flush_if_due_locked(self) -> bool:
+        if not (self._buffered_rows or self._attempts):
+            return False
+        rows_due = self.flush_rows is not None and self._buffered_rows >= self.flush_rows
+        time_due = (
+            self.flush_seconds is not None
+            and self._clock() - self._last_flush >= self.flush_seconds
+        )
+        if rows_due or time_due:
+            self._flush_locked()
+            return True
+        return False
+
+    def _flush_locked(self) -> None:
+        if not (self._results or self._attempts or self._index):
+            return
+        self._seq += 1
+        index, attempts, results = (
+            _concat(buffer) for buffer in (self._index, self._attempts, self._results)
+        )
+        if index is not None:
+            self._write_part("index", index)
+        if results is None:
+            if attempts is not None:
+                self._write_part("attempts", attempts)
+        else:
+            # The results part is the commit point: its attempts are staged (complete and
+            # fsynced) before it, and renamed after. A crash between the two renames leaves a
+            # staged attempts part that the next session completes instead of discarding, so
+            # rows marked done never lose their attempts and rows not marked are resent.
+            staged = self._stage_part("attempts", attempts) if attempts is not None else None
+            self._write_part("results", results)
+            if staged is not None:
+                self._commit_staged(staged)
+        for buffer in (self._index, self._attempts, self._results):
+            buffer.clear()
+        self.rows_written += self._buffered_rows
+        self._buffered_rows = 0
+        self._index_rows = 0
+        self._last_flush = self._clock()
+
+    def _part_path(self, kind: str) -> Path:
+        return self.parts_dir / f"{kind}-{self.ordinal:04d}-{self.session}-{self._seq:06d}.parquet"
+
+    def _write_part(self, kind: str, frame: pl.DataFrame) -> None:
+        path = self._part_path(kind)
+        try:
+            with atomic_file(path) as handle:
+                frame.write_parquet(handle, compression="zstd", statistics=True)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write a checkpoint part ({exc.strerror})", path=path
+            ) from None
+        self.parts_written += 1
+
+    def _stage_part(self, kind: str, frame: pl.DataFrame) -> Path:
+        """Write a part to its `.tmp` name, complete and fsynced, without renaming it."""
+        path = self._part_path(kind)
+        staged = path.with_name(path.name + TMP_SUFFIX)
+        try:
+            with open(staged, "wb") as handle:
+                frame.write_parquet(handle, compression="zstd", statistics=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            staged.unlink(missing_ok=True)
+            raise OutputError(
+                f"cannot write a checkpoint part ({exc.strerror})", path=path
+            ) from None
+        return staged
+
+    def _commit_staged(self, staged: Path) -> None:
+        final = staged.with_name(staged.name.removesuffix(TMP_SUFFIX))
+        try:
+            os.replace(staged, final)
+            fsync_dir(self.parts_dir)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write a checkpoint part ({exc.strerror})", path=final
+            ) from None
+        self.parts_written += 1
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
+    if not frames:
+        return None
+    return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+
+
+def _recover_parts(directory: Path) -> None:
+    """Complete the attempts parts staged before a crash whose results part was committed, and
+    delete every other leftover `.tmp`."""
+    for entry in directory.glob("attempts-*.parquet" + TMP_SUFFIX):
+        final = entry.with_name(entry.name.removesuffix(TMP_SUFFIX))
+        committed = final.with_name("results-" + final.name.removeprefix("attempts-"))
+        if committed.exists():
+            os.replace(entry, final)
+    fsync_dir(directory)
+    remove_tmp_files(directory)
+
+
+def scan_parts(paths: Iterable[Path]) -> pl.LazyFrame:
+    """A lazy scan over part files, in the order given; columns a part lacks read as null."""
+    return pl.scan_parquet(
+        list(paths), glob=False, missing_columns="insert", extra_columns="ignore"
+    )
+
+
+def part_rows(path: Path) -> int:
+    """A part's row count, read from its footer alone."""
+    return int(collect_parts(pl.scan_parquet(path).select(pl.len()), where=path).item())
+
+
+def collect_parts(
+    query: pl.LazyFrame, *, where: Path, engine: Literal["auto", "streaming"] = "auto"
+) -> pl.DataFrame:
+    """Run a query over parts, turning a damaged part into an `OutputError` a person can act on."""
+    try:
+        return query.collect(engine=engine)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise OutputError(
+            f"a checkpoint part cannot be read ({exc}); move the damaged part out of the way "
+            "and rerun: its rows are sent again",
+            path=where,
+        ) from None
