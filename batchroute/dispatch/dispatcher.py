@@ -36,14 +36,14 @@ from batchroute.dispatch.client import Completion, Reply, make_client, resolve_a
 from batchroute.dispatch.limits import ModelLimiter
 from batchroute.errors import RunAbortedError
 from batchroute.pricing.budget import Budget
+from batchroute.pricing.costs import FloatRates
 from batchroute.pricing.prices import PriceTable
 from batchroute.schema import ErrorType, Status
 
 __all__ = ["Action", "AttemptRecord", "Dispatcher", "RowOutcome", "RowRequest"]
 
-DEFAULT_EXPECTED_OUTPUT_TOKENS: Final = 1024
-"""What the budget assumes a response costs when the job sets neither max_tokens nor
-expected_output_tokens."""
+DEFAULT_MAX_OUTPUT_TOKENS: Final = 1024
+"""The output limit the budget assumes when the job sets no max_tokens."""
 PROBE_WAIT_S: Final = 5.0
 """How long other rows wait for an endpoint's first answer before sending anyway."""
 
@@ -172,22 +172,28 @@ class _Model:
     limiter: ModelLimiter
     context_window: int | None
     client: openai.AsyncOpenAI
-    input_usd_per_token: float
-    output_usd_per_token: float
-    cached_usd_per_token: float
+    rates: FloatRates | None
+    """The model's price in fast form, for the budget; None when it has no price."""
     probe: _Probe = field(default_factory=lambda: _Probe())
     unavailable: str | None = None
     """Why the model is skipped for the rest of the run (a 404), or None."""
 
-    def expected_cost(self, prompt_tokens: int, output_tokens: int) -> float:
-        return prompt_tokens * self.input_usd_per_token + output_tokens * self.output_usd_per_token
+    def reservation(self, prompt_tokens: int, max_output_tokens: int) -> float:
+        """What the budget holds while a request is in flight: its worst-case cost."""
+        if self.rates is None:
+            return 0.0
+        return self.rates.worst_case_usd(
+            prompt_tokens=prompt_tokens, output_tokens=max_output_tokens
+        )
 
     def actual_cost(self, completion: Completion) -> float:
-        cached = min(completion.cached_tokens, completion.input_tokens)
-        return (
-            (completion.input_tokens - cached) * self.input_usd_per_token
-            + cached * self.cached_usd_per_token
-            + completion.output_tokens * self.output_usd_per_token
+        if self.rates is None:
+            return 0.0
+        return self.rates.usage_usd(
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            cached_tokens=completion.cached_tokens,
+            reasoning_tokens=completion.reasoning_tokens,
         )
 
 
@@ -200,7 +206,8 @@ class _Tier:
     """Per model: the request body without its messages."""
     wants_json: bool
     max_tokens: int
-    expected_output_tokens: int
+    max_output_tokens: int
+    """The output limit the budget reserves for: max_tokens, else the default."""
 
 
 class Dispatcher:
@@ -283,17 +290,13 @@ class Dispatcher:
             window = model_cfg.context_window
             if window is None and price is not None:
                 window = price.context_window
-            input_usd = float(price.input_per_mtok) / 1e6 if price else 0.0
-            cached = price.cached_input_per_mtok if price else None
             self.models[name] = _Model(
                 name=name,
                 api_model=config.api_model(name),
                 endpoint=endpoint_key,
                 limiter=limiter,
                 context_window=window,
-                input_usd_per_token=input_usd,
-                output_usd_per_token=float(price.output_per_mtok) / 1e6 if price else 0.0,
-                cached_usd_per_token=float(cached) / 1e6 if cached is not None else input_usd,
+                rates=FloatRates.of(price) if price is not None else None,
                 client=self._clients[endpoint_key],
             )
         reachable: list[str] = []
@@ -307,9 +310,7 @@ class Dispatcher:
                 bodies={m: {"model": config.api_model(m), **fields} for m in chain},
                 wants_json=request.wants_json,
                 max_tokens=request.max_tokens or 0,
-                expected_output_tokens=request.expected_output_tokens
-                or request.max_tokens
-                or DEFAULT_EXPECTED_OUTPUT_TOKENS,
+                max_output_tokens=request.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS,
             )
         self._reachable = tuple(reachable)
         return self
@@ -632,7 +633,7 @@ class _Walk:
             if dispatcher.abort is not None or model.unavailable is not None:
                 limiter.settle(tokens, 0)
                 return None, 0.0, _now(), 0.0
-            cost = model.expected_cost(self.row.prompt_tokens, self.tier.expected_output_tokens)
+            cost = model.reservation(self.row.prompt_tokens, self.tier.max_output_tokens)
             if not dispatcher.budget.reserve(cost):
                 limiter.settle(tokens, 0)
                 return None, 0.0, _now(), 0.0

@@ -39,6 +39,7 @@ from batchroute.engines.workers import WorkerPool
 from batchroute.exitcodes import ExitCode
 from batchroute.logs import run_id_var
 from batchroute.pricing.budget import Budget
+from batchroute.pricing.costs import FloatRates
 from batchroute.pricing.forecast import ForecastAccumulator, write_plan
 from batchroute.pricing.prices import PriceTable, resolve_prices
 from batchroute.pricing.tokens import messages_tokens_expr
@@ -170,12 +171,8 @@ class _Run:
         self.started_at = datetime.now(UTC)
         self._contexts: dict[str, str] = {tier: _tier_context(job, tier) for tier in cfg.tiers}
         self._requested = {tier: cfg.tier(tier).model for tier in cfg.tiers}
-        self._float_rates = {  # USD per token, for the progress display only
-            model: (
-                float(price.input_per_mtok) / 1e6,
-                float(price.cached_input_per_mtok or price.input_per_mtok) / 1e6,
-                float(price.output_per_mtok) / 1e6,
-            )
+        self._float_rates = {  # for the progress display only
+            model: FloatRates.of(price)
             for model in cfg.models
             if (price := prices.get(model)) is not None
         }
@@ -382,11 +379,11 @@ class _Run:
         rates = self._float_rates.get(outcome.model_used) if outcome.model_used else None
         if rates is None:
             return 0.0
-        input_rate, cached_rate, output_rate = rates
-        return (
-            input_rate * (outcome.input_tokens - outcome.cached_tokens)
-            + cached_rate * outcome.cached_tokens
-            + output_rate * outcome.output_tokens
+        return rates.usage_usd(
+            input_tokens=outcome.input_tokens,
+            output_tokens=outcome.output_tokens,
+            cached_tokens=outcome.cached_tokens,
+            reasoning_tokens=outcome.reasoning_tokens,
         )
 
     def _stop(self, status: str, message: str) -> None:

@@ -14,7 +14,9 @@ An unpriced model's cost is null with `priced` false, never $0.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import polars as pl
 
@@ -22,6 +24,7 @@ from batchroute.pricing.prices import ModelPrice, PriceTable
 from batchroute.schema import COST_DTYPE
 
 __all__ = [
+    "FloatRates",
     "failed_costs",
     "model_rates",
     "price_attempts",
@@ -35,6 +38,29 @@ __all__ = [
 _MTOK = 1_000_000
 
 
+def _formula(
+    input_tokens: Any,
+    output_tokens: Any,
+    cached_tokens: Any,
+    reasoning_tokens: Any,
+    rate_input: Any,
+    rate_cached: Any,
+    rate_output: Any,
+    rate_reasoning: Any,
+) -> Any:
+    """THE cost formula, in whatever form its arguments take: Decimal, float or polars.
+
+    Every cost batchroute computes, exact or fast, scalar or vectorised, is this expression, so
+    the forms cannot drift apart.
+    """
+    return (
+        (input_tokens - cached_tokens) * rate_input
+        + cached_tokens * rate_cached
+        + (output_tokens - reasoning_tokens) * rate_output
+        + reasoning_tokens * rate_reasoning
+    )
+
+
 def usage_cost(
     price: ModelPrice,
     *,
@@ -44,11 +70,15 @@ def usage_cost(
     reasoning_tokens: int = 0,
 ) -> Decimal:
     """The exact cost in USD of one request's usage at this price."""
-    total = (
-        (input_tokens - cached_tokens) * price.input_per_mtok
-        + cached_tokens * price.cached_rate
-        + (output_tokens - reasoning_tokens) * price.output_per_mtok
-        + reasoning_tokens * price.reasoning_rate
+    total: Decimal = _formula(
+        input_tokens,
+        output_tokens,
+        cached_tokens,
+        reasoning_tokens,
+        price.input_per_mtok,
+        price.cached_rate,
+        price.output_per_mtok,
+        price.reasoning_rate,
     )
     return total / _MTOK
 
@@ -65,16 +95,69 @@ def usage_cost_expr(
 
     `rates` are the input, cached-input, output and reasoning prices per 1M, in that order.
     """
-    rate_input, rate_cached, rate_output, rate_reasoning = rates
-    cached = cached_tokens.fill_null(0)
-    reasoning = reasoning_tokens.fill_null(0)
-    total = (
-        (input_tokens.fill_null(0) - cached) * rate_input
-        + cached * rate_cached
-        + (output_tokens.fill_null(0) - reasoning) * rate_output
-        + reasoning * rate_reasoning
+    total: pl.Expr = _formula(
+        input_tokens.fill_null(0),
+        output_tokens.fill_null(0),
+        cached_tokens.fill_null(0),
+        reasoning_tokens.fill_null(0),
+        *rates,
     )
     return (total / _MTOK).cast(COST_DTYPE)
+
+
+@dataclass(frozen=True, slots=True)
+class FloatRates:
+    """A price as floats in USD per token: the fast form, for reservations and progress.
+
+    Reports never use it; they price usage exactly with `usage_cost` or `usage_cost_expr`.
+    """
+
+    input: float
+    cached_input: float
+    output: float
+    reasoning: float
+
+    @classmethod
+    def of(cls, price: ModelPrice) -> FloatRates:
+        """The float rates of a price."""
+        return cls(
+            input=float(price.input_per_mtok) / _MTOK,
+            cached_input=float(price.cached_rate) / _MTOK,
+            output=float(price.output_per_mtok) / _MTOK,
+            reasoning=float(price.reasoning_rate) / _MTOK,
+        )
+
+    def usage_usd(
+        self,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
+    ) -> float:
+        """The cost of reported usage, as a float."""
+        cost: float = _formula(
+            input_tokens,
+            output_tokens,
+            min(cached_tokens, input_tokens),
+            min(reasoning_tokens, output_tokens),
+            self.input,
+            self.cached_input,
+            self.output,
+            self.reasoning,
+        )
+        return cost
+
+    def worst_case_usd(self, *, prompt_tokens: int, output_tokens: int) -> float:
+        """The most a request can cost: what the budget reserves before sending it.
+
+        Whatever share of the prompt is cached and of the output is reasoning, no request costs
+        more than every prompt token at the dearer input rate and every output token, up to the
+        output limit sent, at the dearer output rate.
+        """
+        return prompt_tokens * max(self.input, self.cached_input) + output_tokens * max(
+            self.output, self.reasoning
+        )
 
 
 def rate_literals(price: ModelPrice | None) -> list[pl.Expr]:

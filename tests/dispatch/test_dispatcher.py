@@ -22,6 +22,7 @@ from batchroute.config import Job, parse_job
 from batchroute.dispatch.dispatcher import Dispatcher, RowOutcome, RowRequest
 from batchroute.errors import RunAbortedError
 from batchroute.pricing.budget import Budget
+from batchroute.pricing.costs import usage_cost
 from batchroute.pricing.prices import resolve_prices
 from batchroute.pricing.tokens import count_message_tokens
 from batchroute.schema import ErrorType, Status
@@ -127,13 +128,14 @@ def make_job(
     retry: Mapping[str, Any] | None = None,
     budget: Mapping[str, Any] | None = None,
     endpoint: Mapping[str, Any] | None = None,
+    request: Mapping[str, Any] | None = None,
 ) -> Job:
     priced = {"input_per_mtok": 1, "output_per_mtok": 2}
     data = {
         "name": "t",
         "input": {"path": "in.jsonl"},
         "endpoint": {"api_key_env": KEY_ENV, "timeout_s": 2, **(endpoint or {})},
-        "request": {"max_tokens": 64},
+        "request": {"max_tokens": 64, **(request or {})},
         "tiers": tiers
         or {
             "standard": "a",
@@ -594,6 +596,61 @@ def test_budget_cap_skips_rows_and_bounds_spend() -> None:
         o.error_type == ErrorType.BUDGET for o in outcomes if o.status == Status.SKIPPED_BUDGET
     )
     assert all(o.attempts == 0 for o in outcomes if o.status == Status.SKIPPED_BUDGET)
+
+
+@pytest.mark.parametrize(
+    ("price", "sim"),
+    [
+        pytest.param(
+            {"reasoning_per_mtok": 60},
+            {"completion_tokens": "max_tokens", "reasoning_fraction": 0.9},
+            id="reasoning",
+        ),
+        pytest.param(
+            {"cached_input_per_mtok": 40},
+            {"completion_tokens": "max_tokens", "cached_fraction": 1.0},
+            id="cached",
+        ),
+        pytest.param({"output_per_mtok": 50}, {"completion_tokens": "max_tokens"}, id="output"),
+    ],
+)
+def test_budget_cap_holds_at_every_price_component(
+    price: dict[str, Any], sim: dict[str, Any]
+) -> None:
+    """Spend, priced exactly from reported usage, never passes the cap, whatever is dear."""
+    # The forecast expects short answers; the simulator answers at the full output limit.
+    job = make_job(
+        models={"a": {"max_concurrency": 8, **price}, "b": {}},
+        request={"expected_output_tokens": 4},
+    )
+    model_price = resolve_prices(job).get("a")
+    assert model_price is not None
+    cap = Decimal("0.02")
+    budget = Budget(cap)
+
+    async def main() -> tuple[list[RowOutcome], Dispatcher]:
+        config = SimConfig(default=SimModelConfig(latency_ms=5, **sim))
+        async with LocalSimulator(config) as server:
+            return await run_rows(job, server.base_url, [row(i) for i in range(60)], budget=budget)
+
+    outcomes, _ = anyio.run(main)
+    spent = sum(
+        (
+            usage_cost(
+                model_price,
+                input_tokens=r.input_tokens or 0,
+                output_tokens=r.output_tokens or 0,
+                cached_tokens=r.cached_tokens or 0,
+                reasoning_tokens=r.reasoning_tokens or 0,
+            )
+            for o in outcomes
+            for r in o.attempt_records
+        ),
+        Decimal(0),
+    )
+    assert budget.exhausted
+    assert Counter(o.status for o in outcomes)[Status.OK] > 0
+    assert spent <= cap
 
 
 def test_fault_storm() -> None:

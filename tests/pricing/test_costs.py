@@ -2,8 +2,15 @@ from decimal import Decimal
 from typing import Any
 
 import polars as pl
+import pytest
 
-from batchroute.pricing.costs import price_outcomes, rate_literals, usage_cost, usage_cost_expr
+from batchroute.pricing.costs import (
+    FloatRates,
+    price_outcomes,
+    rate_literals,
+    usage_cost,
+    usage_cost_expr,
+)
 from batchroute.pricing.prices import ModelPrice, PriceTable
 from batchroute.schema import ATTEMPT_SCHEMA, COST_DTYPE, RESULT_SCHEMA
 
@@ -183,3 +190,43 @@ def test_sums_over_many_rows_are_exact() -> None:
     priced, _ = price_outcomes(results, frame([], ATTEMPT_SCHEMA), PRICES)
     assert priced["cost_usd"].sum() == usage_cost(CHEAP, input_tokens=n, output_tokens=n)
     assert priced["cost_usd"].sum() == Decimal("0.0137")
+
+
+def test_float_rates_agree_with_the_exact_cost() -> None:
+    """The fast form used by the budget and progress is the same formula as the reports'."""
+    price = ModelPrice(
+        input_per_mtok=Decimal("3"),
+        output_per_mtok=Decimal("15"),
+        cached_input_per_mtok=Decimal("0.3"),
+        reasoning_per_mtok=Decimal("60"),
+    )
+    usage = {
+        "input_tokens": 1200,
+        "output_tokens": 900,
+        "cached_tokens": 700,
+        "reasoning_tokens": 500,
+    }
+    exact = usage_cost(price, **usage)
+    assert FloatRates.of(price).usage_usd(**usage) == pytest.approx(float(exact), rel=1e-12)
+
+
+@pytest.mark.parametrize("cached", [0, 400, 1000])
+@pytest.mark.parametrize("reasoning", [0, 300, 800])
+def test_worst_case_bounds_every_split_of_the_same_tokens(cached: int, reasoning: int) -> None:
+    """Whatever share is cached or reasoning, a request costs no more than its reservation."""
+    for cached_rate, reasoning_rate in [("0.1", "60"), ("9", "1")]:
+        price = ModelPrice(
+            input_per_mtok=Decimal("2"),
+            output_per_mtok=Decimal("8"),
+            cached_input_per_mtok=Decimal(cached_rate),
+            reasoning_per_mtok=Decimal(reasoning_rate),
+        )
+        cost = usage_cost(
+            price,
+            input_tokens=1000,
+            output_tokens=800,
+            cached_tokens=cached,
+            reasoning_tokens=reasoning,
+        )
+        bound = FloatRates.of(price).worst_case_usd(prompt_tokens=1000, output_tokens=800)
+        assert float(cost) <= bound * (1 + 1e-12)
