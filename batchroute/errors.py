@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from batchroute.exitcodes import ExitCode
+
 __all__ = [
     "BatchrouteError",
     "ClassifierModelError",
@@ -32,7 +34,7 @@ __all__ = [
 class BatchrouteError(Exception):
     """Root of batchroute's errors; `exit_code` is what the CLI exits with."""
 
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.SOME_FAILED
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -45,7 +47,7 @@ class BatchrouteError(Exception):
 class JobError(BatchrouteError):
     """The job file is missing, malformed, or describes an impossible job."""
 
-    exit_code = 6
+    exit_code: ExitCode = ExitCode.BAD_INPUT
 
     def __init__(self, message: str, *, path: Path | str | None = None, key: str | None = None):
         self.path = Path(path) if path is not None else None
@@ -63,7 +65,7 @@ class PriceError(JobError):
 class DatasetError(BatchrouteError):
     """The input file cannot be read as the job describes it."""
 
-    exit_code = 6
+    exit_code: ExitCode = ExitCode.BAD_INPUT
 
     def __init__(
         self,
@@ -100,7 +102,7 @@ class DatasetError(BatchrouteError):
 class RunLockedError(BatchrouteError):
     """Another live process is running this job in the same run directory."""
 
-    exit_code = 6
+    exit_code: ExitCode = ExitCode.BAD_INPUT
 
     def __init__(self, *, run_dir: Path, pid: int) -> None:
         self.run_dir = run_dir
@@ -114,7 +116,7 @@ class RunLockedError(BatchrouteError):
 class RunAbortedError(BatchrouteError):
     """The run cannot continue: the endpoint refused the key, or no model is left to call."""
 
-    exit_code = 4
+    exit_code: ExitCode = ExitCode.ABORTED
 
     def __init__(self, message: str, *, model: str | None = None, status_code: int | None = None):
         self.model = model
@@ -125,7 +127,7 @@ class RunAbortedError(BatchrouteError):
 class ClassifierModelError(BatchrouteError):
     """A trained classifier file is missing, corrupt, or from an incompatible version."""
 
-    exit_code = 6
+    exit_code: ExitCode = ExitCode.BAD_INPUT
 
     def __init__(self, message: str, *, path: Path | str) -> None:
         self.path = Path(path)
@@ -135,7 +137,7 @@ class ClassifierModelError(BatchrouteError):
 class OutputError(BatchrouteError):
     """A run directory or a report cannot be read or written."""
 
-    exit_code = 7
+    exit_code: ExitCode = ExitCode.OUTPUT
 
     def __init__(self, message: str, *, path: Path | str) -> None:
         self.path = Path(path)
