@@ -7,8 +7,9 @@ comes from, in order: the job's `models.X` fields, then `prices.file`, then the 
 then by its `api_model`. `models.X` with both `input_per_mtok` and `output_per_mtok` is a whole
 price; with only some price fields it adjusts the entry found below it.
 
-A model left without a price is a `PriceError` when the job loads, unless `prices.allow_unpriced`
-is set; such a model is then listed in `PriceTable.unpriced` and its costs are null, never $0.
+A model left without a price is a `PriceError` when its prices are resolved, unless
+`prices.allow_unpriced` is set; such a model is then listed in `PriceTable.unpriced` and its
+costs are null, never $0.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from batchroute.config import Job
 from batchroute.errors import PriceError
-
-if TYPE_CHECKING:
-    from batchroute.config import Job
+from batchroute.pricing.litellm import parse_litellm
+from batchroute.pricing.price import PRICE_FIELDS, QUANTUM, ModelPrice, to_price
 
 __all__ = [
     "PRICE_FIELDS",
@@ -40,54 +41,7 @@ __all__ = [
     "to_price",
 ]
 
-PRICE_FIELDS: tuple[str, ...] = (
-    "input_per_mtok",
-    "output_per_mtok",
-    "cached_input_per_mtok",
-    "reasoning_per_mtok",
-)
-"""The fields of a price that enter a cost, in USD per 1M tokens."""
-
-_QUANTUM = Decimal("0.000001")
 _DEFAULT_TABLE = "prices.json"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelPrice:
-    """One model's price in USD per 1M tokens; cached and reasoning fall back to input/output."""
-
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
-    cached_input_per_mtok: Decimal | None = None
-    reasoning_per_mtok: Decimal | None = None
-    batch_discount: Decimal = Decimal(0)
-    """The provider's discount on its asynchronous batch API, as a fraction; informational."""
-    context_window: int | None = None
-
-    @property
-    def cached_rate(self) -> Decimal:
-        """The price of a cached input token per 1M: its own, or the input price."""
-        return (
-            self.input_per_mtok
-            if self.cached_input_per_mtok is None
-            else self.cached_input_per_mtok
-        )
-
-    @property
-    def reasoning_rate(self) -> Decimal:
-        """The price of a reasoning token per 1M: its own, or the output price."""
-        return self.output_per_mtok if self.reasoning_per_mtok is None else self.reasoning_per_mtok
-
-    def canonical(self) -> dict[str, str | int | None]:
-        """The price as JSON-ready values, decimals as fixed-point strings (for hashing)."""
-        return {
-            "input_per_mtok": _text(self.input_per_mtok),
-            "output_per_mtok": _text(self.output_per_mtok),
-            "cached_input_per_mtok": _text(self.cached_input_per_mtok),
-            "reasoning_per_mtok": _text(self.reasoning_per_mtok),
-            "batch_discount": _text(self.batch_discount),
-            "context_window": self.context_window,
-        }
 
 
 @dataclass(frozen=True)
@@ -121,30 +75,10 @@ class PriceTable:
         )
 
 
-def _text(value: Decimal | None) -> str | None:
-    return None if value is None else format(value, "f")
-
-
 def _hash(prices: Mapping[str, ModelPrice]) -> str:
     canonical = {name: prices[name].canonical() for name in sorted(prices)}
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def to_price(value: Any, *, where: str) -> Decimal:
-    """A non-negative price as a Decimal quantized to six places; `ValueError` names `where`."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError(f"{where}: must be a number, got {value!r}")
-    try:
-        number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"{where}: must be a number, got {value!r}") from None
-    if not number.is_finite() or number < 0:
-        raise ValueError(f"{where}: must be a number of 0 or more, got {value!r}")
-    quantized = number.quantize(_QUANTUM)
-    if number and not quantized:  # rounding must never turn a real price into $0
-        raise ValueError(f"{where}: {value!r} is below $0.000001 per 1M tokens, the smallest price")
-    return quantized
 
 
 def _to_window(value: Any, *, where: str) -> int | None:
@@ -218,8 +152,6 @@ def load_price_file(path: Path) -> tuple[dict[str, ModelPrice], str]:
         prices, as_of = parse_price_table(data, path=path)
         dated = f" {as_of}" if as_of else ""
         return prices, f"prices.file {path}{dated}"
-    from batchroute.pricing.litellm import parse_litellm
-
     return parse_litellm(data, path=path), f"prices.file {path} (LiteLLM format)"
 
 
@@ -281,7 +213,7 @@ def resolve_prices(job: Job) -> PriceTable:
             missing.append(name)
             continue
         quantized: dict[str, Any] = {
-            f: None if v is None else Decimal(v).quantize(_QUANTUM) for f, v in fields.items()
+            f: None if v is None else Decimal(v).quantize(QUANTUM) for f, v in fields.items()
         }
         prices[name] = ModelPrice(
             **quantized,
