@@ -34,6 +34,8 @@ __all__ = [
     "PRICE_FIELDS",
     "ModelPrice",
     "PriceTable",
+    "default_price_table",
+    "diff_prices",
     "load_default_table",
     "load_price_file",
     "parse_price_table",
@@ -52,6 +54,8 @@ class PriceTable:
     unpriced: frozenset[str] = frozenset()
     source: str = "none"
     sha256: str = field(default="")
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Where each model's price came from (with the file's or table's date)."""
 
     def get(self, model: str) -> ModelPrice | None:
         """The model's price, or None if it is unpriced (or not a model of the job)."""
@@ -64,9 +68,10 @@ class PriceTable:
         *,
         source: str,
         unpriced: frozenset[str] = frozenset(),
+        sources: Mapping[str, str] | None = None,
     ) -> PriceTable:
         """A table over these prices, with its hash computed."""
-        return cls(dict(prices), unpriced, source, _hash(prices))
+        return cls(dict(prices), unpriced, source, _hash(prices), dict(sources or {}))
 
     def __repr__(self) -> str:
         return (
@@ -191,6 +196,7 @@ def resolve_prices(job: Job) -> PriceTable:
     layers.append((f"batchroute default table {as_of}", default_prices))
 
     prices: dict[str, ModelPrice] = {}
+    sources: dict[str, str] = {}
     used: set[str] = set()
     missing: list[str] = []
     for name, model in config.models.items():
@@ -205,10 +211,12 @@ def resolve_prices(job: Job) -> PriceTable:
         if "input_per_mtok" in inline and "output_per_mtok" in inline:
             fields: dict[str, Any] = {f: inline.get(f) for f in PRICE_FIELDS}
             used.add("job file")
+            sources[name] = "job file"
         elif base is not None:
             fields = {f: inline.get(f, getattr(base, f)) for f in PRICE_FIELDS}
             used.update(["job file"] if inline else [])
             used.add(base_source)
+            sources[name] = f"job file + {base_source}" if inline else base_source
         else:
             missing.append(name)
             continue
@@ -233,4 +241,41 @@ def resolve_prices(job: Job) -> PriceTable:
         )
     order = ["job file"] + [source for source, _ in layers]
     source = " + ".join(s for s in order if s in used) or "none"
-    return PriceTable.of(prices, source=source, unpriced=frozenset(missing))
+    return PriceTable.of(prices, source=source, unpriced=frozenset(missing), sources=sources)
+
+
+def default_price_table() -> PriceTable:
+    """The shipped table as a `PriceTable`, every price sourced to it and its date."""
+    prices, as_of = load_default_table()
+    source = f"batchroute default table {as_of}"
+    return PriceTable.of(prices, source=source, sources=dict.fromkeys(prices, source))
+
+
+def diff_prices(
+    table: PriceTable,
+    other: Mapping[str, ModelPrice],
+    *,
+    names: Mapping[str, tuple[str, ...]] | None = None,
+) -> list[tuple[str, str, Decimal | int | None, Decimal | int | None]]:
+    """Where `other` (e.g. a LiteLLM price map) disagrees with the table, field by field.
+
+    Each entry is (model, field, ours, theirs); a model `other` does not price has the field
+    "missing". `names` gives the names to look a model up by (its `api_model` too); a model is
+    found by its exact name first, then without a provider prefix, as when prices resolve.
+    """
+    differences: list[tuple[str, str, Decimal | int | None, Decimal | int | None]] = []
+    for model in sorted(table.prices):
+        ours = table.prices[model]
+        theirs = _lookup(other, (names or {}).get(model, (model,)))
+        if theirs is None:
+            differences.append((model, "missing", None, None))
+            continue
+        for name in (*PRICE_FIELDS, "context_window"):
+            mine, yours = getattr(ours, name), getattr(theirs, name)
+            if name == "cached_input_per_mtok":
+                mine, yours = ours.cached_rate, theirs.cached_rate
+            elif name == "reasoning_per_mtok":
+                mine, yours = ours.reasoning_rate, theirs.reasoning_rate
+            if mine != yours and not (name == "context_window" and yours is None):
+                differences.append((model, name, mine, yours))
+    return differences

@@ -23,6 +23,7 @@ __all__ = [
     "count_text_tokens",
     "expected_output_tokens",
     "message_token_bound",
+    "messages_token_bound_expr",
     "messages_tokens_expr",
     "output_token_limit",
     "text_tokens_expr",
@@ -103,4 +104,13 @@ def text_tokens_expr(text: pl.Expr) -> pl.Expr:
 def messages_tokens_expr(messages: pl.Expr) -> pl.Expr:
     """The vectorised form of `count_message_tokens` over a List(Struct{role, content}) column."""
     per_message = text_tokens_expr(pl.element().struct.field("content")) + PER_MESSAGE_TOKENS
+    return messages.list.eval(per_message).list.sum().fill_null(0) + PRIMING_TOKENS
+
+
+def messages_token_bound_expr(messages: pl.Expr) -> pl.Expr:
+    """The vectorised form of `message_token_bound` over a List(Struct{role, content}) column."""
+    per_message = (
+        pl.element().struct.field("content").fill_null("").str.len_bytes().cast(pl.Int64)
+        + _BOUND_PER_MESSAGE_TOKENS
+    )
     return messages.list.eval(per_message).list.sum().fill_null(0) + PRIMING_TOKENS

@@ -12,6 +12,7 @@ from batchroute.errors import PriceError
 from batchroute.pricing.litellm import parse_litellm
 from batchroute.pricing.prices import (
     ModelPrice,
+    diff_prices,
     load_default_table,
     load_price_file,
     resolve_prices,
@@ -193,3 +194,18 @@ def test_missing_price_file_is_an_error() -> None:
     job = make_job({"gpt-5.5": {}}, prices={"file": "/nonexistent/p.json"})
     with pytest.raises(PriceError, match="no such price file"):
         resolve_prices(job)
+
+
+def test_diff_prices_names_each_field_that_differs() -> None:
+    job = make_job({"gpt-4o": {"input_per_mtok": 3, "output_per_mtok": 10}})
+    other, _ = load_price_file(DATA / "litellm_small.json")
+    differences = diff_prices(resolve_prices(job), other)
+    assert ("gpt-4o", "input_per_mtok", Decimal(3), Decimal("2.5")) in differences
+    assert ("gpt-4o", "cached_input_per_mtok", Decimal(3), Decimal("1.25")) in differences
+    assert not any(field == "output_per_mtok" for _, field, _, _ in differences)
+
+
+def test_each_price_says_where_it_came_from() -> None:
+    job = make_job({"mine": {"input_per_mtok": 1, "output_per_mtok": 2}, "gpt-5.5": {}})
+    sources = resolve_prices(job).sources
+    assert sources == {"mine": "job file", "gpt-5.5": "batchroute default table 2026-11-01"}

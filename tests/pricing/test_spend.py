@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -95,3 +96,31 @@ def test_report_rows_carry_the_run(make_job: JobFactory) -> None:
         assert set(frame["job"]) == {"t"}, stem
         started = frame["started_at"].dt.to_string("%Y-%m-%dT%H:%M:%S%.f").unique().to_list()
         assert len(started) == 1 and manifest["started_at"].startswith(started[0][:19]), stem
+
+
+def test_a_cap_too_small_for_any_request_sends_no_row(make_job: JobFactory) -> None:
+    """Finding 6: rows the budget refused were never sent, and are not counted as sent."""
+    job = make_job(sample_rows(30))
+    code, out = run("run", str(job), "--max-cost", "0.0000001")
+    assert code == 3, out
+    assert "sent 0 rows" in out
+    manifest = json.loads(Path("runs/t/run.json").read_text())
+    assert manifest["sessions"][-1]["sent_rows"] == 0
+    assert manifest["counts"]["skipped_budget"] == 30
+    assert not Path("runs/t/attempts.parquet").is_file() or (
+        pl.read_parquet("runs/t/attempts.parquet").height == 0
+    )
+
+
+def test_a_bad_key_counts_the_one_row_it_sent(
+    make_job: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 6: a bad key aborts after one attempt; one row was sent, not all of them."""
+    monkeypatch.setenv("BR_TEST_KEY", "sk-wrong")
+    job = make_job(sample_rows(30), simulator={"require_api_key": "sk-right"})
+    code, out = run("run", str(job))
+    assert code == 4, out
+    attempts = pl.read_parquet("runs/t/attempts.parquet")
+    manifest = json.loads(Path("runs/t/run.json").read_text())
+    assert manifest["sessions"][-1]["sent_rows"] == attempts["row_key"].n_unique() == 1
+    assert "sent 1 rows" in out
