@@ -206,6 +206,13 @@ def test_diff_prices_names_each_field_that_differs() -> None:
 
 
 def test_each_price_says_where_it_came_from() -> None:
-    job = make_job({"mine": {"input_per_mtok": 1, "output_per_mtok": 2}, "gpt-5.5": {}})
-    sources = resolve_prices(job).sources
-    assert sources == {"mine": "job file", "gpt-5.5": "batchroute default table 2026-11-01"}
+    models = {
+        "mine": {"input_per_mtok": 1, "output_per_mtok": 2},
+        "gpt-5.5": {},
+        "deepseek-chat": {"output_per_mtok": 2},  # adjusts the shipped price
+    }
+    assert resolve_prices(make_job(models)).sources == {
+        "mine": "job file",
+        "gpt-5.5": "batchroute default table 2026-11-01",
+        "deepseek-chat": "job file + batchroute default table 2026-11-01",
+    }

@@ -79,6 +79,10 @@ def test_headline_saving_is_on_total_spend_with_dollars(tmp_path: Path) -> None:
     summary = write_reports(tmp_path, job=job, prices=resolve_prices(job))
     s = summary.savings.row(0, named=True)
     assert s["total_cost_usd"] > s["actual_cost_usd"]  # row d and e paid for failed attempts
+    assert s["savings_vs_baseline_usd"] == s["baseline_cost_usd"] - s["total_cost_usd"]
+    assert s["savings_vs_baseline_pct"] == pytest.approx(
+        float(s["savings_vs_baseline_usd"] / s["baseline_cost_usd"] * 100)
+    )
     saved = s["strongest_cost_usd"] - s["total_cost_usd"]
     assert s["savings_vs_strongest_usd"] == saved
     assert s["savings_vs_strongest_pct"] == pytest.approx(
@@ -110,7 +114,9 @@ def test_trend_groups_by_job_and_draws_days_as_days(tmp_path: Path) -> None:
     ]
     assert daily["total_cost_usd"].to_list() == [Decimal("0.0243455")] * 2
     page = render_trend_html(daily, folder=tmp_path)
-    assert "2026-11-20" in page
-    assert not re.search(r">\s*\d{2}:\d{2}\s*<", page)  # no hourly ticks on a one-day trend
+    labels = re.findall(r"<text[^>]*>([^<]*)</text>", page)
+    assert "2026-11-20" in labels
+    # a one-day trend has day ticks: no hours ("03:00"), months ("Jul") or bare years
+    assert not [t for t in labels if re.fullmatch(r"\d{2}:\d{2}|[A-Z][a-z]{2}|\d{4}", t)]
     later = daily.with_columns(pl.col("date") + timedelta(days=2))
     assert "2026-11-22" in render_trend_html(pl.concat([daily, later]), folder=tmp_path)
