@@ -318,8 +318,8 @@ def _superseded(results: pl.LazyFrame, attempts: pl.LazyFrame) -> pl.LazyFrame:
     are already in those rows' `failed_cost_usd`.
     """
     keys = results.select("row_key", _ok=pl.col("status") == Status.OK)
-    kept = keys.filter(pl.col("_ok")).select("row_key").unique()
-    present = keys.select("row_key").unique()
+    kept = keys.filter(pl.col("_ok")).select("row_key")  # anti joins: duplicates are harmless
+    present = keys.select("row_key")
     answered = pl.col("error_type").is_null()
     superseded = attempts.filter(answered).join(kept, on="row_key", how="anti")
     orphan_failed = attempts.filter(~answered).join(present, on="row_key", how="anti")
