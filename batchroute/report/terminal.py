@@ -79,7 +79,7 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
             style=style,
         )
         usage.add_row(
-            row["tier"] or "—",
+            row["tier"] or "(rerun)",
             "—" if row["model"] is None else row["model"],
             _int(row["input_tokens"]),
             _int(row["output_tokens"]),
@@ -90,18 +90,23 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
         )
     console.print(costs)
     console.print(usage)
+    if summary.cost_report["tier"].null_count():
+        console.print(
+            "(rerun): answers a rerun replaced, and failed attempts of rows it sent again.",
+            style="dim",
+        )
 
-    tiers = _table("Tier distribution", ("tier", "model", "rows", "share", "forecast", "actual"))
+    tiers = _table("Tier distribution", ("tier", "model", "rows", "share", "forecast", "total $"))
     has_plan = (
         summary.tier_distribution["forecast_rows"].null_count() < summary.tier_distribution.height
     )
     for row in summary.tier_distribution.iter_rows(named=True):
         tiers.add_row(
-            row["tier"] or "—",
+            row["tier"] or "(rerun)",
             "—" if row["model"] is None else row["model"],
             _int(row["rows"]),
             _pct(row["share"] * 100),
-            format_usd(row["forecast_cost_usd"]) if has_plan else "—",
+            format_usd(row["forecast_cost_usd"]) if has_plan and row["tier"] else "—",
             format_usd(row["total_cost_usd"]),
         )
     console.print(tiers)
