@@ -120,7 +120,7 @@ def _tier_chart(tiers: pl.DataFrame) -> str:
 
 def _cost_chart(costs: pl.DataFrame) -> str:
     labels = [
-        f"{t or '—'} · {m or '—'}" for t, m in zip(costs["tier"], costs["model"], strict=True)
+        f"{t or '(rerun)'} · {m or '—'}" for t, m in zip(costs["tier"], costs["model"], strict=True)
     ]
     answered = _money(costs["cost_usd"].to_list())
     failed = _money(costs["failed_cost_usd"].to_list())
@@ -315,7 +315,7 @@ def render_run_html(summary: ReportSummary) -> str:
         _table(
             pl.concat(
                 [
-                    summary.cost_report,
+                    summary.cost_report.with_columns(pl.col("tier").fill_null("(rerun)")),
                     summary.cost_totals.with_columns(tier=pl.lit("total"), model=pl.lit("")).select(
                         summary.cost_report.columns
                     ),
