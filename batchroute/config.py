@@ -263,7 +263,7 @@ class JobConfig(_Section):
     endpoints: Mapping[str, EndpointConfig] = Field(default_factory=dict)
     request: RequestConfig = RequestConfig()
     tiers: Mapping[Tier, str | TierConfig]
-    models: Mapping[str, ModelConfig]
+    models: Mapping[str, ModelConfig] = Field(default_factory=dict)
     baseline_model: str | None = None
     routing: RoutingConfig = RoutingConfig()
     retry: RetryConfig = RetryConfig()
@@ -273,14 +273,28 @@ class JobConfig(_Section):
     run: RunConfig = RunConfig()
     simulator: SimConfig = SimConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tier_models_are_models(cls, data: Any) -> Any:
+        """A tier may name a model with no `models:` entry: it gets the defaults (and a price
+        from a price file or the shipped table, or a `PriceError` when prices are resolved)."""
+        if not isinstance(data, Mapping):
+            return data
+        tiers, models = data.get("tiers"), data.get("models", {})
+        if not isinstance(tiers, Mapping) or not isinstance(models, Mapping):
+            return data
+        named = [
+            spec.get("model") if isinstance(spec, Mapping) else spec for spec in tiers.values()
+        ]
+        missing = [m for m in named if isinstance(m, str) and m not in models]
+        if not missing:
+            return data
+        return {**data, "models": {**models, **{m: {} for m in missing}}}
+
     @model_validator(mode="after")
     def _references_exist(self) -> JobConfig:
         if "standard" not in self.tiers:
             raise ValueError("tiers: a job must map the 'standard' tier, where unmatched rows go")
-        for tier in self.tiers:
-            model = self.tier(tier).model
-            if model not in self.models:
-                raise ValueError(f"tiers.{tier} names '{model}', which is not a model in this job")
         for name, model_cfg in self.models.items():
             if model_cfg.fallback is not None and model_cfg.fallback not in self.models:
                 raise ValueError(
@@ -400,7 +414,10 @@ def parse_job(data: Any, *, path: Path) -> JobConfig:
 
 
 def load_job(path: Path | str) -> Job:
-    """Read, expand and validate a job file, and check its prices; raise `JobError` if wrong."""
+    """Read, expand and validate a job file; raise `JobError` if it is wrong.
+
+    Prices are not resolved here: the commands that price (`run`, `plan`, `validate`, `report`,
+    `prices`) call `batchroute.pricing.prices.resolve_prices`, which raises `PriceError`."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -421,8 +438,4 @@ def load_job(path: Path | str) -> Job:
         problem = getattr(exc, "problem", None) or str(exc)
         raise JobError(f"{where}is not valid YAML ({problem})", path=path) from None
     config = parse_job(data, path=path)
-    job = Job(config, path=path, text_sha256=hashlib.sha256(raw).hexdigest())
-    from batchroute.pricing.prices import resolve_prices  # prices import config types
-
-    resolve_prices(job)  # raises PriceError for an unpriced model unless allowed
-    return job
+    return Job(config, path=path, text_sha256=hashlib.sha256(raw).hexdigest())

@@ -4,7 +4,9 @@
 
 Prints, each as a ratio against a baseline measured in the same run:
 - `write_reports` peak memory and time against reading results.parquet whole (`pl.read_parquet`),
-  each in a fresh process; RSS is the peak growth during the step;
+  each in a fresh process; RSS is the peak growth during the step. The run directory also holds
+  an attempts.parquet (one attempt a row, plus answers a rerun superseded for 1 row in 20), so
+  the reports reconcile every attempt with the results;
 - `price_outcomes` (vectorised, exact Decimal) against a per-row Python loop of `usage_cost`.
 """
 
@@ -71,6 +73,33 @@ def make_results(rows: int) -> pl.DataFrame:
         .select(RESULT_SCHEMA.names())
         .cast(RESULT_SCHEMA)
     )
+
+
+def make_attempts(results: pl.DataFrame) -> pl.DataFrame:
+    """One attempt per row, and for every 20th row an earlier answer a rerun superseded."""
+    usage = ["input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"]
+    ok = pl.col("status") == "ok"
+    current = results.select(
+        "id",
+        "row_index",
+        "row_key",
+        pl.col("model_used").alias("model"),
+        pl.lit(1, dtype=pl.Int32).alias("attempt"),
+        pl.when(ok).then(None).otherwise(pl.lit("server_error")).alias("error_type"),
+        pl.when(ok).then(pl.lit("ok")).otherwise(pl.lit("fail")).alias("action"),
+        *(pl.when(ok).then(pl.col(c)).alias(c) for c in usage),
+    )
+    superseded = current.filter(pl.col("row_index") % 20 == 0).with_columns(
+        row_key=pl.lit("old-") + pl.col("row_key"),
+        error_type=pl.lit(None, dtype=pl.String),
+        action=pl.lit("ok"),
+        **{c: pl.col(c).fill_null(100) for c in usage},
+    )
+    frame = pl.concat([superseded, current])
+    missing = {
+        n: pl.lit(None, dtype=t) for n, t in ATTEMPT_SCHEMA.items() if n not in frame.columns
+    }
+    return frame.with_columns(**missing).select(ATTEMPT_SCHEMA.names()).cast(ATTEMPT_SCHEMA)
 
 
 def _rss_mb() -> float:
@@ -167,6 +196,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         priced.write_parquet(Path(tmp) / "results.parquet")
+        _, paid = price_outcomes(priced.head(0), make_attempts(results), prices)
+        paid.write_parquet(Path(tmp) / "attempts.parquet")
         size_mb = (Path(tmp) / "results.parquet").stat().st_size / 1e6
         read_s, read_mb = _in_fresh_process(_read_whole, tmp)
         report_s, report_mb = _in_fresh_process(_write_reports, tmp)

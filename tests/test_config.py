@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from batchroute.config import load_job
-from batchroute.errors import JobError
+from batchroute.errors import JobError, PriceError
+from batchroute.pricing.prices import resolve_prices
 
 JOB = """
 name: nightly
@@ -58,10 +59,12 @@ def test_unknown_key_is_refused_with_its_path(tmp_path: Path) -> None:
         load_job(path)
 
 
-def test_tier_naming_undefined_model_is_refused(tmp_path: Path) -> None:
+def test_tier_naming_an_unpriced_unlisted_model_is_refused(tmp_path: Path) -> None:
+    """A tier may name a model without a `models:` entry, but it must be priced somewhere."""
     path = write(tmp_path, JOB.replace("bulk: small}", "bulk: tiny}"))
-    with pytest.raises(JobError, match="tiers.bulk names 'tiny'"):
-        load_job(path)
+    job = load_job(path)
+    with pytest.raises(PriceError, match=r"models\.tiny: no price for 'tiny'"):
+        resolve_prices(job)
 
 
 def test_standard_tier_is_required(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ def test_run_html_has_its_four_charts_and_no_external_reference(tmp_path: Path) 
         "Tier distribution",
         "Cost by tier and model",
         "Fallback and failure rates",
-        "Cost as routed against one model for every row",
+        "Spend against one model for every row",
     ):
         assert title in page
     assert "Cost (USD)" in page and "Rows" in page  # labelled axes, as real text
@@ -37,7 +37,7 @@ def test_trend_html_charts_cost_and_savings_per_day(tmp_path: Path) -> None:
         write_reports(run_dir, job=job, prices=resolve_prices(job))
     page = render_trend_html(daily_totals(read_runs(tmp_path)), folder=tmp_path)
     assert page.count("<svg") == 1
-    assert "Cost and savings per day" in page
+    assert "Spend per day and job" in page
     assert "http" not in page.lower()
     path = write_html(page, tmp_path / "out" / "trend.html")
     assert path.read_text(encoding="utf-8") == page

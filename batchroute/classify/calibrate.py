@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, cast
 
 import polars as pl
 
-from batchroute.classify.forecast import forecast_by_tier, input_tokens_expr, tier_prices
 from batchroute.classify.router import Router
 from batchroute.classify.rules import TEXT_COLUMN, text_expr
 from batchroute.errors import JobError
+from batchroute.pricing.forecast import forecast_by_tier, prompt_tokens_expr, tier_prices
 from batchroute.schema import COST_DTYPE, INPUT_SCHEMA
 
 if TYPE_CHECKING:
@@ -135,13 +135,9 @@ def calibrate_router(
         assert target_cost_usd is not None
         target = f"forecast cost <= ${target_cost_usd}"
         prices = tier_prices(job)
-        mean = sample.select(input_tokens_expr(job).mean()).to_series()[0]
+        mean = sample.select(prompt_tokens_expr(job).mean()).to_series()[0]
         mean_tokens = float(cast(float, mean) or 0.0)
-        unit = {
-            t: (mean_tokens * float(p.input_per_mtok) + p.output_tokens * float(p.output_per_mtok))
-            / 1e6
-            for t, p in prices.items()
-        }
+        unit = {t: p.unit_cost_usd(mean_tokens) for t, p in prices.items()}
         top = max(unit.values()) or 1.0
         direction = {t: u / top for t, u in unit.items()}
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from batchroute.classify.forecast import input_tokens_expr, tier_prices
 from batchroute.classify.router import frame_from_prompts
 from batchroute.config import TIERS
 from batchroute.errors import DatasetError
+from batchroute.pricing.forecast import prompt_tokens_expr, tier_prices
 
 if TYPE_CHECKING:
     from batchroute.classify.router import Router
@@ -112,7 +112,7 @@ def evaluate_router(
         .then(pl.col("label"))
         .otherwise(pl.lit("standard"))
         .alias("label"),
-        input_tokens_expr(job).alias("input_tokens"),
+        prompt_tokens_expr(job).alias("input_tokens"),
     )
     counts = frame.group_by("label", "tier").len()
     cell = {(lab, pred): n for lab, pred, n in counts.iter_rows()}

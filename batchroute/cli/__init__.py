@@ -25,6 +25,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("batchroute.cli.run", "run_command"),
     "validate": ("batchroute.cli.validate", "validate_command"),
     "plan": ("batchroute.cli.plan", "plan_command"),
+    "prices": ("batchroute.cli.prices", "prices_command"),
     "report": ("batchroute.cli.report", "report_command"),
     "sim": ("batchroute.cli.sim", "sim_command"),
     "train": ("batchroute.cli.train", "train_command"),

@@ -27,7 +27,7 @@ def print_run_summary(summary: RunSummary, *, console: Console) -> None:
     console.print(counts)
     console.print(
         f"sent {summary.sent_rows} rows, reused {summary.reused_rows} from earlier sessions; "
-        f"cost ${summary.cost_usd:.6f}"
+        f"total spend ${summary.cost_usd:.6f} (answers kept + superseded + failed attempts)"
     )
     console.print(f"results: {summary.run_dir / 'results.parquet'}")
     ended = ExitCode(summary.exit_code).name.lower().replace("_", " ")

@@ -353,7 +353,8 @@ class _Run:
             raise
         # The slot is released by the flush that makes this answer durable (see `_flush`).
         self._undurable += 1
-        self.sent_rows += 1
+        if outcome.attempts:  # a row refused by the budget or an abort was never sent
+            self.sent_rows += 1
         self.buffer.add(context, outcome)
         self.progress.finished(
             request.tier, status=outcome.status, cost_usd=self._cost_estimate(outcome)
@@ -496,6 +497,7 @@ class _Run:
             finished_at=datetime.now(UTC) if finished else None,
             counts=summary.counts if summary else {},
             total_cost_usd=summary.cost_usd if summary else Decimal(0),
+            spend=_spend(summary.report) if summary and summary.report else None,
             exit_code=summary.exit_code if summary else None,
             budget_hit=self.stop_status == Status.SKIPPED_BUDGET,
             price_source=self.prices.source,
@@ -504,6 +506,15 @@ class _Run:
             reused_rows=self.reused_rows,
             pid=os.getpid(),
         )
+
+
+def _spend(report: ReportSummary) -> dict[str, Decimal]:
+    """The three parts of a run's total spend, for run.json."""
+    return {
+        "answers_kept_usd": report.cost_usd,
+        "answers_superseded_usd": report.superseded_cost_usd,
+        "failed_attempts_usd": report.failed_cost_usd,
+    }
 
 
 @contextmanager

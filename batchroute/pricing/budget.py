@@ -1,14 +1,37 @@
-"""The budget cap: reserve each request's expected cost before sending, settle it after.
+"""The budget cap: reserve each request's worst case before sending, settle it after.
 
-Spend therefore never passes the cap by more than what is in flight. The amounts here are floats
-and only steer dispatch; the exact Decimal costs are computed from usage by the costs module.
+A reservation is counted against the cap before its request is sent, and replaced by the actual
+cost when the answer comes back. So spend ≤ cap holds at every moment, as long as no request
+costs more than its reservation: the reservation must be a true upper bound, which
+`FloatRates.worst_case_usd` gives from a true bound on the prompt's tokens
+(`tokens.message_token_bound`) and on the output (`reserved_output_tokens`). The amounts here are
+floats and only steer dispatch; the exact Decimal costs are computed from usage by the costs
+module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
+from typing import Any
 
-__all__ = ["Budget"]
+from batchroute.pricing.tokens import DEFAULT_OUTPUT_TOKENS, output_token_limit
+
+__all__ = ["Budget", "reserved_output_tokens"]
+
+
+def reserved_output_tokens(body: Mapping[str, Any], *, context_window: int | None) -> int:
+    """The output tokens to reserve for a request with this chat-completions body.
+
+    The limit the body sends (`max_completion_tokens` or `max_tokens`, the smaller) bounds the
+    output, reasoning included. Without one, the model's context window does. With neither,
+    nothing bounds it, and `DEFAULT_OUTPUT_TOKENS` is reserved: a job with a budget cap should
+    send an output limit.
+    """
+    limit = output_token_limit(body)
+    if limit is not None:
+        return limit
+    return context_window if context_window is not None else DEFAULT_OUTPUT_TOKENS
 
 
 class Budget:

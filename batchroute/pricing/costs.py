@@ -31,6 +31,7 @@ __all__ = [
     "price_outcomes",
     "price_results",
     "rate_literals",
+    "reprice_results",
     "usage_cost",
     "usage_cost_expr",
 ]
@@ -223,6 +224,21 @@ def failed_costs(priced_attempts: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def _result_costs(
+    prices: PriceTable, *, failed_cost: pl.Expr, failed_priced: pl.Expr
+) -> dict[str, pl.Expr]:
+    """A result row's cost columns, given its failed attempts' summed cost and whether priced."""
+    is_ok = pl.col("status") == "ok"
+    return {
+        "cost_usd": pl.when(~is_ok)
+        .then(pl.lit(0, dtype=COST_DTYPE))
+        .when(_is_priced("model_used", prices))
+        .then(_cost_of("model_used", prices)),
+        "failed_cost_usd": pl.when(failed_priced).then(failed_cost.fill_null(0).cast(COST_DTYPE)),
+        "priced": (~is_ok | _is_priced("model_used", prices)) & failed_priced,
+    }
+
+
 def price_results(results: pl.DataFrame, failed: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
     """Fill results' cost columns, given `failed_costs` for (at least) their row keys.
 
@@ -236,17 +252,33 @@ def price_results(results: pl.DataFrame, failed: pl.DataFrame, prices: PriceTabl
         .join(failed.lazy(), on="row_key", how="left", maintain_order="left")
         .collect()
     )
-    failed_priced = per_row["_failed_priced"].fill_null(True)
-    is_ok = pl.col("status") == "ok"
     return results.with_columns(
-        cost_usd=pl.when(~is_ok)
-        .then(pl.lit(0, dtype=COST_DTYPE))
-        .when(_is_priced("model_used", prices))
-        .then(_cost_of("model_used", prices)),
-        failed_cost_usd=pl.when(pl.lit(failed_priced)).then(
-            pl.lit(per_row["_failed_cost"]).fill_null(0).cast(COST_DTYPE)
-        ),
-        priced=(~is_ok | _is_priced("model_used", prices)) & pl.lit(failed_priced),
+        **_result_costs(
+            prices,
+            failed_cost=pl.lit(per_row["_failed_cost"]),
+            failed_priced=pl.lit(per_row["_failed_priced"].fill_null(True)),
+        )
+    )
+
+
+def reprice_results(
+    results: pl.LazyFrame, priced_attempts: pl.LazyFrame, prices: PriceTable
+) -> pl.LazyFrame:
+    """`price_results` over a lazy frame of (some) result columns, from attempts priced alike.
+
+    For a report that reprices a run: every cost is derived again from the recorded usage.
+    """
+    failed = failed_costs(priced_attempts)
+    return (
+        results.join(failed, on="row_key", how="left", maintain_order="left")
+        .with_columns(
+            **_result_costs(
+                prices,
+                failed_cost=pl.col("_failed_cost"),
+                failed_priced=pl.col("_failed_priced").fill_null(True),
+            )
+        )
+        .drop("_failed_cost", "_failed_priced")
     )
 
 

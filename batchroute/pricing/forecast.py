@@ -2,9 +2,14 @@
 
 Input tokens are estimated from the text with `batchroute.pricing.tokens`, the same estimate the
 simulator reports, so a rehearsal on the simulator matches its forecast exactly. Output tokens are
-the tier's `expected_output_tokens`, else its `max_tokens`. Each tier is priced on its own model
-(the first of its chain: fallbacks are not forecast) and, for comparison, on the baseline model.
-Rows that are invalid are never sent, so they are counted apart and cost nothing.
+the tier's `expected_output_tokens`, else its output limit, else `DEFAULT_OUTPUT_TOKENS`
+(`tokens.expected_output_tokens`). Each tier is priced on its own model (the first of its chain:
+fallbacks are not forecast) and, for comparison, on the baseline model. Rows that are invalid are
+never sent, so they are counted apart and cost nothing.
+
+This is the one forecast: `plan` and the run write it per tier (`ForecastAccumulator`), and the
+router's calibration and evaluation price a labelled set with it (`tier_prices`,
+`forecast_by_tier`), all through the one cost formula of `batchroute.pricing.costs`.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ import polars as pl
 
 from batchroute.config import TIERS, Job, JobConfig
 from batchroute.errors import OutputError
-from batchroute.pricing.costs import model_rates, rate_literals, usage_cost_expr
-from batchroute.pricing.prices import PriceTable
+from batchroute.pricing.costs import model_rates, rate_literals, usage_cost, usage_cost_expr
+from batchroute.pricing.prices import ModelPrice, PriceTable, resolve_prices
 from batchroute.pricing.tokens import (
-    CHARS_PER_TOKEN,
     PER_MESSAGE_TOKENS,
     PRIMING_TOKENS,
+    count_text_tokens,
+    expected_output_tokens,
     messages_tokens_expr,
+    text_tokens_expr,
 )
 from batchroute.schema import COST_DTYPE
 from batchroute.store.rundir import atomic_file
@@ -33,17 +40,18 @@ __all__ = [
     "PLAN_SCHEMA",
     "ForecastAccumulator",
     "ForecastTotals",
+    "TierPrice",
     "baseline_model",
+    "forecast_by_tier",
     "forecast_job",
     "forecast_totals",
     "input_tokens_expr",
+    "prompt_tokens_expr",
     "read_plan",
+    "tier_output_tokens",
+    "tier_prices",
     "write_plan",
 ]
-
-DEFAULT_OUTPUT_TOKENS: Final = 1024
-"""What a response is assumed to cost when a tier sets neither expected_output_tokens nor
-max_tokens."""
 
 PLAN_SCHEMA: Final = pl.Schema(
     cast(
@@ -72,8 +80,12 @@ def baseline_model(config: JobConfig) -> str:
     return config.baseline_model or config.tier("standard").model
 
 
-def _text_tokens(text: pl.Expr) -> pl.Expr:
-    return (text.str.len_chars().cast(pl.Int64) + (CHARS_PER_TOKEN - 1)) // CHARS_PER_TOKEN
+def tier_output_tokens(config: JobConfig, tier: str) -> int:
+    """The output tokens a request of this tier is forecast to cost (an unmapped tier: standard)."""
+    request = config.tier_request(tier if tier in config.tiers else "standard")
+    return expected_output_tokens(
+        expected=request.expected_output_tokens, body=request.body_fields()
+    )
 
 
 def input_tokens_expr(*, system_prompt: str | None = None) -> pl.Expr:
@@ -87,8 +99,10 @@ def input_tokens_expr(*, system_prompt: str | None = None) -> pl.Expr:
     built = (
         PRIMING_TOKENS
         + PER_MESSAGE_TOKENS
-        + _text_tokens(pl.col("prompt").fill_null(""))
-        + pl.when(system.is_not_null()).then(PER_MESSAGE_TOKENS + _text_tokens(system)).otherwise(0)
+        + text_tokens_expr(pl.col("prompt"))
+        + pl.when(system.is_not_null())
+        .then(PER_MESSAGE_TOKENS + text_tokens_expr(system))
+        .otherwise(0)
     )
     return (
         pl.when(pl.col("messages").is_not_null())
@@ -129,10 +143,7 @@ class ForecastAccumulator:
         return config.tier(tier if tier in config.tiers else "standard").model
 
     def _output_tokens(self, tier: str) -> int:
-        request = self.job.config.tier_request(
-            tier if tier in self.job.config.tiers else "standard"
-        )
-        return request.expected_output_tokens or request.max_tokens or DEFAULT_OUTPUT_TOKENS
+        return tier_output_tokens(self.job.config, tier)
 
     def frame(self) -> pl.DataFrame:
         """The forecast per tier, in PLAN_SCHEMA."""
@@ -266,3 +277,108 @@ def forecast_job(job: Job, prices: PriceTable, *, limit: int | None = None) -> F
         if remaining is not None and remaining <= 0:
             break
     return forecast
+
+
+def prompt_tokens_expr(job: Job) -> pl.Expr:
+    """Each row's estimated prompt tokens from a `prompt` column alone (labelled sets).
+
+    The row is sent as one user message, after the job's constant system prompt if it has one:
+    the same count `input_tokens_expr` gives a row without `messages` or `system_prompt`.
+    """
+    fixed = PRIMING_TOKENS + PER_MESSAGE_TOKENS
+    system = job.config.input.system_prompt
+    if system is not None:
+        fixed += PER_MESSAGE_TOKENS + count_text_tokens(system)
+    return text_tokens_expr(pl.col("prompt").cast(pl.String)) + fixed
+
+
+@dataclass(frozen=True, slots=True)
+class TierPrice:
+    """The price of one request on a tier: its model's price and the output it expects.
+
+    An unpriced model (`price` None) is flagged by `priced` and costs 0 here, so that a
+    comparison between tiers can still be drawn; callers report it as unpriced.
+    """
+
+    model: str
+    price: ModelPrice | None
+    output_tokens: int
+
+    @property
+    def priced(self) -> bool:
+        return self.price is not None
+
+    def cost_usd(self, *, input_tokens: int, rows: int) -> Decimal:
+        """The exact cost of `rows` requests with `input_tokens` prompt tokens in total."""
+        if self.price is None:
+            return Decimal(0)
+        return usage_cost(
+            self.price, input_tokens=input_tokens, output_tokens=rows * self.output_tokens
+        )
+
+    def unit_cost_usd(self, input_tokens: float) -> float:
+        """One request's cost with this many prompt tokens, as a float (for search weights)."""
+        if self.price is None:
+            return 0.0
+        return float(usage_cost(self.price, input_tokens=0, output_tokens=self.output_tokens)) + (
+            input_tokens * float(usage_cost(self.price, input_tokens=1, output_tokens=0))
+        )
+
+    def row_cost_expr(self, input_tokens: pl.Expr) -> pl.Expr:
+        """One request's cost in USD, per row (Float64, for comparisons)."""
+        if self.price is None:
+            return pl.lit(0.0)
+        return usage_cost_expr(
+            input_tokens=input_tokens,
+            output_tokens=pl.lit(self.output_tokens, dtype=pl.Int64),
+            cached_tokens=pl.lit(0, dtype=pl.Int64),
+            reasoning_tokens=pl.lit(0, dtype=pl.Int64),
+            rates=rate_literals(self.price),
+        ).cast(pl.Float64)
+
+
+def tier_prices(job: Job, prices: PriceTable | None = None) -> dict[str, TierPrice]:
+    """Each mapped tier's price (the job's resolved prices unless `prices` is given)."""
+    table = resolve_prices(job) if prices is None else prices
+    return {
+        tier: TierPrice(
+            model=(model := job.config.tier(tier).model),
+            price=table.get(model),
+            output_tokens=tier_output_tokens(job.config, tier),
+        )
+        for tier in job.config.tiers
+    }
+
+
+def forecast_by_tier(frame: pl.DataFrame, *, job: Job) -> pl.DataFrame:
+    """Rows, share, input tokens and exact cost per tier of a routed frame with a `prompt`."""
+    prices = tier_prices(job)
+    grouped = (
+        frame.with_columns(prompt_tokens_expr(job).alias("input_tokens"))
+        .group_by("tier")
+        .agg(pl.len().alias("rows"), pl.col("input_tokens").sum())
+        .sort("tier")
+    )
+    total = max(frame.height, 1)
+    records = [
+        {
+            "tier": tier,
+            "model": prices[tier].model,
+            "rows": rows,
+            "share": rows / total,
+            "input_tokens": tokens,
+            "output_tokens": rows * prices[tier].output_tokens,
+            "cost_usd": prices[tier].cost_usd(input_tokens=tokens, rows=rows),
+        }
+        for tier, rows, tokens in grouped.iter_rows()
+    ]
+    schema: dict[str, Any] = {
+        "tier": pl.String,
+        "model": pl.String,
+        "rows": pl.Int64,
+        "share": pl.Float64,
+        "input_tokens": pl.Int64,
+        "output_tokens": pl.Int64,
+        "cost_usd": COST_DTYPE,
+    }
+    return pl.DataFrame(records, schema=schema)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batchroute.errors import PriceError
-from batchroute.pricing.prices import ModelPrice, to_price
+from batchroute.pricing.price import ModelPrice, to_price
 
 __all__ = ["parse_litellm"]
 

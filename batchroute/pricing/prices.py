@@ -7,8 +7,9 @@ comes from, in order: the job's `models.X` fields, then `prices.file`, then the 
 then by its `api_model`. `models.X` with both `input_per_mtok` and `output_per_mtok` is a whole
 price; with only some price fields it adjusts the entry found below it.
 
-A model left without a price is a `PriceError` when the job loads, unless `prices.allow_unpriced`
-is set; such a model is then listed in `PriceTable.unpriced` and its costs are null, never $0.
+A model left without a price is a `PriceError` when its prices are resolved, unless
+`prices.allow_unpriced` is set; such a model is then listed in `PriceTable.unpriced` and its
+costs are null, never $0.
 """
 
 from __future__ import annotations
@@ -17,22 +18,24 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from batchroute.config import Job
 from batchroute.errors import PriceError
-
-if TYPE_CHECKING:
-    from batchroute.config import Job
+from batchroute.pricing.litellm import parse_litellm
+from batchroute.pricing.price import PRICE_FIELDS, QUANTUM, ModelPrice, to_price
 
 __all__ = [
     "PRICE_FIELDS",
     "ModelPrice",
     "PriceTable",
+    "default_price_table",
+    "diff_prices",
     "load_default_table",
     "load_price_file",
     "parse_price_table",
@@ -40,54 +43,7 @@ __all__ = [
     "to_price",
 ]
 
-PRICE_FIELDS: tuple[str, ...] = (
-    "input_per_mtok",
-    "output_per_mtok",
-    "cached_input_per_mtok",
-    "reasoning_per_mtok",
-)
-"""The fields of a price that enter a cost, in USD per 1M tokens."""
-
-_QUANTUM = Decimal("0.000001")
 _DEFAULT_TABLE = "prices.json"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelPrice:
-    """One model's price in USD per 1M tokens; cached and reasoning fall back to input/output."""
-
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
-    cached_input_per_mtok: Decimal | None = None
-    reasoning_per_mtok: Decimal | None = None
-    batch_discount: Decimal = Decimal(0)
-    """The provider's discount on its asynchronous batch API, as a fraction; informational."""
-    context_window: int | None = None
-
-    @property
-    def cached_rate(self) -> Decimal:
-        """The price of a cached input token per 1M: its own, or the input price."""
-        return (
-            self.input_per_mtok
-            if self.cached_input_per_mtok is None
-            else self.cached_input_per_mtok
-        )
-
-    @property
-    def reasoning_rate(self) -> Decimal:
-        """The price of a reasoning token per 1M: its own, or the output price."""
-        return self.output_per_mtok if self.reasoning_per_mtok is None else self.reasoning_per_mtok
-
-    def canonical(self) -> dict[str, str | int | None]:
-        """The price as JSON-ready values, decimals as fixed-point strings (for hashing)."""
-        return {
-            "input_per_mtok": _text(self.input_per_mtok),
-            "output_per_mtok": _text(self.output_per_mtok),
-            "cached_input_per_mtok": _text(self.cached_input_per_mtok),
-            "reasoning_per_mtok": _text(self.reasoning_per_mtok),
-            "batch_discount": _text(self.batch_discount),
-            "context_window": self.context_window,
-        }
 
 
 @dataclass(frozen=True)
@@ -98,6 +54,8 @@ class PriceTable:
     unpriced: frozenset[str] = frozenset()
     source: str = "none"
     sha256: str = field(default="")
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Where each model's price came from (with the file's or table's date)."""
 
     def get(self, model: str) -> ModelPrice | None:
         """The model's price, or None if it is unpriced (or not a model of the job)."""
@@ -110,9 +68,10 @@ class PriceTable:
         *,
         source: str,
         unpriced: frozenset[str] = frozenset(),
+        sources: Mapping[str, str] | None = None,
     ) -> PriceTable:
         """A table over these prices, with its hash computed."""
-        return cls(dict(prices), unpriced, source, _hash(prices))
+        return cls(dict(prices), unpriced, source, _hash(prices), dict(sources or {}))
 
     def __repr__(self) -> str:
         return (
@@ -121,30 +80,10 @@ class PriceTable:
         )
 
 
-def _text(value: Decimal | None) -> str | None:
-    return None if value is None else format(value, "f")
-
-
 def _hash(prices: Mapping[str, ModelPrice]) -> str:
     canonical = {name: prices[name].canonical() for name in sorted(prices)}
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def to_price(value: Any, *, where: str) -> Decimal:
-    """A non-negative price as a Decimal quantized to six places; `ValueError` names `where`."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError(f"{where}: must be a number, got {value!r}")
-    try:
-        number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"{where}: must be a number, got {value!r}") from None
-    if not number.is_finite() or number < 0:
-        raise ValueError(f"{where}: must be a number of 0 or more, got {value!r}")
-    quantized = number.quantize(_QUANTUM)
-    if number and not quantized:  # rounding must never turn a real price into $0
-        raise ValueError(f"{where}: {value!r} is below $0.000001 per 1M tokens, the smallest price")
-    return quantized
 
 
 def _to_window(value: Any, *, where: str) -> int | None:
@@ -218,8 +157,6 @@ def load_price_file(path: Path) -> tuple[dict[str, ModelPrice], str]:
         prices, as_of = parse_price_table(data, path=path)
         dated = f" {as_of}" if as_of else ""
         return prices, f"prices.file {path}{dated}"
-    from batchroute.pricing.litellm import parse_litellm
-
     return parse_litellm(data, path=path), f"prices.file {path} (LiteLLM format)"
 
 
@@ -259,6 +196,7 @@ def resolve_prices(job: Job) -> PriceTable:
     layers.append((f"batchroute default table {as_of}", default_prices))
 
     prices: dict[str, ModelPrice] = {}
+    sources: dict[str, str] = {}
     used: set[str] = set()
     missing: list[str] = []
     for name, model in config.models.items():
@@ -273,15 +211,17 @@ def resolve_prices(job: Job) -> PriceTable:
         if "input_per_mtok" in inline and "output_per_mtok" in inline:
             fields: dict[str, Any] = {f: inline.get(f) for f in PRICE_FIELDS}
             used.add("job file")
+            sources[name] = "job file"
         elif base is not None:
             fields = {f: inline.get(f, getattr(base, f)) for f in PRICE_FIELDS}
             used.update(["job file"] if inline else [])
             used.add(base_source)
+            sources[name] = f"job file + {base_source}" if inline else base_source
         else:
             missing.append(name)
             continue
         quantized: dict[str, Any] = {
-            f: None if v is None else Decimal(v).quantize(_QUANTUM) for f, v in fields.items()
+            f: None if v is None else Decimal(v).quantize(QUANTUM) for f, v in fields.items()
         }
         prices[name] = ModelPrice(
             **quantized,
@@ -301,4 +241,41 @@ def resolve_prices(job: Job) -> PriceTable:
         )
     order = ["job file"] + [source for source, _ in layers]
     source = " + ".join(s for s in order if s in used) or "none"
-    return PriceTable.of(prices, source=source, unpriced=frozenset(missing))
+    return PriceTable.of(prices, source=source, unpriced=frozenset(missing), sources=sources)
+
+
+def default_price_table() -> PriceTable:
+    """The shipped table as a `PriceTable`, every price sourced to it and its date."""
+    prices, as_of = load_default_table()
+    source = f"batchroute default table {as_of}"
+    return PriceTable.of(prices, source=source, sources=dict.fromkeys(prices, source))
+
+
+def diff_prices(
+    table: PriceTable,
+    other: Mapping[str, ModelPrice],
+    *,
+    names: Mapping[str, tuple[str, ...]] | None = None,
+) -> list[tuple[str, str, Decimal | int | None, Decimal | int | None]]:
+    """Where `other` (e.g. a LiteLLM price map) disagrees with the table, field by field.
+
+    Each entry is (model, field, ours, theirs); a model `other` does not price has the field
+    "missing". `names` gives the names to look a model up by (its `api_model` too); a model is
+    found by its exact name first, then without a provider prefix, as when prices resolve.
+    """
+    differences: list[tuple[str, str, Decimal | int | None, Decimal | int | None]] = []
+    for model in sorted(table.prices):
+        ours = table.prices[model]
+        theirs = _lookup(other, (names or {}).get(model, (model,)))
+        if theirs is None:
+            differences.append((model, "missing", None, None))
+            continue
+        for name in (*PRICE_FIELDS, "context_window"):
+            mine, yours = getattr(ours, name), getattr(theirs, name)
+            if name == "cached_input_per_mtok":
+                mine, yours = ours.cached_rate, theirs.cached_rate
+            elif name == "reasoning_per_mtok":
+                mine, yours = ours.reasoning_rate, theirs.reasoning_rate
+            if mine != yours and not (name == "context_window" and yours is None):
+                differences.append((model, name, mine, yours))
+    return differences

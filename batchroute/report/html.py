@@ -120,49 +120,59 @@ def _tier_chart(tiers: pl.DataFrame) -> str:
 
 def _cost_chart(costs: pl.DataFrame) -> str:
     labels = [
-        f"{t or '—'} · {m or '—'}" for t, m in zip(costs["tier"], costs["model"], strict=True)
+        f"{t or '(rerun)'} · {m or '—'}" for t, m in zip(costs["tier"], costs["model"], strict=True)
     ]
     answered = _money(costs["cost_usd"].to_list())
     failed = _money(costs["failed_cost_usd"].to_list())
+    superseded = _money(costs["superseded_cost_usd"].to_list())
+    below = [a + f for a, f in zip(answered, failed, strict=True)]
     with _figure(7, 0.8 + 0.45 * max(len(labels), 2), "costs") as (figure, ax):
-        ax.barh(labels, answered, color=_PALETTE[0], label="answered rows")
-        bars = ax.barh(labels, failed, left=answered, color=_PALETTE[3], label="failed attempts")
+        ax.barh(labels, answered, color=_PALETTE[0], label="answers kept")
+        ax.barh(labels, failed, left=answered, color=_PALETTE[3], label="failed attempts")
+        bars = ax.barh(
+            labels, superseded, left=below, color=_PALETTE[1], label="answers superseded"
+        )
         texts = [
             "unpriced" if c is None else format_usd(c) for c in costs["total_cost_usd"].to_list()
         ]
         _label_bars(ax, bars, texts)
         ax.invert_yaxis()
         ax.set(title="Cost by tier and model", xlabel="Cost (USD)", ylabel="Tier · model")
-        ax.set_xlim(0, max([a + f for a, f in zip(answered, failed, strict=True)] + [1e-9]) * 1.3)
-        figure.legend(loc="outside lower center", ncols=2, frameon=False)
+        ax.set_xlim(0, max([b + x for b, x in zip(below, superseded, strict=True)] + [1e-9]) * 1.3)
+        figure.legend(loc="outside lower center", ncols=3, frameon=False)
         return _svg(figure)
 
 
-def _saved_text(saved_pct: float | None) -> str:
-    if saved_pct is None:
+def _saved_text(saved_usd: Any, saved_pct: float | None) -> str:
+    if saved_pct is None or saved_usd is None:
         return ""
     if saved_pct >= 0:
-        return f"\nrouting saves {saved_pct:.1f}%"
-    return f"\nrouting costs {-saved_pct:.1f}% more"
+        return f"\nsaves {format_usd(saved_usd)} ({saved_pct:.1f}%)"
+    return f"\ncosts {format_usd(-saved_usd)} ({-saved_pct:.1f}%) more"
 
 
 def _savings_chart(savings: dict[str, Any]) -> str:
     names = [
-        "as routed",
+        "answers kept\nas routed",
+        "total spend",
         f"baseline\n{savings['baseline_model']}",
         f"all strongest\n{savings['strongest_model'] or '—'}",
     ]
     values = [
         savings["actual_cost_usd"],
+        savings["total_cost_usd"],
         savings["baseline_cost_usd"],
         savings["strongest_cost_usd"],
     ]
     labels = [
         format_usd(values[0]),
-        format_usd(values[1]) + _saved_text(savings["savings_vs_baseline_pct"]),
-        format_usd(values[2]) + _saved_text(savings["savings_vs_strongest_pct"]),
+        format_usd(values[1]),
+        format_usd(values[2])
+        + _saved_text(savings["savings_vs_baseline_usd"], savings["savings_vs_baseline_pct"]),
+        format_usd(values[3])
+        + _saved_text(savings["savings_vs_strongest_usd"], savings["savings_vs_strongest_pct"]),
     ]
-    colours = [_PALETTE[2], _PALETTE[0], _PALETTE[3]]
+    colours = [_PALETTE[2], _PALETTE[2], _PALETTE[0], _PALETTE[3]]
     if savings["forecast_cost_usd"] is not None:
         names.insert(0, "forecast")
         values.insert(0, savings["forecast_cost_usd"])
@@ -171,7 +181,7 @@ def _savings_chart(savings: dict[str, Any]) -> str:
     with _figure(7, 3.6, "savings") as (figure, ax):
         bars = ax.bar(names, _money(values), color=colours)
         _label_bars(ax, bars, labels)
-        ax.set(title="Cost as routed against one model for every row", ylabel="Cost (USD)")
+        ax.set(title="Spend against one model for every row", ylabel="Cost (USD)")
         ax.set_ylim(0, max(_money(values) + [1e-9]) * 1.3)
         return _svg(figure)
 
@@ -241,13 +251,16 @@ def _figure_block(svg: str, caption: str) -> str:
 def render_run_html(summary: ReportSummary) -> str:
     """A run's report as one self-contained HTML page."""
     s = summary.savings.row(0, named=True)
-    pct = s["savings_vs_baseline_pct"]
+    pct, saved = s["savings_vs_baseline_pct"], s["savings_vs_baseline_usd"]
     cards = [
         _card("Rows", f"{s['rows']:,}"),
         _card("Answered", f"{s['ok']:,}"),
         _card("Failed", f"{s['failed']:,}"),
-        _card("Total spend", format_usd(s["total_cost_usd"])),
-        _card(f"Saved vs {s['baseline_model']}", "—" if pct is None else f"{pct:.1f}%"),
+        _card("Total spend (kept + superseded + failed)", format_usd(s["total_cost_usd"])),
+        _card(
+            f"Saved on total spend vs {s['baseline_model']}",
+            "—" if pct is None else f"{format_usd(saved)} ({pct:.1f}%)",
+        ),
     ]
     if s["forecast_cost_usd"] is not None:
         cards.append(_card("Forecast", format_usd(s["forecast_cost_usd"])))
@@ -259,18 +272,33 @@ def render_run_html(summary: ReportSummary) -> str:
             "Some rows ran on unpriced models: their costs are blank, "
             "and totals cover priced rows only."
         )
+    if s["repriced"]:
+        warnings.append(
+            "Repriced: every figure, actual and counterfactual, was priced again from the "
+            "recorded usage with the prices below, not the run's own."
+        )
     started = s["started_at"].isoformat(timespec="seconds") if s["started_at"] else "—"
+    spend = (
+        f"Total spend {format_usd(s['total_cost_usd'])} = answers kept "
+        f"{format_usd(s['actual_cost_usd'])} + answers superseded by a rerun "
+        f"{format_usd(s['superseded_cost_usd'])} + failed attempts "
+        f"{format_usd(s['failed_cost_usd'])}."
+    )
     body = [
         f"<h1>batchroute report: {html.escape(s['job'])}</h1>",
-        f'<p class="meta">Run {html.escape(s["run_dir"])}, started {started}. '
+        f'<p class="meta">Run {html.escape(s["run_id"] or s["run_dir"])} '
+        f"({html.escape(s['run_dir'])}), started {started}. "
         f"Prices: {html.escape(s['price_source'])} (sha256 <code>{s['price_sha256']}</code>).</p>",
         f'<div class="cards">{"".join(cards)}</div>',
+        f"<p>{html.escape(spend)}</p>",
         *(f'<p class="warn">{html.escape(w)}</p>' for w in warnings),
         "<h2>Cost against counterfactuals</h2>",
         _figure_block(
             _savings_chart(s),
-            "The answered rows' tokens priced as routed, as if every row had gone to the baseline "
-            "model, and to the job's most expensive model for these tokens.",
+            "The answers kept priced as routed; total spend (those answers, answers superseded "
+            "by a rerun and failed attempts); and the answers' tokens as if every row had gone "
+            "to the baseline model, or to the job's most expensive model. Savings are counted "
+            "on total spend.",
         ),
         "<h2>Tiers</h2>",
         _figure_block(_tier_chart(summary.tier_distribution), "Rows per tier and their share."),
@@ -280,10 +308,19 @@ def render_run_html(summary: ReportSummary) -> str:
         ),
         "<h2>Cost by tier and model</h2>",
         _figure_block(
-            _cost_chart(summary.cost_report), "Answered rows and failed attempts, in USD."
+            _cost_chart(summary.cost_report),
+            "Answers kept, failed attempts and answers superseded by a rerun, in USD; spend on "
+            "rows a rerun sent again is in the rows without a tier.",
         ),
         _table(
-            summary.cost_report,
+            pl.concat(
+                [
+                    summary.cost_report.with_columns(pl.col("tier").fill_null("(rerun)")),
+                    summary.cost_totals.with_columns(tier=pl.lit("total"), model=pl.lit("")).select(
+                        summary.cost_report.columns
+                    ),
+                ]
+            ),
             {
                 "tier": "tier",
                 "model": "model",
@@ -295,9 +332,11 @@ def render_run_html(summary: ReportSummary) -> str:
                 "output_tokens": "output tok",
                 "cached_tokens": "cached tok",
                 "reasoning_tokens": "reasoning tok",
-                "cost_usd": "cost",
+                "cost_usd": "answers kept",
                 "failed_cost_usd": "failed attempts",
-                "baseline_cost_usd": "on baseline",
+                "superseded_cost_usd": "answers superseded",
+                "total_cost_usd": "total spend",
+                "baseline_cost_usd": "kept answers on baseline",
                 "latency_p50_ms": "p50 ms",
                 "latency_p95_ms": "p95 ms",
             },
@@ -315,7 +354,7 @@ def render_run_html(summary: ReportSummary) -> str:
                 "classifier_rows": "by classifier",
                 "default_rows": "by default",
                 "forecast_cost_usd": "forecast",
-                "total_cost_usd": "actual",
+                "total_cost_usd": "total spend",
             },
         ),
         f'<p class="meta">Generated {datetime.now(UTC).isoformat(timespec="seconds")}.</p>',
@@ -324,38 +363,40 @@ def render_run_html(summary: ReportSummary) -> str:
 
 
 def _trend_chart(daily: pl.DataFrame) -> str:
-    dates = daily["date"].to_list()
-    with _figure(7.5, 3.6, "trend") as (figure, ax):
-        ax.plot(
-            dates,
-            _money(daily["total_cost_usd"].to_list()),
-            marker="o",
-            color=_PALETTE[0],
-            label="spend",
-        )
-        ax.plot(
-            dates,
-            _money(daily["baseline_cost_usd"].to_list()),
-            marker="s",
-            linestyle="--",
-            color=_PALETTE[1],
-            label="on baseline",
-        )
-        ax.bar(
-            dates,
-            _money(daily["savings_vs_baseline_usd"].to_list()),
-            color=_PALETTE[2],
-            alpha=0.45,
-            label="saved",
-        )
-        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from datetime import timedelta
 
-        locator = AutoDateLocator()  # type: ignore[no-untyped-call]
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+    from matplotlib.dates import DateFormatter, DayLocator
+
+    with _figure(7.5, 3.6, "trend") as (figure, ax):
+        for i, (job, rows) in enumerate(daily.partition_by("job", as_dict=True).items()):
+            colour = _PALETTE[i % len(_PALETTE)]
+            dates = rows["date"].to_list()
+            ax.plot(
+                dates,
+                _money(rows["total_cost_usd"].to_list()),
+                marker="o",
+                color=colour,
+                label=f"{job[0]}: spend",
+            )
+            ax.plot(
+                dates,
+                _money(rows["baseline_cost_usd"].to_list()),
+                marker="s",
+                linestyle="--",
+                color=colour,
+                alpha=0.6,
+                label=f"{job[0]}: on baseline",
+            )
+        days = daily["date"].to_list()
+        first, last = min(days), max(days)
+        ax.set_xlim(first - timedelta(days=1), last + timedelta(days=1))
+        step = max(1, (last - first).days // 10)
+        ax.xaxis.set_major_locator(DayLocator(interval=step))  # type: ignore[no-untyped-call]
+        ax.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d"))  # type: ignore[no-untyped-call]
+        figure.autofmt_xdate()
         ax.axhline(0, color="#555555", linewidth=0.8)
-        ax.set(title="Cost and savings per day", xlabel="Date (UTC)", ylabel="USD")
-        figure.legend(loc="outside lower center", ncols=3, frameon=False)
+        ax.set(title="Spend per day and job", xlabel="Date (UTC)", ylabel="USD")
+        figure.legend(loc="outside lower center", ncols=2, frameon=False)
         return _svg(figure)
 
 
@@ -366,19 +407,21 @@ def render_trend_html(daily: pl.DataFrame, *, folder: Path) -> str:
         f'<p class="meta">{int(daily["runs"].sum()):,} runs over {daily.height} days.</p>',
         _figure_block(
             _trend_chart(daily),
-            "Total spend, the same tokens on each job's baseline model, and the difference saved.",
+            "Each job's total spend per day, and the same answers' tokens on its baseline model.",
         ),
         _table(
             daily,
             {
                 "date": "date",
+                "job": "job",
                 "runs": "runs",
                 "rows": "rows",
-                "total_cost_usd": "spend",
-                "actual_cost_usd": "as routed",
-                "baseline_cost_usd": "on baseline",
-                "savings_vs_baseline_usd": "saved",
+                "total_cost_usd": "total spend",
+                "actual_cost_usd": "answers kept",
+                "superseded_cost_usd": "answers superseded",
                 "failed_cost_usd": "failed attempts",
+                "baseline_cost_usd": "kept answers on baseline",
+                "savings_vs_baseline_usd": "saved on total spend",
             },
         ),
     ]

@@ -4,7 +4,16 @@ Each is a public contract documented in the README: add columns at the end, neve
 retype one. Money is `COST_DTYPE` (exact USD to 12 places); `price_source` and `price_sha256`
 on every file name the prices that produced its figures.
 
+Spend has three parts, shown apart everywhere: `cost_usd`, the answers kept in results.parquet;
+`failed_cost_usd`, failed attempts; `superseded_cost_usd`, answers paid for and then replaced
+(an earlier session's answers to rows a rerun sent again). `total_cost_usd` is their sum, and
+equals the sum of attempts.parquet's `cost_usd` exactly. Every file also carries the run's
+`run_id`, `job` and `started_at` (when the run's first session began), and `repriced`: whether
+its figures were priced again from the recorded usage with prices other than the run's.
+
 - `cost_report.parquet`: per tier and model (the model that answered, else the one requested).
+  Spend on rows no longer in the results (superseded answers, and their failed attempts) is in
+  rows with a null `tier`, per model.
 - `cost_totals.parquet`: one row, each count, token and cost column the exact sum of the above.
 - `tier_distribution.parquet`: rows and share per tier, how tiers were chosen, and the
   forecast beside the actual cost when the run directory holds a plan.parquet.
@@ -34,6 +43,20 @@ _TIME = pl.Datetime("us", "UTC")
 PRICE_COLUMNS: dict[str, Any] = {"price_source": pl.String, "price_sha256": pl.String}
 """Where the prices came from, and the hash of the resolved prices."""
 
+RUN_COLUMNS: dict[str, Any] = {
+    "run_id": pl.String,
+    "job": pl.String,
+    "started_at": _TIME,
+    "repriced": pl.Boolean,
+}
+"""Which run a row belongs to, so that many runs' files can be queried together."""
+
+SUPERSEDED_COLUMNS: dict[str, Any] = {
+    "superseded_cost_usd": COST_DTYPE,
+    "superseded_rows": pl.Int64,
+}
+"""Answers paid for and replaced by a rerun: their cost, and how many rows they answered."""
+
 COUNT_COLUMNS: dict[str, Any] = {
     "rows": pl.Int64,
     "ok": pl.Int64,
@@ -57,11 +80,20 @@ COUNT_COLUMNS: dict[str, Any] = {
 }
 
 COST_REPORT_SCHEMA: Final = pl.Schema(
-    {"tier": pl.String, "model": pl.String, **COUNT_COLUMNS, **PRICE_COLUMNS}
+    {
+        "tier": pl.String,
+        "model": pl.String,
+        **COUNT_COLUMNS,
+        **PRICE_COLUMNS,
+        **SUPERSEDED_COLUMNS,
+        **RUN_COLUMNS,
+    }
 )
 """cost_report.parquet. Tokens are the answered rows' usage; failed_* are failed attempts'."""
 
-COST_TOTALS_SCHEMA: Final = pl.Schema({**COUNT_COLUMNS, **PRICE_COLUMNS})
+COST_TOTALS_SCHEMA: Final = pl.Schema(
+    {**COUNT_COLUMNS, **PRICE_COLUMNS, **SUPERSEDED_COLUMNS, **RUN_COLUMNS}
+)
 """cost_totals.parquet: one row; latency quantiles are over all answered rows."""
 
 TIER_DISTRIBUTION_SCHEMA: Final = pl.Schema(
@@ -82,9 +114,12 @@ TIER_DISTRIBUTION_SCHEMA: Final = pl.Schema(
         "forecast_rows": pl.Int64,
         "forecast_cost_usd": COST_DTYPE,
         **PRICE_COLUMNS,
+        **SUPERSEDED_COLUMNS,
+        **RUN_COLUMNS,
     }
 )
-"""tier_distribution.parquet; forecast_* are null when the run has no plan.parquet."""
+"""tier_distribution.parquet; forecast_* are null when the run has no plan.parquet. Spend on
+rows no longer in the results is in a row with a null `tier`."""
 
 SAVINGS_SCHEMA: Final = pl.Schema(
     {
@@ -112,10 +147,15 @@ SAVINGS_SCHEMA: Final = pl.Schema(
         "unpriced": pl.Boolean,
         "budget_hit": pl.Boolean,
         **PRICE_COLUMNS,
+        **SUPERSEDED_COLUMNS,
+        "run_id": pl.String,
+        "repriced": pl.Boolean,
     }
 )
-"""savings.parquet: one row. `actual_cost_usd` and the counterfactuals price the same tokens,
-those of the answered, priced rows; failed attempts' cost is apart in `failed_cost_usd`."""
+"""savings.parquet: one row. The counterfactuals (`baseline_cost_usd`, `strongest_cost_usd`)
+price the tokens of the answers kept, those `actual_cost_usd` prices as routed. The savings are
+counted on total spend: `savings_vs_*_usd` = counterfactual − `total_cost_usd`, where the total
+is `actual_cost_usd` + `failed_cost_usd` + `superseded_cost_usd`."""
 
 MODEL_ATTEMPTS_SCHEMA: Final = pl.Schema(
     {
@@ -126,6 +166,7 @@ MODEL_ATTEMPTS_SCHEMA: Final = pl.Schema(
         "failure_rate": pl.Float64,
         "cost_usd": COST_DTYPE,
         **PRICE_COLUMNS,
+        **RUN_COLUMNS,
     }
 )
 """model_attempts.parquet: every HTTP attempt per model, from attempts.parquet."""

@@ -19,7 +19,14 @@ import polars as pl
 
 from batchroute.config import TIERS, Job
 from batchroute.errors import OutputError
-from batchroute.pricing.costs import rate_literals, usage_cost, usage_cost_expr
+from batchroute.pricing.costs import (
+    model_rates,
+    price_attempts,
+    rate_literals,
+    reprice_results,
+    usage_cost,
+    usage_cost_expr,
+)
 from batchroute.pricing.forecast import baseline_model, read_plan
 from batchroute.pricing.prices import PriceTable
 from batchroute.report.schemas import (
@@ -28,10 +35,13 @@ from batchroute.report.schemas import (
     COUNT_COLUMNS,
     MODEL_ATTEMPTS_SCHEMA,
     REPORT_FILES,
+    RUN_COLUMNS,
     SAVINGS_SCHEMA,
+    SUPERSEDED_COLUMNS,
     TIER_DISTRIBUTION_SCHEMA,
 )
 from batchroute.schema import COST_DTYPE, Status
+from batchroute.store.manifest import read_manifest
 
 __all__ = [
     "ReportSummary",
@@ -40,6 +50,7 @@ __all__ = [
 ]
 
 _RESULT_COLUMNS = (
+    "row_key",
     "tier",
     "tier_source",
     "model_requested",
@@ -76,14 +87,28 @@ class ReportSummary:
 
     @property
     def cost_usd(self) -> Decimal:
-        """What the answered rows cost (the priced ones, if some are unpriced)."""
+        """What the answers kept in the results cost (the priced ones, if some are unpriced)."""
         return Decimal(self.cost_totals["cost_usd"][0] or 0)
 
     @property
+    def failed_cost_usd(self) -> Decimal:
+        """What every failed attempt cost, in any session (priced ones only)."""
+        return Decimal(self.cost_totals["failed_cost_usd"][0] or 0)
+
+    @property
+    def superseded_cost_usd(self) -> Decimal:
+        """What answers replaced by a rerun cost (priced ones only)."""
+        return Decimal(self.cost_totals["superseded_cost_usd"][0] or 0)
+
+    @property
     def total_cost_usd(self) -> Decimal:
-        """Everything spent: answered rows plus failed attempts (priced ones only)."""
-        total = self.cost_totals.select(pl.col("cost_usd", "failed_cost_usd").fill_null(0).sum())
-        return Decimal(total["cost_usd"][0] + total["failed_cost_usd"][0])
+        """Everything spent: answers kept + answers superseded + failed attempts (priced ones)."""
+        return self.cost_usd + self.failed_cost_usd + self.superseded_cost_usd
+
+    @property
+    def repriced(self) -> bool:
+        """Whether the figures were priced again with prices other than the run's."""
+        return bool(self.savings["repriced"][0])
 
     @property
     def budget_hit(self) -> bool:
@@ -142,12 +167,25 @@ def _group_sums(*keys: str) -> list[pl.Expr]:
 
 
 def _null_if_unpriced() -> list[pl.Expr]:
+    nulls = ("_cost_nulls", "_failed_cost_nulls", "_superseded_nulls")
     return [
         pl.when(pl.col("_cost_nulls") == 0).then(pl.col("cost_usd")).alias("cost_usd"),
         pl.when(pl.col("_failed_cost_nulls") == 0)
         .then(pl.col("failed_cost_usd"))
         .alias("failed_cost_usd"),
-        (pl.col("unpriced_rows") > 0).alias("unpriced"),
+        pl.when(pl.col("_superseded_nulls") == 0)
+        .then(pl.col("superseded_cost_usd"))
+        .alias("superseded_cost_usd"),
+        ((pl.col("unpriced_rows") > 0) | pl.any_horizontal(pl.col(n) > 0 for n in nulls)).alias(
+            "unpriced"
+        ),
+    ]
+
+
+def _superseded_sums() -> list[pl.Expr]:
+    return [
+        pl.col("superseded_cost_usd").sum().cast(COST_DTYPE),
+        pl.col("superseded_rows", "_superseded_nulls").sum().cast(pl.Int64),
     ]
 
 
@@ -186,6 +224,24 @@ def _write(frame: pl.DataFrame, path: Path) -> None:
     os.replace(partial, path)
 
 
+@dataclass(frozen=True, slots=True)
+class _RunInfo:
+    """What every report row says about its run, and whether its figures were repriced."""
+
+    run_id: str | None
+    job: str
+    started_at: datetime | None
+    repriced: bool
+
+    def columns(self) -> dict[str, pl.Expr]:
+        return {
+            "run_id": pl.lit(self.run_id, dtype=pl.String),
+            "job": pl.lit(self.job, dtype=pl.String),
+            "started_at": pl.lit(self.started_at, dtype=RUN_COLUMNS["started_at"]),
+            "repriced": pl.lit(self.repriced),
+        }
+
+
 def write_reports(
     run_dir: Path,
     *,
@@ -194,31 +250,53 @@ def write_reports(
     budget_hit: bool = False,
     started_at: datetime | None = None,
     finished_at: datetime | None = None,
+    run_id: str | None = None,
 ) -> ReportSummary:
-    """Build every report from the run directory's results and attempts, and write them there."""
+    """Build every report from the run directory's results and attempts, and write them there.
+
+    The costs recorded in results.parquet and attempts.parquet are used when `prices` are the
+    prices they were recorded with, as the run's `run.json` says (or when it has none); with any
+    other prices,
+    every figure, actual and counterfactual alike, is priced again from the recorded usage and
+    the reports say `repriced`. `run_id` and `started_at` default to those of `run.json`.
+    """
     results_path = run_dir / "results.parquet"
     if not results_path.is_file():
         raise OutputError("has no results.parquet to report on", path=run_dir)
+    manifest = read_manifest(run_dir)
+    # the prices the costs in results.parquet and attempts.parquet were recorded with
+    recorded = manifest.price_sha256 if manifest is not None else None
+    info = _RunInfo(
+        run_id=run_id or (manifest.run_id if manifest is not None else None),
+        job=job.name,
+        started_at=started_at or (manifest.started_at if manifest is not None else None),
+        repriced=recorded is not None and recorded != prices.sha256,
+    )
     try:
-        results = (
-            pl.scan_parquet(results_path)
-            .select(_RESULT_COLUMNS)
-            .with_columns(model=pl.coalesce("model_used", "model_requested"))
-        )
+        results = pl.scan_parquet(results_path).select(_RESULT_COLUMNS)
         attempts_path = run_dir / "attempts.parquet"
-        attempts = (
-            pl.scan_parquet(attempts_path).select("model", "error_type", "cost_usd", "priced")
-            if attempts_path.is_file()
-            else None
-        )
+        attempts: pl.LazyFrame | None = None
+        if attempts_path.is_file():
+            attempts = pl.scan_parquet(attempts_path).select(
+                "row_key", "model", "error_type", "cost_usd", "priced", *_TOKENS
+            )
+            if info.repriced:
+                attempts = price_attempts(attempts, prices)
+                results = reprice_results(results, attempts, prices)
+        elif info.repriced:
+            raise OutputError(
+                "has no attempts.parquet, so its failed attempts cannot be repriced; report it "
+                "with the run's own prices (without --job)",
+                path=run_dir,
+            )
         summary = _build(
             run_dir,
-            results,
+            results.with_columns(model=pl.coalesce("model_used", "model_requested")),
             attempts,
             job=job,
             prices=prices,
+            info=info,
             budget_hit=budget_hit,
-            started_at=started_at,
             finished_at=finished_at,
         )
     except (pl.exceptions.PolarsError, OSError) as exc:
@@ -231,6 +309,54 @@ def write_reports(
     return summary
 
 
+def _superseded(results: pl.LazyFrame, attempts: pl.LazyFrame) -> pl.LazyFrame:
+    """Per model, the spend on rows no longer in the results, as cost_report groups (tier null).
+
+    Answers superseded: successful attempts whose row key has no answer in the results (a rerun
+    sent the row again under a new key). Their failed attempts, and any other attempt of a key
+    the results no longer hold, are failed spend; failed attempts of keys still in the results
+    are already in those rows' `failed_cost_usd`.
+    """
+    keys = results.select("row_key", _ok=pl.col("status") == Status.OK)
+    kept = keys.filter(pl.col("_ok")).select("row_key")  # anti joins: duplicates are harmless
+    present = keys.select("row_key")
+    answered = pl.col("error_type").is_null()
+    superseded = attempts.filter(answered).join(kept, on="row_key", how="anti")
+    orphan_failed = attempts.filter(~answered).join(present, on="row_key", how="anti")
+    unpriced = (~pl.col("priced").fill_null(False)).cast(pl.Int64)
+    return (
+        pl.concat(
+            [
+                superseded.select(
+                    "model",
+                    "row_key",
+                    superseded_cost_usd="cost_usd",
+                    _superseded_nulls=unpriced,
+                    failed_cost_usd=pl.lit(None, dtype=COST_DTYPE),
+                    _failed_cost_nulls=pl.lit(0, dtype=pl.Int64),
+                ),
+                orphan_failed.select(
+                    "model",
+                    pl.lit(None, dtype=pl.String).alias("row_key"),
+                    superseded_cost_usd=pl.lit(None, dtype=COST_DTYPE),
+                    _superseded_nulls=pl.lit(0, dtype=pl.Int64),
+                    failed_cost_usd="cost_usd",
+                    _failed_cost_nulls=unpriced,
+                ),
+            ]
+        )
+        .group_by("model")
+        .agg(
+            pl.col("superseded_cost_usd").sum().cast(COST_DTYPE),
+            pl.col("row_key").drop_nulls().n_unique().cast(pl.Int64).alias("superseded_rows"),
+            pl.col("_superseded_nulls").sum().cast(pl.Int64),
+            pl.col("failed_cost_usd").sum().cast(COST_DTYPE),
+            pl.col("_failed_cost_nulls").sum().cast(pl.Int64),
+        )
+        .with_columns(tier=pl.lit(None, dtype=pl.String))
+    )
+
+
 def _build(
     run_dir: Path,
     results: pl.LazyFrame,
@@ -238,13 +364,17 @@ def _build(
     *,
     job: Job,
     prices: PriceTable,
+    info: _RunInfo,
     budget_hit: bool,
-    started_at: datetime | None,
     finished_at: datetime | None,
 ) -> ReportSummary:
     config = job.config
     baseline = baseline_model(config)
-    provenance = {"price_source": pl.lit(prices.source), "price_sha256": pl.lit(prices.sha256)}
+    provenance = {
+        "price_source": pl.lit(prices.source),
+        "price_sha256": pl.lit(prices.sha256),
+        **info.columns(),
+    }
     rows = results.with_columns(**_row_indicators())
     # quantiles hold their group's values: key them by a hash, not two strings a row
     group_key = pl.struct("tier", "model").hash().alias("_group")
@@ -263,21 +393,44 @@ def _build(
                 _sum_if_complete("cost_usd").alias("cost_usd"),
             )
         )
+        frames.append(_superseded(results, attempts))
     collected = pl.collect_all(frames, engine="streaming")
     groups = (
         collected[0]
-        .with_columns(group_key)
+        .with_columns(
+            group_key,
+            superseded_cost_usd=pl.lit(0, dtype=COST_DTYPE),
+            superseded_rows=pl.lit(0, dtype=pl.Int64),
+            _superseded_nulls=pl.lit(0, dtype=pl.Int64),
+        )
         .join(collected[1], on="_group", how="left")
         .drop("_group")
     )
-    totals_row = groups.select(_group_sums("tier", "model")).with_columns(_null_if_unpriced())
+    if attempts is not None and collected[4].height:
+        orphans = collected[4]
+        groups = pl.concat([groups, orphans], how="diagonal_relaxed").with_columns(
+            pl.col(c).fill_null(0)
+            for c, dtype in groups.schema.items()
+            if c not in orphans.columns and dtype.is_integer()
+        )
+        groups = groups.with_columns(
+            pl.col("cost_usd").fill_null(pl.lit(0, dtype=COST_DTYPE)),
+            pl.col("failed_cost_usd", "superseded_cost_usd").fill_null(pl.lit(0, dtype=COST_DTYPE)),
+        )
+    group_sums = [*_group_sums("tier", "model"), *_superseded_sums()]
+    totals_row = groups.select(group_sums).with_columns(_null_if_unpriced())
     totals_row = totals_row.hstack(collected[2])
-    tiers = groups.group_by("tier").agg(_group_sums("tier")).with_columns(_null_if_unpriced())
+    tiers = (
+        groups.group_by("tier")
+        .agg(*_group_sums("tier"), *_superseded_sums())
+        .with_columns(_null_if_unpriced())
+    )
     groups = groups.with_columns(_null_if_unpriced())
+    total_cost = pl.col("cost_usd") + pl.col("failed_cost_usd") + pl.col("superseded_cost_usd")
 
     cost_report = (
         groups.with_columns(
-            total_cost_usd=pl.col("cost_usd") + pl.col("failed_cost_usd"),
+            total_cost_usd=total_cost,
             baseline_cost_usd=_token_cost(rate_literals(prices.get(baseline))),
             **provenance,
         )
@@ -285,7 +438,10 @@ def _build(
         .select(COST_REPORT_SCHEMA.names())
         .cast(COST_REPORT_SCHEMA)
     )
-    sums = [c for c in COUNT_COLUMNS if c not in {"unpriced", "latency_p50_ms", "latency_p95_ms"}]
+    sums = [
+        *(c for c in COUNT_COLUMNS if c not in {"unpriced", "latency_p50_ms", "latency_p95_ms"}),
+        *SUPERSEDED_COLUMNS,
+    ]
     cost_totals = (
         cost_report.select(
             *(pl.col(c).sum() for c in sums),
@@ -301,6 +457,8 @@ def _build(
     )
 
     plan = read_plan(run_dir)
+    if plan is not None and info.repriced:
+        plan = _reprice_plan(plan, prices)
     forecast = (
         plan.select("tier", forecast_rows="rows", forecast_cost_usd="forecast_cost_usd")
         if plan is not None
@@ -310,7 +468,7 @@ def _build(
     )
     total_rows = max(int(totals_row["rows"][0]), 1)
     tier_distribution = (
-        tiers.join(forecast, on="tier", how="full", coalesce=True)
+        tiers.join(forecast, on="tier", how="full", coalesce=True, nulls_equal=False)
         .with_columns(
             pl.col("rows", "ok", "failed", "fallback_rows").fill_null(0),
             pl.col("metadata_rows", "rule_rows", "classifier_rows", "default_rows").fill_null(0),
@@ -320,7 +478,7 @@ def _build(
                 return_dtype=pl.String,
             ),
             share=pl.col("rows").fill_null(0) / total_rows,
-            total_cost_usd=pl.col("cost_usd") + pl.col("failed_cost_usd"),
+            total_cost_usd=total_cost,
             **provenance,
         )
         .sort(_tier_order(), "tier", nulls_last=True)
@@ -332,11 +490,11 @@ def _build(
         run_dir,
         job=job,
         prices=prices,
+        info=info,
         cost_totals=cost_totals,
         overall=totals_row,
         plan=plan,
         budget_hit=budget_hit,
-        started_at=started_at,
         finished_at=finished_at,
     )
 
@@ -362,19 +520,38 @@ def _build(
     )
 
 
+def _reprice_plan(plan: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
+    """The plan's forecast priced again, from its tokens, with these prices."""
+    tokens = {
+        "input_tokens": pl.col("input_tokens"),
+        "output_tokens": pl.col("output_tokens"),
+        "cached_tokens": pl.lit(0, dtype=pl.Int64),
+        "reasoning_tokens": pl.lit(0, dtype=pl.Int64),
+    }
+    return plan.with_columns(
+        forecast_cost_usd=usage_cost_expr(**tokens, rates=model_rates(pl.col("model"), prices)),
+        priced=pl.col("model").is_in(list(prices.prices)),
+    )
+
+
 def _savings(
     run_dir: Path,
     *,
     job: Job,
     prices: PriceTable,
+    info: _RunInfo,
     cost_totals: pl.DataFrame,
     overall: pl.DataFrame,
     plan: pl.DataFrame | None,
     budget_hit: bool,
-    started_at: datetime | None,
     finished_at: datetime | None,
 ) -> pl.DataFrame:
-    """The one-row savings table: counterfactuals priced on the same tokens, exactly."""
+    """The one-row savings table: counterfactuals priced exactly on the answers' tokens.
+
+    The saving is counted on total spend: what the answers kept would have cost on the
+    baseline (or strongest) model, less everything this run paid, failures and superseded
+    answers included.
+    """
     tokens = {t: int(overall[f"compared_{t}"][0]) for t in _TOKENS}
     counterfactual = {
         name: usage_cost(price, **tokens)
@@ -390,8 +567,8 @@ def _savings(
     totals = cost_totals.row(0, named=True)
     actual: Decimal = totals["cost_usd"]
     total: Decimal = totals["total_cost_usd"]
-    saved_baseline = None if baseline_cost is None else baseline_cost - actual
-    saved_strongest = None if strongest_cost is None else strongest_cost - actual
+    saved_baseline = None if baseline_cost is None or total is None else baseline_cost - total
+    saved_strongest = None if strongest_cost is None or total is None else strongest_cost - total
     forecast_cost: Decimal | None = None
     if plan is not None and plan.height and bool(plan["priced"].all()):
         forecast_cost = Decimal(plan["forecast_cost_usd"].sum())
@@ -400,7 +577,7 @@ def _savings(
             {
                 "job": job.name,
                 "run_dir": str(run_dir),
-                "started_at": started_at or overall["started_at"][0],
+                "started_at": info.started_at or overall["started_at"][0],
                 "finished_at": finished_at or overall["finished_at"][0] or datetime.now(UTC),
                 "rows": totals["rows"],
                 "ok": totals["ok"],
@@ -423,6 +600,10 @@ def _savings(
                 "budget_hit": budget_hit,
                 "price_source": prices.source,
                 "price_sha256": prices.sha256,
+                "superseded_cost_usd": totals["superseded_cost_usd"],
+                "superseded_rows": totals["superseded_rows"],
+                "run_id": info.run_id,
+                "repriced": info.repriced,
             }
         ],
         schema=SAVINGS_SCHEMA,

@@ -57,7 +57,7 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
     # two narrow tables rather than one wide one: each fits an 80-column terminal
     costs = _table(
         "Cost by tier and model",
-        ("tier", "model", "rows", "failed", "fallback", "cost", "failed $"),
+        ("tier", "model", "rows", "failed", "fallback", "kept $", "failed $", "superseded $"),
     )
     usage = _table(
         "Tokens and latency of answered rows",
@@ -67,18 +67,19 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
         last = i == len(rows) - 1
         style = "bold" if last else None
         costs.add_row(
-            row["tier"] or "—",
+            row["tier"] or "(rerun)",
             "—" if row["model"] is None else row["model"],
             _int(row["rows"]),
             _int(row["failed"]),
             _int(row["fallback_rows"]),
             format_usd(row["cost_usd"]),
             format_usd(row["failed_cost_usd"]),
+            format_usd(row["superseded_cost_usd"]),
             end_section=i == len(rows) - 2,
             style=style,
         )
         usage.add_row(
-            row["tier"] or "—",
+            row["tier"] or "(rerun)",
             "—" if row["model"] is None else row["model"],
             _int(row["input_tokens"]),
             _int(row["output_tokens"]),
@@ -89,18 +90,23 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
         )
     console.print(costs)
     console.print(usage)
+    if summary.cost_report["tier"].null_count():
+        console.print(
+            "(rerun): answers a rerun replaced, and failed attempts of rows it sent again.",
+            style="dim",
+        )
 
-    tiers = _table("Tier distribution", ("tier", "model", "rows", "share", "forecast", "actual"))
+    tiers = _table("Tier distribution", ("tier", "model", "rows", "share", "forecast", "total $"))
     has_plan = (
         summary.tier_distribution["forecast_rows"].null_count() < summary.tier_distribution.height
     )
     for row in summary.tier_distribution.iter_rows(named=True):
         tiers.add_row(
-            row["tier"] or "—",
+            row["tier"] or "(rerun)",
             "—" if row["model"] is None else row["model"],
             _int(row["rows"]),
             _pct(row["share"] * 100),
-            format_usd(row["forecast_cost_usd"]) if has_plan else "—",
+            format_usd(row["forecast_cost_usd"]) if has_plan and row["tier"] else "—",
             format_usd(row["total_cost_usd"]),
         )
     console.print(tiers)
@@ -110,7 +116,8 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
         "Routing against one model for every row",
         ("scenario", "model", "cost", "saved", "saved %"),
     )
-    savings.add_row("as routed", "", format_usd(s["actual_cost_usd"]), "", "")
+    savings.add_row("answers kept, as routed", "", format_usd(s["actual_cost_usd"]), "", "")
+    savings.add_row("total spend", "", format_usd(s["total_cost_usd"]), "", "")
     savings.add_row(
         "baseline",
         s["baseline_model"],
@@ -127,9 +134,17 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
     )
     console.print(savings)
     console.print(
-        f"Failed attempts cost {format_usd(s['failed_cost_usd'])}; "
-        f"total spend {format_usd(s['total_cost_usd'])}."
+        f"Total spend {format_usd(s['total_cost_usd'])} = answers kept "
+        f"{format_usd(s['actual_cost_usd'])} + answers superseded by a rerun "
+        f"{format_usd(s['superseded_cost_usd'])} + failed attempts "
+        f"{format_usd(s['failed_cost_usd'])}. Savings are counted on total spend, against the "
+        "answers kept priced on one model."
     )
+    if s["repriced"]:
+        console.print(
+            f"Repriced: every figure was priced again from the recorded usage with "
+            f"{s['price_source']} (sha256 {s['price_sha256'][:12]}), not the run's own prices."
+        )
     forecast = s["forecast_cost_usd"]
     if forecast is not None:
         share = f" ({float(s['total_cost_usd'] / forecast):.0%} of it)" if forecast else ""
@@ -201,12 +216,13 @@ def print_trend(daily: pl.DataFrame, *, console: Console) -> None:
     """Print per-day totals of a folder of runs."""
     table = _table(
         "Per-day totals",
-        ("date", "runs", "rows", "spend", "as routed", "baseline", "saved", "saved %"),
-        labels=1,
+        ("date", "job", "runs", "rows", "spend", "kept", "baseline", "saved", "saved %"),
+        labels=2,
     )
     for row in daily.iter_rows(named=True):
         table.add_row(
             str(row["date"]) + (" *" if row["unpriced"] else ""),
+            row["job"],
             _int(row["runs"]),
             _int(row["rows"]),
             format_usd(row["total_cost_usd"]),

@@ -1,8 +1,9 @@
 """A folder of runs (e.g. runs/nightly/) as per-day totals: what finance asks for at month end.
 
-Every `savings.parquet` below the folder is one run. Runs are dated by their start (UTC), and
-each day's costs are exact decimal sums; the day's savings percentage is recomputed from those
-sums, never averaged from the runs' percentages.
+Every `savings.parquet` below the folder is one run. Runs are dated by their start (UTC) and
+grouped by day and job, so two jobs are never summed into one figure; each day's costs are exact
+decimal sums, and its savings percentage is recomputed from those sums, never averaged from the
+runs' percentages.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ DAILY_SCHEMA: Final = pl.Schema(
         dict[str, Any],
         {
             "date": pl.Date,
+            "job": pl.String,
             "runs": pl.Int64,
             "rows": pl.Int64,
             "ok": pl.Int64,
             "failed": pl.Int64,
             "actual_cost_usd": COST_DTYPE,
             "failed_cost_usd": COST_DTYPE,
+            "superseded_cost_usd": COST_DTYPE,
             "total_cost_usd": COST_DTYPE,
             "baseline_cost_usd": COST_DTYPE,
             "savings_vs_baseline_usd": COST_DTYPE,
@@ -40,11 +43,12 @@ DAILY_SCHEMA: Final = pl.Schema(
         },
     )
 )
-"""Per-day totals of a folder of runs."""
+"""Per-day, per-job totals of a folder of runs."""
 
 _SUMMED = (
     "actual_cost_usd",
     "failed_cost_usd",
+    "superseded_cost_usd",
     "total_cost_usd",
     "baseline_cost_usd",
     "savings_vs_baseline_usd",
@@ -73,9 +77,11 @@ def read_runs(folder: Path) -> pl.DataFrame:
             path=folder,
         )
     try:
-        frames = [pl.read_parquet(f) for f in files]
-        return pl.concat(frames, how="diagonal_relaxed").select(
-            [c for c in SAVINGS_SCHEMA.names() if c in frames[0].columns]
+        runs = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+        # runs written before a column existed read it as null (e.g. superseded_cost_usd)
+        return runs.select(
+            pl.col(name).cast(dtype) if name in runs.columns else pl.lit(None, dtype).alias(name)
+            for name, dtype in SAVINGS_SCHEMA.items()
         )
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise OutputError(
@@ -84,10 +90,10 @@ def read_runs(folder: Path) -> pl.DataFrame:
 
 
 def daily_totals(runs: pl.DataFrame) -> pl.DataFrame:
-    """Per-day sums of the runs' rows and costs, in DAILY_SCHEMA, oldest first."""
+    """Per-day, per-job sums of the runs' rows and costs, in DAILY_SCHEMA, oldest first."""
     date = pl.coalesce("started_at", "finished_at").dt.date()
     daily = (
-        runs.group_by(date.alias("date"))
+        runs.group_by(date.alias("date"), "job")
         .agg(
             pl.len().cast(pl.Int64).alias("runs"),
             pl.col("rows", "ok", "failed").sum().cast(pl.Int64),
@@ -102,6 +108,6 @@ def daily_totals(runs: pl.DataFrame) -> pl.DataFrame:
                 * 100
             )
         )
-        .sort("date")
+        .sort("date", "job")
     )
     return daily.select(DAILY_SCHEMA.names()).cast(DAILY_SCHEMA)

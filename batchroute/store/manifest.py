@@ -75,6 +75,8 @@ class RunManifest(_Record):
     """Result rows by status."""
     total_cost_usd: Decimal = Decimal(0)
     """Written as a decimal string, so no float ever rounds money."""
+    spend: dict[str, Decimal] = {}
+    """The parts of `total_cost_usd`: answers kept, answers superseded, failed attempts."""
     budget_hit: bool = False
     price_source: str | None = None
     price_sha256: str | None = None
@@ -93,6 +95,7 @@ class RunManifest(_Record):
         finished_at: datetime | None = None,
         counts: Mapping[str, int] | None = None,
         total_cost_usd: Decimal = Decimal(0),
+        spend: Mapping[str, Decimal] | None = None,
         exit_code: ExitCode | None = None,
         budget_hit: bool = False,
         price_source: str | None = None,
@@ -130,6 +133,7 @@ class RunManifest(_Record):
             exit_code=code,
             counts=dict(counts or {}),
             total_cost_usd=total_cost_usd,
+            spend=dict(spend or {}),
             budget_hit=budget_hit,
             price_source=price_source,
             price_sha256=price_sha256,

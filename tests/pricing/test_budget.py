@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from batchroute.pricing.budget import Budget
+from batchroute.pricing.budget import Budget, reserved_output_tokens
 
 
 def test_no_cap_always_reserves() -> None:
@@ -50,3 +50,10 @@ def test_repr_shows_state() -> None:
     budget = Budget(Decimal("3"))
     budget.reserve(1)
     assert "reserved: 1.000000" in repr(budget) and "exhausted: False" in repr(budget)
+
+
+def test_reserved_output_is_the_limit_sent_else_the_context_window() -> None:
+    """A request without `max_tokens` may still send `max_completion_tokens`: that bounds it."""
+    assert reserved_output_tokens({"max_completion_tokens": 200}, context_window=None) == 200
+    assert reserved_output_tokens({"max_tokens": 64}, context_window=128_000) == 64
+    assert reserved_output_tokens({}, context_window=128_000) == 128_000

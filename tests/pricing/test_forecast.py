@@ -1,3 +1,4 @@
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,11 @@ from batchroute.pricing.forecast import (
     ForecastAccumulator,
     forecast_totals,
     read_plan,
+    tier_prices,
     write_plan,
 )
 from batchroute.pricing.prices import resolve_prices
-from batchroute.pricing.tokens import count_message_tokens
+from batchroute.pricing.tokens import DEFAULT_OUTPUT_TOKENS, count_message_tokens
 from batchroute.schema import ATTEMPT_SCHEMA, INPUT_SCHEMA, RESULT_SCHEMA
 
 JOB = {
@@ -220,3 +222,35 @@ def test_plan_command_reports_an_unpriced_model_clearly(tmp_path: Path) -> None:
     assert result.exit_code == 6
     assert "models.in-house: no price for 'in-house'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_one_forecast_and_one_output_default_for_plan_and_calibration() -> None:
+    """Finding 2: the plan and the router's calibration forecast a tier alike, at one default."""
+    job = make_job(request={"max_tokens": None})
+    prices = resolve_prices(job)
+    acc = ForecastAccumulator(job, prices)
+    acc.add(classified(ROWS[:2]))
+    plan = acc.frame()
+    tiers = tier_prices(job, prices)
+    for row in plan.iter_rows(named=True):
+        assert row["output_tokens"] == row["rows"] * DEFAULT_OUTPUT_TOKENS
+        assert tiers[row["tier"]].output_tokens == DEFAULT_OUTPUT_TOKENS
+        assert row["forecast_cost_usd"] == tiers[row["tier"]].cost_usd(
+            input_tokens=row["input_tokens"], rows=row["rows"]
+        )
+
+
+def test_no_module_outside_pricing_computes_a_price() -> None:
+    """Finding 2: the per-1M rates are read only in batchroute/pricing (config declares them)."""
+    package = Path(__file__).parent.parent.parent / "batchroute"
+    readers = re.compile(
+        r"\.(input|output|cached_input|reasoning)_per_mtok\b|\.(cached|reasoning)_rate\b|1e6"
+    )
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.relative_to(package).parts[0] != "pricing"
+        and path.relative_to(package) != Path("cli/prices.py")  # prints the table, prices nothing
+        and readers.search(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []

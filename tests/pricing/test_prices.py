@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from batchroute.errors import PriceError
 from batchroute.pricing.litellm import parse_litellm
 from batchroute.pricing.prices import (
     ModelPrice,
+    diff_prices,
     load_default_table,
     load_price_file,
     resolve_prices,
@@ -101,13 +104,38 @@ def test_unpriced_model_allowed_is_listed_not_priced() -> None:
     assert table.source == "none"
 
 
-def test_load_job_refuses_unpriced_model(tmp_path: Path) -> None:
+def test_resolving_prices_refuses_unpriced_model(tmp_path: Path) -> None:
     job_file = tmp_path / "job.yaml"
     job_file.write_text(
         "name: t\ninput: {path: in.jsonl}\ntiers: {standard: mystery}\nmodels: {mystery: {}}\n"
     )
+    job = load_job(job_file)  # loading prices nothing: the commands that price resolve them
     with pytest.raises(PriceError, match=r"job\.yaml: models\.mystery: no price for 'mystery'"):
-        load_job(job_file)
+        resolve_prices(job)
+
+
+def test_config_does_not_import_pricing() -> None:
+    """Finding 2: the config ↔ prices ↔ litellm cycle is gone; loading a job prices nothing."""
+    code = (
+        "import sys, batchroute.config as c; "
+        "print(sorted(m for m in sys.modules if m.startswith('batchroute.pricing')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_tier_may_name_a_model_only_the_shipped_table_prices(tmp_path: Path) -> None:
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(
+        "name: t\ninput: {path: in.jsonl}\n"
+        "tiers: {standard: deepseek-chat, complex: {model: gpt-5.5}}\n"
+    )
+    job = load_job(job_file)
+    assert set(job.config.models) == {"deepseek-chat", "gpt-5.5"}  # the dispatcher's fleet
+    table = resolve_prices(job)
+    price = table.get("deepseek-chat")
+    assert price is not None and price.output_per_mtok == Decimal("1.10")
+    assert table.source.startswith("batchroute default table")
 
 
 def test_litellm_importer_converts_per_token_to_per_mtok() -> None:
@@ -166,3 +194,25 @@ def test_missing_price_file_is_an_error() -> None:
     job = make_job({"gpt-5.5": {}}, prices={"file": "/nonexistent/p.json"})
     with pytest.raises(PriceError, match="no such price file"):
         resolve_prices(job)
+
+
+def test_diff_prices_names_each_field_that_differs() -> None:
+    job = make_job({"gpt-4o": {"input_per_mtok": 3, "output_per_mtok": 10}})
+    other, _ = load_price_file(DATA / "litellm_small.json")
+    differences = diff_prices(resolve_prices(job), other)
+    assert ("gpt-4o", "input_per_mtok", Decimal(3), Decimal("2.5")) in differences
+    assert ("gpt-4o", "cached_input_per_mtok", Decimal(3), Decimal("1.25")) in differences
+    assert not any(field == "output_per_mtok" for _, field, _, _ in differences)
+
+
+def test_each_price_says_where_it_came_from() -> None:
+    models = {
+        "mine": {"input_per_mtok": 1, "output_per_mtok": 2},
+        "gpt-5.5": {},
+        "deepseek-chat": {"output_per_mtok": 2},  # adjusts the shipped price
+    }
+    assert resolve_prices(make_job(models)).sources == {
+        "mine": "job file",
+        "gpt-5.5": "batchroute default table 2026-11-01",
+        "deepseek-chat": "job file + batchroute default table 2026-11-01",
+    }

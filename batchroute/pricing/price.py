@@ -1,0 +1,83 @@
+"""One model's price, and how a number in a price file becomes one.
+
+Prices are USD per 1M tokens, held as `Decimal` quantized to six places (a picodollar per token),
+so that every cost computed from them is exact in `COST_DTYPE`. This module is the leaf of the
+pricing wing: the price table (`prices`) and its sources (`litellm`) both build on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+__all__ = ["PRICE_FIELDS", "QUANTUM", "ModelPrice", "to_price"]
+
+PRICE_FIELDS: tuple[str, ...] = (
+    "input_per_mtok",
+    "output_per_mtok",
+    "cached_input_per_mtok",
+    "reasoning_per_mtok",
+)
+"""The fields of a price that enter a cost, in USD per 1M tokens."""
+
+QUANTUM = Decimal("0.000001")
+"""The smallest step of a price per 1M tokens."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """One model's price in USD per 1M tokens; cached and reasoning fall back to input/output."""
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None = None
+    reasoning_per_mtok: Decimal | None = None
+    batch_discount: Decimal = Decimal(0)
+    """The provider's discount on its asynchronous batch API, as a fraction; informational."""
+    context_window: int | None = None
+
+    @property
+    def cached_rate(self) -> Decimal:
+        """The price of a cached input token per 1M: its own, or the input price."""
+        return (
+            self.input_per_mtok
+            if self.cached_input_per_mtok is None
+            else self.cached_input_per_mtok
+        )
+
+    @property
+    def reasoning_rate(self) -> Decimal:
+        """The price of a reasoning token per 1M: its own, or the output price."""
+        return self.output_per_mtok if self.reasoning_per_mtok is None else self.reasoning_per_mtok
+
+    def canonical(self) -> dict[str, str | int | None]:
+        """The price as JSON-ready values, decimals as fixed-point strings (for hashing)."""
+        return {
+            "input_per_mtok": _text(self.input_per_mtok),
+            "output_per_mtok": _text(self.output_per_mtok),
+            "cached_input_per_mtok": _text(self.cached_input_per_mtok),
+            "reasoning_per_mtok": _text(self.reasoning_per_mtok),
+            "batch_discount": _text(self.batch_discount),
+            "context_window": self.context_window,
+        }
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+def to_price(value: Any, *, where: str) -> Decimal:
+    """A non-negative price as a Decimal quantized to six places; `ValueError` names `where`."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"{where}: must be a number, got {value!r}")
+    try:
+        number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{where}: must be a number, got {value!r}") from None
+    if not number.is_finite() or number < 0:
+        raise ValueError(f"{where}: must be a number of 0 or more, got {value!r}")
+    quantized = number.quantize(QUANTUM)
+    if number and not quantized:  # rounding must never turn a real price into $0
+        raise ValueError(f"{where}: {value!r} is below $0.000001 per 1M tokens, the smallest price")
+    return quantized
