@@ -1,4 +1,4 @@
-"""Logs for machines: JSON lines with the run id, progress when not on a terminal, --quiet."""
+"""Logs for machines: one JSON event per stderr line, typed, with figures as fields."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+from click.testing import CliRunner
+
+from batchroute.cli import main
 from tests.conftest import sample_rows
 
 SLOW = {"default": {"latency_ms": 60}}
@@ -30,24 +35,84 @@ def run(job: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_json_logs_carry_run_id_and_progress_but_no_prompt_text(
+def events(stderr: str) -> list[dict[str, Any]]:
+    """Every stderr line parsed as JSON (fails the test on the first line that is not)."""
+    return [json.loads(line) for line in stderr.splitlines()]
+
+
+def test_json_log_of_a_real_run_parses_line_by_line_as_typed_events(
     make_job: Callable[..., Path],
 ) -> None:
+    """The crontab line's `>> nightly.jsonl 2>&1` file: JSON on every line, nothing else."""
     rows = sample_rows(60)
     job = make_job(rows, simulator=SLOW, models=SLOW_MODELS, run={"progress_interval_s": 0.2})
     proc = run(job, "--log-format", "json")
     assert proc.returncode == 0, proc.stderr
-    entries = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert proc.stdout == "", "stdout gets nothing unless asked"
+    entries = events(proc.stderr)
     run_id = json.loads(Path("runs/t/run.json").read_text())["run_id"]
-    assert entries and all(entry["run_id"] == run_id for entry in entries)
-    progress = [e["msg"] for e in entries if e["msg"].startswith("progress:")]
-    assert progress, "a progress line every progress_interval_s when not on a terminal"
-    assert all("rows/s" in line and "eta" in line and "in flight" in line for line in progress)
+    assert all(entry["run_id"] == run_id for entry in entries)
+    assert all({"timestamp", "level", "severity_text", "event"} <= set(e) for e in entries)
+    kinds = [e["event"] for e in entries]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    progress = [e for e in entries if e["event"] == "progress"]
+    assert progress, "a progress event every progress_interval_s when not on a terminal"
+    for event in progress:
+        for field in ("done", "total", "failed", "in_flight", "queued", "rows_per_s", "eta_s"):
+            assert field in event, field
+        assert isinstance(event["done"], int) and event["total"] == 60
+    finished = entries[-1]
+    assert finished["exit_code"] == 0 and finished["counts"]["ok"] == 60
+    assert finished["run_dir"].endswith("runs/t")
+    assert Decimal(finished["cost_usd"]) > 0 and Decimal(finished["forecast_cost_usd"]) > 0
     for row in rows:
         assert row["prompt"] not in proc.stderr
 
 
-def test_quiet_keeps_only_warnings_and_the_final_summary(make_job: Callable[..., Path]) -> None:
+def test_json_log_in_process_names_rejected_lines_and_errors(
+    make_job: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A skipped broken line is a `rows_rejected` event; a job error is an `error` event."""
+    job = make_job(sample_rows(10), input={**_input(tmp_path), "on_invalid_row": "skip"})
+    with (tmp_path / "prompts.jsonl").open("a") as handle:
+        handle.write("{not json\n")
+    result = CliRunner().invoke(main, ["run", str(job), "--log-format", "json"])
+    assert result.exit_code == 0, result.output
+    entries = events(result.stderr)
+    rejected = [e for e in entries if e["event"] == "rows_rejected"]
+    assert rejected and rejected[0]["rows"] == 1
+    assert rejected[0]["path"].endswith("rejects.parquet")
+    assert entries[-1]["event"] == "run_finished" and entries[-1]["rejected_rows"] == 1
+    assert json.loads(Path("runs/t/run.json").read_text())["rejected_rows"] == 1
+
+    broken = CliRunner().invoke(main, ["run", "missing.yaml", "--log-format", "json"])
+    assert broken.exit_code == 6
+    (error,) = events(broken.stderr)
+    assert error["event"] == "error" and error["exit_code"] == 6
+
+
+def _input(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "path": str(tmp_path / "prompts.jsonl"),
+        "id_column": "id",
+        "prompt_column": "prompt",
+        "metadata_columns": ["team"],
+    }
+
+
+def test_text_summary_names_rejected_lines(make_job: Callable[..., Path], tmp_path: Path) -> None:
+    job = make_job(sample_rows(10), input={**_input(tmp_path), "on_invalid_row": "skip"})
+    with (tmp_path / "prompts.jsonl").open("a") as handle:
+        handle.write("{not json\n")
+    result = CliRunner().invoke(main, ["run", str(job)])
+    assert result.exit_code == 0, result.output
+    assert "1 input lines were rejected" in result.stdout
+    assert "rejects.parquet" in result.stdout
+
+
+def test_quiet_prints_no_tables_only_warnings_and_the_closing_lines(
+    make_job: Callable[..., Path],
+) -> None:
     job = make_job(
         sample_rows(30), simulator=SLOW, models=SLOW_MODELS, run={"progress_interval_s": 0.2}
     )
@@ -55,3 +120,4 @@ def test_quiet_keeps_only_warnings_and_the_final_summary(make_job: Callable[...,
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert "exit 0" in proc.stdout
+    assert "Cost by tier" not in proc.stdout and "rows by status" not in proc.stdout

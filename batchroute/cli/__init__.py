@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,7 +71,21 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BatchrouteError as exc:
-            click.echo(f"batchroute: error: {exc}", err=True)
+            from batchroute.logs import is_json_logging
+
+            if is_json_logging():  # keep stderr one JSON object per line
+                from batchroute.logs import log_event
+
+                log_event(
+                    logging.getLogger("batchroute"),
+                    "error",
+                    str(exc),
+                    level=logging.ERROR,
+                    error=type(exc).__name__,
+                    exit_code=exc.exit_code,
+                )
+            else:
+                click.echo(f"batchroute: error: {exc}", err=True)
             sys.exit(exc.exit_code)
 
 

@@ -76,6 +76,10 @@ class RunManifest(_Record):
     total_cost_usd: Decimal = Decimal(0)
     """Written as a decimal string, so no float ever rounds money."""
     budget_hit: bool = False
+    stop_reason: str | None = None
+    """Why the latest session stopped early (budget cap, abort, signal); None if it did not."""
+    rejected_rows: int = 0
+    """Input lines set aside in rejects.parquet (`on_invalid_row: skip`)."""
     price_source: str | None = None
     price_sha256: str | None = None
     sessions: tuple[SessionRecord, ...] = ()
@@ -95,6 +99,8 @@ class RunManifest(_Record):
         total_cost_usd: Decimal = Decimal(0),
         exit_code: ExitCode | None = None,
         budget_hit: bool = False,
+        stop_reason: str | None = None,
+        rejected_rows: int = 0,
         price_source: str | None = None,
         price_sha256: str | None = None,
         sent_rows: int = 0,
@@ -131,6 +137,8 @@ class RunManifest(_Record):
             counts=dict(counts or {}),
             total_cost_usd=total_cost_usd,
             budget_hit=budget_hit,
+            stop_reason=stop_reason,
+            rejected_rows=rejected_rows,
             price_source=price_source,
             price_sha256=price_sha256,
             sessions=(*(entry for entry in history if entry.run_id != run_id), session),
