@@ -31,6 +31,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("batchroute.cli.train", "train_command"),
     "eval-classifier": ("batchroute.cli.evaluate", "eval_classifier_command"),
     "calibrate": ("batchroute.cli.calibrate", "calibrate_command"),
+    "init": ("batchroute.cli.init", "init_command"),
+    "failures": ("batchroute.cli.failures", "failures_command"),
 }
 
 
