@@ -61,6 +61,9 @@ def test_json_log_of_a_real_run_parses_line_by_line_as_typed_events(
         for field in ("done", "total", "failed", "in_flight", "queued", "rows_per_s", "eta_s"):
             assert field in event, field
         assert isinstance(event["done"], int) and event["total"] == 60
+        # in flight = sent to the provider: never above the models' max_concurrency (3 x 4)
+        assert event["in_flight"] <= 12, event
+    assert any(event["queued"] > 0 for event in progress), "rows wait behind the limits"
     finished = entries[-1]
     assert finished["exit_code"] == 0 and finished["counts"]["ok"] == 60
     assert finished["run_dir"].endswith("runs/t")

@@ -37,6 +37,7 @@ from batchroute.config import Job
 from batchroute.dataset import Batch, open_dataset
 from batchroute.dispatch.dispatcher import Dispatcher, RowOutcome, RowRequest
 from batchroute.engines.workers import WorkerPool
+from batchroute.errors import OutputError
 from batchroute.exitcodes import ExitCode
 from batchroute.logs import log_event, run_id_var
 from batchroute.pricing.budget import Budget
@@ -103,7 +104,13 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     run_id_var.set(run_id)
     run_dir = resolve_run_dir(job, fresh=options.fresh, now=datetime.now(UTC))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create the run directory ({exc.strerror}); check output.dir in the job",
+            path=run_dir,
+        ) from None
     with RunLock(run_dir, run_id=run_id) as lock:
         run = _Run(
             job,
