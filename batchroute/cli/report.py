@@ -7,6 +7,7 @@ a directory, `--job JOB` takes that job's latest run.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -43,14 +44,15 @@ def latest_run_dir(job: Job) -> Path:
     """The job's run directory whose latest session started last (`output.dir`'s matches)."""
     template = job.config.output.dir.replace("{name}", job.name)
     pattern = _TEMPLATE_FIELD.sub("*", template)
-    found: list[tuple[str, Path]] = []
+    found: list[tuple[datetime, Path]] = []
     for candidate in {*Path.cwd().glob(pattern), *Path.cwd().glob(pattern + ".*")}:
         if not candidate.is_dir():
             continue
         manifest = read_manifest(candidate)
         if manifest is None or Path(manifest.job_path).name != job.path.name:
             continue
-        found.append((manifest.run_id, candidate))  # run ids sort by their start time
+        latest = manifest.sessions[-1].started_at if manifest.sessions else manifest.started_at
+        found.append((latest, candidate))
     if not found:
         raise OutputError(
             f"no run of job '{job.name}' found under {pattern}; run it first, or name a run "
