@@ -95,6 +95,14 @@ def configure_logging(*, log_format: LogFormat = "text", quiet: bool = False) ->
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+    # A library's warning printed as plain text would break a JSON log: route it here too.
+    logging.captureWarnings(log_format == "json")
+    warnings_logger = logging.getLogger("py.warnings")
+    for old in list(warnings_logger.handlers):
+        warnings_logger.removeHandler(old)
+    if log_format == "json":
+        warnings_logger.addHandler(handler)
+        warnings_logger.propagate = False
 
 
 def is_json_logging() -> bool:

@@ -323,14 +323,9 @@ class Progress:
         rows = list(f["tiers"].items())
         for i, (tier, t) in enumerate(rows):
             table.add_row(
-                tier,
-                *(str(t[key]) for key in keys),
-                f"${t['cost_usd']:.4f}",
-                end_section=i == len(rows) - 1,
+                tier, *_cells(t, keys), f"${t['cost_usd']:.4f}", end_section=i == len(rows) - 1
             )
-        table.add_row(
-            "total", *(str(f[key]) for key in keys), f"${f['cost_usd']:.4f}", style="bold"
-        )
+        table.add_row("total", *_cells(f, keys), f"${f['cost_usd']:.4f}", style="bold")
         return table
 
     def _footer(self, figures: dict[str, Any]) -> Text:
@@ -338,6 +333,10 @@ class Progress:
         if figures["stopping"]:
             text.append(f"\nstopping… {figures['stopping']}", style="bold yellow")
         return text
+
+
+def _cells(figures: dict[str, Any], keys: Sequence[str]) -> list[str]:
+    return [f"{figures[k]:.1f}" if k == "rows_per_s" else str(figures[k]) for k in keys]
 
 
 def _eta_text(figures: dict[str, Any]) -> str:

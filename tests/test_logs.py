@@ -6,14 +6,17 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from batchroute.cli import main
+from batchroute.logs import configure_logging
 from tests.conftest import sample_rows
 
 SLOW = {"default": {"latency_ms": 60}}
@@ -124,3 +127,16 @@ def test_quiet_prints_no_tables_only_warnings_and_the_closing_lines(
     assert proc.stderr == ""
     assert "exit 0" in proc.stdout
     assert "Cost by tier" not in proc.stdout and "rows by status" not in proc.stdout
+
+
+def test_a_library_warning_is_a_json_line_too(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(log_format="json")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("a library complains", UserWarning, stacklevel=1)
+    finally:
+        configure_logging(log_format="text")
+    (line,) = capsys.readouterr().err.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "warning" and "a library complains" in event["message"]
