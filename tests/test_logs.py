@@ -140,3 +140,20 @@ def test_a_library_warning_is_a_json_line_too(capsys: pytest.CaptureFixture[str]
     (line,) = capsys.readouterr().err.splitlines()
     event = json.loads(line)
     assert event["event"] == "warning" and "a library complains" in event["message"]
+
+
+def test_spend_past_the_forecast_is_named_in_log_summary_and_html(
+    make_job: Callable[..., Path],
+) -> None:
+    """The bulk model is gone tonight: its rows fall back to a dearer model, past the forecast."""
+    job = make_job(sample_rows(30), simulator={"models": {"small": {"not_found": True}}})
+    json_run = CliRunner().invoke(main, ["run", str(job), "--log-format", "json", "--fresh"])
+    assert json_run.exit_code == 0, json_run.output
+    warned = [e for e in events(json_run.stderr) if e.get("reason") == "over_forecast"]
+    assert warned and Decimal(warned[0]["cost_usd"]) > Decimal(warned[0]["forecast_cost_usd"])
+    assert "fallback model" in warned[0]["message"]
+    text_run = CliRunner().invoke(main, ["run", str(job), "--fresh"])
+    assert "Over the forecast:" in text_run.stdout
+    html = CliRunner().invoke(main, ["report", "--job", str(job), "--html", "r.html"])
+    assert html.exit_code == 0, html.output
+    assert "Over the forecast: spend" in Path("r.html").read_text()

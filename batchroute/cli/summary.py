@@ -47,6 +47,12 @@ def print_run_summary(summary: RunSummary, *, console: Console, tables: bool = T
             f"[bold yellow]{stopped}[/]; {skipped} rows were not sent "
             f"({summary.message or 'see run.json'})"
         )
+    if summary.report is not None:
+        from batchroute.report.terminal import forecast_overrun
+
+        overrun = forecast_overrun(summary.report)
+        if overrun:
+            console.print(f"[bold yellow]Over the forecast:[/] {overrun}")
     if summary.rejected_rows:
         console.print(
             f"[bold yellow]{summary.rejected_rows} input lines were rejected[/] "

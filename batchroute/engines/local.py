@@ -46,6 +46,7 @@ from batchroute.pricing.prices import PriceTable, resolve_prices
 from batchroute.pricing.tokens import messages_tokens_expr
 from batchroute.progress import Progress
 from batchroute.report import ReportSummary, write_reports
+from batchroute.report.terminal import forecast_overrun
 from batchroute.schema import ErrorType, Status
 from batchroute.store.assembly import assemble_results
 from batchroute.store.checkpoint import CheckpointStore, row_keys
@@ -148,6 +149,17 @@ def _log_finished(summary: RunSummary) -> None:
     forecast = None
     if summary.report is not None:
         forecast = summary.report.savings["forecast_cost_usd"][0]
+        overrun = forecast_overrun(summary.report)
+        if overrun:
+            log_event(
+                logger,
+                "warning",
+                f"over the forecast: {overrun}",
+                level=logging.WARNING,
+                reason="over_forecast",
+                forecast_cost_usd=forecast,
+                cost_usd=summary.report.savings["total_cost_usd"][0],
+            )
     ended = ExitCode(summary.exit_code).name.lower()
     log_event(
         logger,

@@ -22,7 +22,7 @@ import polars as pl
 
 from batchroute.errors import OutputError
 from batchroute.report.tables import ReportSummary
-from batchroute.report.terminal import format_usd
+from batchroute.report.terminal import forecast_overrun, format_usd
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -312,6 +312,9 @@ def render_run_html(summary: ReportSummary) -> str:
     if s["forecast_cost_usd"] is not None:
         cards.append(_card("Forecast", format_usd(s["forecast_cost_usd"])))
     warnings = _stop_banner(summary, s)
+    overrun = forecast_overrun(summary)
+    if overrun:
+        warnings.append(f"Over the forecast: {overrun}.")
     if s["budget_hit"]:
         warnings.append("The budget cap was hit: the rows not sent are marked skipped_budget.")
     if s["unpriced"]:
