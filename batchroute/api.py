@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -72,6 +73,7 @@ class RunResult:
 
     @classmethod
     def from_summary(cls, summary: RunSummary) -> RunResult:
+        """The result of the engine's `RunSummary`."""
         return cls(
             run_id=summary.run_id,
             run_dir=summary.run_dir,
@@ -129,17 +131,19 @@ def run(
     The keywords are the command line's options: `limit` (`--limit`), `fresh` (`--fresh`),
     `max_cost_usd` (`--max-cost`), `retry_failed=False` (`--keep-failed`).
     """
-    kwargs = {
-        "limit": limit,
-        "fresh": fresh,
-        "max_cost_usd": max_cost_usd,
-        "retry_failed": retry_failed,
-    }
+    work = functools.partial(
+        _run_here,
+        job,
+        limit=limit,
+        fresh=fresh,
+        max_cost_usd=max_cost_usd,
+        retry_failed=retry_failed,
+    )
     if not _has_running_loop():
-        return _run_here(job, **kwargs)  # type: ignore[arg-type]
+        return work()
     # A Jupyter cell: this thread's loop is busy running us; the engine gets its own thread.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchroute-run") as pool:
-        return pool.submit(_run_here, job, **kwargs).result()  # type: ignore[arg-type]
+        return pool.submit(work).result()
 
 
 async def run_async(
@@ -153,16 +157,15 @@ async def run_async(
     """`run` for async code: the engine runs in a worker thread and the caller's loop goes on."""
     loop = asyncio.get_running_loop()
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchroute-run") as pool:
-        return await loop.run_in_executor(
-            pool,
-            lambda: _run_here(
-                job,
-                limit=limit,
-                fresh=fresh,
-                max_cost_usd=max_cost_usd,
-                retry_failed=retry_failed,
-            ),
+        work = functools.partial(
+            _run_here,
+            job,
+            limit=limit,
+            fresh=fresh,
+            max_cost_usd=max_cost_usd,
+            retry_failed=retry_failed,
         )
+        return await loop.run_in_executor(pool, work)
 
 
 def plan(job: Job | Path | str, *, limit: int | None = None) -> pl.DataFrame:

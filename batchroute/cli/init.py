@@ -173,6 +173,9 @@ def init_command(input_file: Path, out_path: Path | None, name: str | None, forc
     target = out_path or Path(f"{stem}.yaml")
     if target.exists() and not force:
         raise OutputError("already exists; pass --force to overwrite it", path=target)
-    target.write_text(render_job(input_file, name=job_name, fmt=fmt, columns=columns))
+    try:
+        target.write_text(render_job(input_file, name=job_name, fmt=fmt, columns=columns))
+    except OSError as exc:
+        raise OutputError(f"cannot write the job file ({exc.strerror})", path=target) from None
     click.echo(f"Wrote {target} for {input_file} ({len(frame.columns)} columns: {frame.columns})")
     click.echo(f"next: batchroute validate {target}")
