@@ -135,9 +135,14 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
             max_cost_usd=run.budget.max_cost_usd,
         )
         if lock.stale_pid is not None:
-            logger.warning(
+            log_event(
+                logger,
+                "warning",
                 f"{run_dir}: took over a lock left by process {lock.stale_pid}, "
-                "which is no longer running; resuming its work"
+                "which is no longer running; resuming its work",
+                level=logging.WARNING,
+                reason="stale_lock",
+                stale_pid=lock.stale_pid,
             )
         summary = run.execute(dataset.batches, router.classify)
     _log_finished(summary)
@@ -169,7 +174,7 @@ def _log_finished(summary: RunSummary) -> None:
         level=logging.INFO if summary.exit_code == ExitCode.OK else logging.WARNING,
         exit_code=int(summary.exit_code),
         exit_status=ended,
-        reason=summary.message,
+        stop_reason=summary.message,
         counts=summary.counts,
         sent_rows=summary.sent_rows,
         reused_rows=summary.reused_rows,
@@ -463,7 +468,7 @@ class _Run:
             self.stop_message = message
             self.progress.stopping(message)
             log_event(
-                logger, "warning", f"stopping: {message}", level=logging.WARNING, reason=message
+                logger, "warning", f"stopping: {message}", level=logging.WARNING, reason="stopping"
             )
 
     def _skip_rest(self, frame: pl.DataFrame) -> None:
