@@ -123,7 +123,7 @@ def test_interrupted_by_sigint_as_cron_sees_it(make_job: Callable[..., Path]) ->
     assert proc.returncode == ExitCode.INTERRUPTED == 5
     assert "interrupted" in documented(5)
     events = [json.loads(line) for line in err.splitlines()]
-    assert any(e["reason"] == "stopping" and "SIGINT" in e["message"] for e in events)
+    assert any(e.get("reason") == "stopping" and "SIGINT" in e["message"] for e in events)
     assert events[-1]["event"] == "run_finished" and events[-1]["exit_code"] == 5
     assert "SIGINT" in events[-1]["stop_reason"]
     assert out == ""
