@@ -134,3 +134,23 @@ def test_interrupted_by_sigint_as_cron_sees_it(make_job: Callable[..., Path]) ->
 def test_missing_run_directory_for_report() -> None:
     result = CliRunner().invoke(main, ["report", "no/such/dir"])
     assert result.exit_code == ExitCode.OUTPUT and "read" in documented(7)
+
+
+def test_every_model_unavailable_aborts(make_job: Callable[..., Path]) -> None:
+    retired = {"not_found": True}
+    job = make_job(
+        sample_rows(10), simulator={"models": {"big": retired, "mid": retired, "small": retired}}
+    )
+    code, _, _ = run(str(job))
+    assert code == ExitCode.ABORTED and "every model became unavailable" in documented(code)
+
+
+def test_a_run_directory_held_by_a_live_process(make_job: Callable[..., Path]) -> None:
+    from batchroute.store.lock import RunLock
+
+    job = make_job(sample_rows(5))
+    Path("runs/t").mkdir(parents=True)
+    with RunLock(Path("runs/t"), run_id="holder"):
+        code, _, err = run(str(job))
+    assert code == ExitCode.BAD_INPUT and "another run holds the run directory" in documented(code)
+    assert str(os.getpid()) in err
