@@ -157,3 +157,11 @@ def test_spend_past_the_forecast_is_named_in_log_summary_and_html(
     html = CliRunner().invoke(main, ["report", "--job", str(job), "--html", "r.html"])
     assert html.exit_code == 0, html.output
     assert "Over the forecast: spend" in Path("r.html").read_text()
+
+
+def test_quiet_json_log_still_records_the_start_and_end(make_job: Callable[..., Path]) -> None:
+    job = make_job(sample_rows(10), run={"progress_interval_s": 0.05})
+    result = CliRunner().invoke(main, ["run", str(job), "--log-format", "json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    kinds = [e["event"] for e in events(result.stderr)]
+    assert kinds == ["run_started", "run_finished"]

@@ -67,7 +67,8 @@ def run_command(
     5 interrupted, 6 bad job or input, 7 output error.
     """
     json_logs = log_format == "json"
-    configure_logging(log_format="json" if json_logs else "text", quiet=quiet)
+    # A JSON log has no tables to drop: --quiet drops its progress events, never the run's end.
+    configure_logging(log_format="json" if json_logs else "text", quiet=quiet and not json_logs)
     job = load_job(job_file)
     if dry_run:
         from batchroute.cli.plan import show_plan
