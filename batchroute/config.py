@@ -361,6 +361,27 @@ class Job:
         """A path from the job file, resolved against `base_dir`."""
         return path if path.is_absolute() else self.base_dir / path
 
+    def check_api_keys(self) -> None:
+        """Raise `JobError` (exit 6) if an endpoint's key variable is unset; read no key's value.
+
+        The simulator needs no key, and `api_key_env: null` means the server needs none.
+        """
+        cfg = self.config
+        for model in cfg.models:
+            endpoint = cfg.endpoint_for(model)
+            variable = endpoint.api_key_env
+            if variable is None or endpoint.is_simulator or os.environ.get(variable):
+                continue
+            name = cfg.models[model].endpoint
+            key = "endpoint" if name is None else f"endpoints.{name}"
+            raise JobError(
+                f"the environment variable {variable} is not set; export the API key for "
+                f"{endpoint.base_url} in it, or set api_key_env: null for a server that needs "
+                "no key",
+                path=self.path,
+                key=f"{key}.api_key_env",
+            )
+
     def __repr__(self) -> str:
         return f"<Job {self.name!r} from {str(self.path)!r} [sha256: {self.text_sha256[:12]}]>"
 

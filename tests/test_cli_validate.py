@@ -103,8 +103,11 @@ def test_happy_path_prints_rows_share_and_model_per_tier(write_job: JobWriter) -
     assert not Path("runs").exists()
 
 
-def test_validate_never_calls_the_endpoint(write_job: JobWriter) -> None:
+def test_validate_never_calls_the_endpoint(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Pointed at a live listening socket, validate never even connects to it."""
+    monkeypatch.setenv("BR_TEST_KEY", "sk-test-validate")
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.setblocking(False)
         port = server.getsockname()[1]
@@ -332,3 +335,29 @@ def test_validate_as_a_subprocess_the_way_cron_calls_it(write_job: JobWriter) ->
     assert proc.returncode == 1, proc.stderr
     assert "line 3, id r0002: prompt is empty" in proc.stdout
     assert proc.stderr == ""
+
+
+def test_validate_fails_when_the_key_variable_is_unset(
+    write_job: JobWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing key variable is a configuration error (exit 6) naming the variable."""
+    monkeypatch.delenv("BR_TEST_KEY", raising=False)
+    endpoint = {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "BR_TEST_KEY"}
+    job, _ = write_job("p.jsonl", jsonl(sample_rows(4)), job={"endpoint": endpoint})
+    code, out, err = validate(job)
+    assert code == 6, out + err
+    assert "BR_TEST_KEY" in err and "endpoint.api_key_env" in err
+    assert "ok: every row can be sent" not in out
+
+
+def test_validate_format_json_and_tsv_give_exact_counts(write_job: JobWriter) -> None:
+    job, _ = write_job("p.jsonl", jsonl(sample_rows(40)))
+    result = CliRunner().invoke(main, ["validate", str(job), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["rows"] == 40 and document["ok"] is True
+    assert {t["tier"]: t["rows"] for t in document["tiers"]}["bulk"] == 12
+    tsv = CliRunner().invoke(main, ["validate", str(job), "--format", "tsv"]).stdout
+    header, *lines = tsv.splitlines()
+    assert header.split("\t") == ["tier", "rows", "share", "model"]
+    assert sum(int(line.split("\t")[1]) for line in lines) == 40

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("batchroute.cli.train", "train_command"),
     "eval-classifier": ("batchroute.cli.evaluate", "eval_classifier_command"),
     "calibrate": ("batchroute.cli.calibrate", "calibrate_command"),
+    "init": ("batchroute.cli.init", "init_command"),
+    "failures": ("batchroute.cli.failures", "failures_command"),
 }
 
 
@@ -71,7 +74,21 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BatchrouteError as exc:
-            click.echo(f"batchroute: error: {exc}", err=True)
+            from batchroute.logs import is_json_logging
+
+            if is_json_logging():  # keep stderr one JSON object per line
+                from batchroute.logs import log_event
+
+                log_event(
+                    logging.getLogger("batchroute"),
+                    "error",
+                    str(exc),
+                    level=logging.ERROR,
+                    error=type(exc).__name__,
+                    exit_code=exc.exit_code,
+                )
+            else:
+                click.echo(f"batchroute: error: {exc}", err=True)
             sys.exit(exc.exit_code)
 
 

@@ -5,14 +5,65 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from batchroute.config import load_job
+from batchroute.config import Job, load_job
 from batchroute.pricing.forecast import forecast_job, forecast_totals, write_plan
 from batchroute.pricing.prices import resolve_prices
-from batchroute.report.terminal import print_plan
+from batchroute.report.terminal import (
+    OutputFormat,
+    frames_json,
+    frames_tsv,
+    make_console,
+    print_plan,
+)
 
-__all__ = ["plan_command"]
+__all__ = ["FORMAT_OPTION", "plan_command", "show_plan"]
+
+FORMAT_OPTION = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "tsv", "json"]),
+    default="text",
+    show_default=True,
+    help="text: tables for people; tsv or json: every figure exact, for scripts.",
+)
+
+
+def show_plan(
+    job: Job, *, limit: int | None, output_format: OutputFormat, out_dir: Path | None
+) -> None:
+    """Forecast `job` and print it in `output_format`; write plan.parquet only into `out_dir`."""
+    prices = resolve_prices(job)
+    forecast = forecast_job(job, prices, limit=limit)
+    plan = forecast.frame()
+    totals = forecast_totals(plan)
+    path = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = write_plan(plan, out_dir)
+    if output_format == "tsv":
+        click.echo(frames_tsv(plan), nl=False)
+    elif output_format == "json":
+        click.echo(
+            frames_json(
+                {"plan": plan},
+                totals={
+                    "rows": totals.rows,
+                    "input_tokens": totals.input_tokens,
+                    "output_tokens": totals.output_tokens,
+                    "forecast_cost_usd": totals.cost_usd,
+                    "baseline_cost_usd": totals.baseline_cost_usd,
+                    "unpriced": totals.unpriced,
+                    "invalid_rows": forecast.invalid_rows,
+                },
+                written=path,
+            )
+        )
+    else:
+        console = make_console()
+        print_plan(plan, totals, console=console, invalid_rows=forecast.invalid_rows)
+        if path is not None:
+            console.print(f"Wrote {path}")
 
 
 @click.command("plan")
@@ -21,18 +72,14 @@ __all__ = ["plan_command"]
     "--out",
     "out_dir",
     type=click.Path(path_type=Path, file_okay=False),
-    default=Path("."),
-    show_default=True,
-    help="Directory for plan.parquet; put it in a run directory to see forecast beside actual.",
+    default=None,
+    help="Also write plan.parquet into this directory (a run directory shows forecast beside "
+    "actual). Without it nothing is written.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Forecast only the first N rows.")
-def plan_command(job_file: Path, out_dir: Path, limit: int | None) -> None:
+@FORMAT_OPTION
+def plan_command(
+    job_file: Path, out_dir: Path | None, limit: int | None, output_format: OutputFormat
+) -> None:
     """Classify every row and forecast the cost per tier and against the baseline, offline."""
-    job = load_job(job_file)
-    prices = resolve_prices(job)
-    forecast = forecast_job(job, prices, limit=limit)
-    plan = forecast.frame()
-    path = write_plan(plan, out_dir)
-    console = Console()
-    print_plan(plan, forecast_totals(plan), console=console, invalid_rows=forecast.invalid_rows)
-    console.print(f"Wrote {path}")
+    show_plan(load_job(job_file), limit=limit, output_format=output_format, out_dir=out_dir)

@@ -7,13 +7,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from batchroute.cli.summary import print_run_summary
 from batchroute.config import load_job
 from batchroute.engines.local import RunOptions, run_job
+from batchroute.exitcodes import ExitCode
 from batchroute.logs import configure_logging
 from batchroute.progress import Progress
+from batchroute.report.terminal import make_console
 
 __all__ = ["run_command"]
 
@@ -37,19 +37,26 @@ __all__ = ["run_command"]
     help="On resume, keep rows that failed in an earlier session instead of retrying them.",
 )
 @click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate the job and every row, and print the forecast; send nothing, write nothing.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
-    help="json: one JSON object per log line, for log collectors.",
+    help="json: every stderr line is a JSON event (run_started, progress, warning, "
+    "rows_rejected, run_finished) and stdout stays empty.",
 )
-@click.option("--quiet", is_flag=True, help="Only warnings and the final summary.")
+@click.option("--quiet", is_flag=True, help="Only warnings and the closing lines; no tables.")
 def run_command(
     job_file: Path,
     limit: int | None,
     fresh: bool,
     max_cost: float | None,
     keep_failed: bool,
+    dry_run: bool,
     log_format: str,
     quiet: bool,
 ) -> None:
@@ -59,21 +66,34 @@ def run_command(
     not sent again. Exit codes: 0 ok, 1 some rows failed, 3 budget cap hit, 4 aborted,
     5 interrupted, 6 bad job or input, 7 output error.
     """
-    configure_logging(log_format="json" if log_format == "json" else "text", quiet=quiet)
+    json_logs = log_format == "json"
+    # A JSON log has no tables to drop: --quiet drops its progress events, never the run's end.
+    configure_logging(log_format="json" if json_logs else "text", quiet=quiet and not json_logs)
     job = load_job(job_file)
+    if dry_run:
+        from batchroute.cli.plan import show_plan
+        from batchroute.cli.validate import check_job
+
+        fine = check_job(job, output_format="json" if json_logs else "text")
+        if not json_logs:
+            show_plan(job, limit=limit, output_format="text", out_dir=None)
+        sys.exit(int(ExitCode.OK if fine else ExitCode.SOME_FAILED))
     options = RunOptions(
         fresh=fresh,
         limit=limit,
         max_cost_usd=Decimal(str(max_cost)) if max_cost is not None else None,
         retry_failed=not keep_failed,
     )
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     progress = Progress(
-        live=console.is_terminal and not quiet,
+        live=console.is_terminal and not quiet and not json_logs,
         enabled=not quiet,
         console=console,
         interval_s=job.config.run.progress_interval_s,
     )
     summary = run_job(job, options, progress=progress)
-    print_run_summary(summary, console=Console())
+    if not json_logs:  # the run_finished event carries the summary; stdout stays empty
+        from batchroute.cli.summary import print_run_summary
+
+        print_run_summary(summary, console=make_console(), tables=not quiet)
     sys.exit(int(summary.exit_code))

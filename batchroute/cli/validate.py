@@ -8,16 +8,17 @@ from pathlib import Path
 
 import click
 import polars as pl
-from rich.console import Console
 from rich.table import Table
 
 from batchroute.classify import build_router
+from batchroute.cli.plan import FORMAT_OPTION
 from batchroute.config import Job, load_job
 from batchroute.dataset import DatasetSummary, open_dataset
 from batchroute.exitcodes import ExitCode
 from batchroute.pricing.prices import resolve_prices
+from batchroute.report.terminal import OutputFormat, frames_json, frames_tsv, make_console
 
-__all__ = ["validate_command"]
+__all__ = ["check_job", "validate_command"]
 
 SHOWN_PROBLEMS = 10
 """How many problem rows are listed; the counts printed are always the real totals."""
@@ -50,6 +51,7 @@ def _survey(job: Job) -> _Survey:
     File-level problems raise (DatasetError, JobError, PriceError) exactly as `run` raises them.
     """
     resolve_prices(job)
+    job.check_api_keys()
     router = build_router(job)
     dataset = open_dataset(job)
     summary = dataset.check()
@@ -83,6 +85,28 @@ def _share(rows: int, total: int) -> str:
     return f"{rows / total:.1%}" if total else "-"
 
 
+def _tier_frame(survey: _Survey, *, job: Job) -> pl.DataFrame:
+    """Rows per tier (and rows that would fail or be rejected), for --format tsv and json."""
+    total = survey.input_rows
+    names = list(survey.per_tier)
+    rows = list(survey.per_tier.values())
+    models = [job.config.tier(t).model if t in job.config.tiers else None for t in names]
+    for label, count in (("(would fail)", survey.invalid), ("(rejected)", survey.rejected)):
+        if count:
+            names.append(label)
+            rows.append(count)
+            models.append(None)
+    return pl.DataFrame(
+        {
+            "tier": names,
+            "rows": rows,
+            "share": [r / total if total else None for r in rows],
+            "model": models,
+        },
+        schema={"tier": pl.String, "rows": pl.Int64, "share": pl.Float64, "model": pl.String},
+    )
+
+
 def _tier_table(survey: _Survey, *, job: Job) -> Table:
     total = survey.input_rows
     table = Table()
@@ -106,21 +130,47 @@ def _plural(count: int, noun: str) -> str:
 
 @click.command("validate")
 @click.argument("job_file", type=click.Path(path_type=Path, dir_okay=False))
-def validate_command(job_file: Path) -> None:
+@FORMAT_OPTION
+def validate_command(job_file: Path, output_format: OutputFormat) -> None:
     """Check JOB_FILE and every row of its input; print rows per tier and any problems.
 
     Nothing is sent and no run directory is created. Exit codes: 0 every row can be sent;
     1 the run would go ahead but some rows would fail or be rejected (listed); 6 the job or the
     input file is unusable (the message says where and why).
     """
-    job = load_job(job_file)
+    if not check_job(load_job(job_file), output_format=output_format):
+        sys.exit(int(ExitCode.SOME_FAILED))
+
+
+def check_job(job: Job, *, output_format: OutputFormat = "text") -> bool:
+    """Survey `job`'s input as `run` would and print what was found; True if every row can go.
+
+    File-level problems raise, as `run` raises them.
+    """
     survey = _survey(job)
     summary = survey.summary
+    fine = not survey.invalid and not survey.rejected
+    if output_format != "text":
+        if output_format == "tsv":
+            click.echo(frames_tsv(_tier_frame(survey, job=job)), nl=False)
+        else:
+            click.echo(
+                frames_json(
+                    {"tiers": _tier_frame(survey, job=job), "problems": survey.problems},
+                    path=str(summary.path),
+                    format=summary.format,
+                    rows=survey.input_rows,
+                    invalid_rows=survey.invalid,
+                    rejected_rows=survey.rejected,
+                    ok=fine,
+                )
+            )
+        return fine
     click.echo(f"{summary.path}: {_plural(survey.input_rows, 'row')} ({summary.format})")
-    Console(highlight=False).print(_tier_table(survey, job=job))
-    if not survey.invalid and not survey.rejected:
+    make_console().print(_tier_table(survey, job=job))
+    if fine:
         click.echo("ok: every row can be sent")
-        return
+        return True
     parts = []
     if survey.invalid:
         parts.append(f"{_plural(survey.invalid, 'row')} would fail without being sent")
@@ -137,4 +187,4 @@ def validate_command(job_file: Path) -> None:
         click.echo(f"  line {line}, {who}: {reason}")
     if more:
         click.echo(f"  ... and {more} more")
-    sys.exit(int(ExitCode.SOME_FAILED))
+    return False

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -36,15 +37,17 @@ from batchroute.config import Job
 from batchroute.dataset import Batch, open_dataset
 from batchroute.dispatch.dispatcher import Dispatcher, RowOutcome, RowRequest
 from batchroute.engines.workers import WorkerPool
+from batchroute.errors import OutputError
 from batchroute.exitcodes import ExitCode
-from batchroute.logs import run_id_var
+from batchroute.logs import log_event, run_id_var
 from batchroute.pricing.budget import Budget
 from batchroute.pricing.costs import FloatRates
-from batchroute.pricing.forecast import ForecastAccumulator, write_plan
+from batchroute.pricing.forecast import ForecastAccumulator, forecast_totals, write_plan
 from batchroute.pricing.prices import PriceTable, resolve_prices
 from batchroute.pricing.tokens import messages_tokens_expr
 from batchroute.progress import Progress
 from batchroute.report import ReportSummary, write_reports
+from batchroute.report.terminal import forecast_overrun
 from batchroute.schema import ErrorType, Status
 from batchroute.store.assembly import assemble_results
 from batchroute.store.checkpoint import CheckpointStore, row_keys
@@ -89,6 +92,8 @@ class RunSummary:
     sent_rows: int
     message: str | None = None
     report: ReportSummary | None = None
+    rejected_rows: int = 0
+    """Input lines `on_invalid_row: skip` set aside in rejects.parquet."""
 
 
 def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
@@ -97,10 +102,17 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
     router = build_router(job)
     dataset = open_dataset(job)
     checked = dataset.check()  # file-level problems stop here, before a run dir exists
+    job.check_api_keys()
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     run_id_var.set(run_id)
     run_dir = resolve_run_dir(job, fresh=options.fresh, now=datetime.now(UTC))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create the run directory ({exc.strerror}); check output.dir in the job",
+            path=run_dir,
+        ) from None
     with RunLock(run_dir, run_id=run_id) as lock:
         run = _Run(
             job,
@@ -111,19 +123,67 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
             progress=progress,
             total_rows=min(checked.rows, options.limit or checked.rows),
         )
-        logger.info(
-            "run %s: %d rows from %s -> %s",
-            run_id,
-            run.total_rows,
-            job.resolve(job.config.input.path),
-            run_dir,
+        source = job.resolve(job.config.input.path)
+        log_event(
+            logger,
+            "run_started",
+            f"run {run_id}: {run.total_rows} rows from {source} -> {run_dir}",
+            job=job.config.name,
+            job_path=str(job.path),
+            input=str(source),
+            rows=run.total_rows,
+            run_dir=str(run_dir),
+            max_cost_usd=run.budget.max_cost_usd,
         )
         if lock.stale_pid is not None:
-            logger.warning(
+            log_event(
+                logger,
+                "warning",
                 f"{run_dir}: took over a lock left by process {lock.stale_pid}, "
-                "which is no longer running; resuming its work"
+                "which is no longer running; resuming its work",
+                level=logging.WARNING,
+                reason="stale_lock",
+                stale_pid=lock.stale_pid,
             )
-        return run.execute(dataset.batches, router.classify)
+        summary = run.execute(dataset.batches, router.classify)
+    _log_finished(summary)
+    return summary
+
+
+def _log_finished(summary: RunSummary) -> None:
+    """The `run_finished` event: how the run ended, its counts, spend and forecast."""
+    forecast = None
+    if summary.report is not None:
+        forecast = summary.report.savings["forecast_cost_usd"][0]
+        overrun = forecast_overrun(summary.report)
+        if overrun:
+            log_event(
+                logger,
+                "warning",
+                f"over the forecast: {overrun}",
+                level=logging.WARNING,
+                reason="over_forecast",
+                forecast_cost_usd=forecast,
+                cost_usd=summary.report.savings["total_cost_usd"][0],
+            )
+    ended = ExitCode(summary.exit_code).name.lower()
+    log_event(
+        logger,
+        "run_finished",
+        f"run {summary.run_id} finished: {ended} (exit {int(summary.exit_code)})"
+        + (f": {summary.message}" if summary.message else ""),
+        level=logging.INFO if summary.exit_code == ExitCode.OK else logging.WARNING,
+        exit_code=int(summary.exit_code),
+        exit_status=ended,
+        stop_reason=summary.message,
+        counts=summary.counts,
+        sent_rows=summary.sent_rows,
+        reused_rows=summary.reused_rows,
+        rejected_rows=summary.rejected_rows,
+        cost_usd=summary.cost_usd,
+        forecast_cost_usd=forecast,
+        run_dir=str(summary.run_dir),
+    )
 
 
 class _Run:
@@ -231,7 +291,15 @@ class _Run:
             # fast_acquire: the feeder takes a free slot without yielding, so a batch's rows are
             # all handed to the dispatcher at once instead of one per event-loop turn.
             self._slots = anyio.Semaphore(self.job.config.run.max_in_flight, fast_acquire=True)
-            watchers.start_soon(self._watch_signals, watchers)
+            self.progress.watch(
+                lambda: {name: limiter.in_flight for name, limiter in dispatcher.limiters.items()},
+                tier_models={str(tier): model for tier, model in self._requested.items()},
+                budget=self.budget,
+            )
+            # Signals reach only the main thread (anyio refuses elsewhere): the Python API runs
+            # a job in a worker thread when the caller's thread already has an event loop.
+            if threading.current_thread() is threading.main_thread():
+                watchers.start_soon(self._watch_signals, watchers)
             watchers.start_soon(self._flush_periodically)
             with anyio.CancelScope() as self._run_scope:
                 await self._feed(dispatcher, batches, classify, done)
@@ -285,6 +353,8 @@ class _Run:
         )
         self.store.add_index(frame.select("row_index", "row_key"))
         self.forecast.add(frame)
+        forecast = forecast_totals(self.forecast.frame()).cost_usd
+        self.progress.forecast_usd = None if forecast is None else float(forecast)
         invalid = frame.filter(pl.col("invalid_reason").is_not_null())
         if invalid.height:
             self.buffer.add_frame(
@@ -357,7 +427,10 @@ class _Run:
             self.sent_rows += 1
         self.buffer.add(context, outcome)
         self.progress.finished(
-            request.tier, status=outcome.status, cost_usd=self._cost_estimate(outcome)
+            request.tier,
+            status=outcome.status,
+            cost_usd=self._cost_estimate(outcome),
+            attempts=outcome.attempt_records,
         )
         if (
             len(self.buffer) >= self.job.config.output.checkpoint_rows
@@ -391,7 +464,10 @@ class _Run:
         if self.stop_status is None:
             self.stop_status = status
             self.stop_message = message
-            logger.warning("stopping: %s", message)
+            self.progress.stopping(message)
+            log_event(
+                logger, "warning", f"stopping: {message}", level=logging.WARNING, reason="stopping"
+            )
 
     def _skip_rest(self, frame: pl.DataFrame) -> None:
         assert self.stop_status is not None
@@ -459,8 +535,23 @@ class _Run:
     def _write_side_files(self) -> None:
         write_plan(self.forecast.frame(), self.run_dir)
         if self.rejects:
-            with atomic_file(self.run_dir / "rejects.parquet") as handle:
+            path = self.run_dir / "rejects.parquet"
+            with atomic_file(path) as handle:
                 pl.concat(self.rejects).write_parquet(handle)
+            rejected = self._rejected_rows
+            log_event(
+                logger,
+                "rows_rejected",
+                f"{rejected} input line{'s' if rejected != 1 else ''} could not be read and "
+                f"{'were' if rejected != 1 else 'was'} set aside in {path} (on_invalid_row: skip)",
+                level=logging.WARNING,
+                rows=rejected,
+                path=str(path),
+            )
+
+    @property
+    def _rejected_rows(self) -> int:
+        return sum(frame.height for frame in self.rejects)
 
     def _summary(self, *, counts: dict[str, int], report: ReportSummary | None) -> RunSummary:
         if self.hard_stop or self.stop_status == Status.SKIPPED_INTERRUPTED:
@@ -483,6 +574,7 @@ class _Run:
             sent_rows=self.sent_rows,
             message=message,
             report=report,
+            rejected_rows=self._rejected_rows,
         )
 
     def _manifest(
@@ -500,6 +592,8 @@ class _Run:
             spend=_spend(summary.report) if summary and summary.report else None,
             exit_code=summary.exit_code if summary else None,
             budget_hit=self.stop_status == Status.SKIPPED_BUDGET,
+            stop_reason=summary.message if summary else None,
+            rejected_rows=summary.rejected_rows if summary else 0,
             price_source=self.prices.source,
             price_sha256=self.prices.sha256,
             sent_rows=self.sent_rows,

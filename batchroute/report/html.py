@@ -22,7 +22,7 @@ import polars as pl
 
 from batchroute.errors import OutputError
 from batchroute.report.tables import ReportSummary
-from batchroute.report.terminal import format_usd
+from batchroute.report.terminal import forecast_overrun, format_usd
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -206,7 +206,9 @@ def _rates_chart(tiers: pl.DataFrame) -> str:
         ax.set(
             title="Fallback and failure rates", xlabel="Share of the tier's rows (%)", ylabel="Tier"
         )
-        ax.set_xlim(0, max([*fallback, *failed, 1.0]) * 1.25)
+        # All zero: a 0-100% axis says "none" plainly; a 0-1.2% axis suggests some.
+        top = max([*fallback, *failed, 0.0])
+        ax.set_xlim(0, min(100.0, top * 1.25) if top > 0 else 100.0)
         figure.legend(loc="outside lower center", ncols=2, frameon=False)
         return _svg(figure)
 
@@ -248,6 +250,63 @@ def _figure_block(svg: str, caption: str) -> str:
     return f'<figure>{svg}<figcaption class="meta">{html.escape(caption)}</figcaption></figure>'
 
 
+_STOPPED = {
+    "budget": "The budget cap stopped this run",
+    "aborted": "This run aborted",
+    "interrupted": "This run was interrupted",
+}
+
+
+def _stop_banner(summary: ReportSummary, savings: dict[str, Any]) -> list[str]:
+    """Why the figures cover only part of the input: an early stop, rejected lines."""
+    from batchroute.store.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(summary.run_dir)
+    except OutputError:
+        manifest = None
+    notes = []
+    skipped = savings["skipped"] or 0
+    status = manifest.exit_status if manifest is not None else None
+    if status in _STOPPED or skipped:
+        what = _STOPPED.get(status or "", "This run stopped early")
+        reason = manifest.stop_reason if manifest is not None else None
+        notes.append(
+            f"{what}{f' ({reason})' if reason else ''}: {skipped:,} of {savings['rows']:,} rows "
+            "were not sent. Spend, savings and rates cover the rows sent; the forecast covers "
+            "every row. Rerun the same command to resume."
+        )
+    if manifest is not None and manifest.rejected_rows:
+        notes.append(
+            f"{manifest.rejected_rows:,} input lines could not be read and are not counted here; "
+            "they are in rejects.parquet."
+        )
+    return notes
+
+
+def _failed_by_model(run_dir: Path) -> pl.DataFrame | None:
+    """Attempts per model, with failed attempts' cost under the model that failed."""
+    path = run_dir / "attempts.parquet"
+    if not path.is_file():
+        return None
+    failed = pl.col("error_type").is_not_null()
+    return (
+        pl.scan_parquet(path)
+        .group_by("model")
+        .agg(
+            attempts=pl.len().cast(pl.Int64),
+            failed_attempts=failed.sum().cast(pl.Int64),
+            rate_limited=(pl.col("status_code") == 429).sum().cast(pl.Int64),
+            # an unpriced failed attempt leaves the sum unknown (blank), never $0
+            failed_cost_usd=pl.when(pl.col("priced").filter(failed).all())
+            .then(pl.col("cost_usd").filter(failed).sum())
+            .otherwise(None),
+        )
+        .sort("model")
+        .collect()
+    )
+
+
 def render_run_html(summary: ReportSummary) -> str:
     """A run's report as one self-contained HTML page."""
     s = summary.savings.row(0, named=True)
@@ -256,6 +315,7 @@ def render_run_html(summary: ReportSummary) -> str:
         _card("Rows", f"{s['rows']:,}"),
         _card("Answered", f"{s['ok']:,}"),
         _card("Failed", f"{s['failed']:,}"),
+        *([_card("Not sent", f"{s['skipped']:,}")] if s["skipped"] else []),
         _card("Total spend (kept + superseded + failed)", format_usd(s["total_cost_usd"])),
         _card(
             f"Saved on total spend vs {s['baseline_model']}",
@@ -264,7 +324,10 @@ def render_run_html(summary: ReportSummary) -> str:
     ]
     if s["forecast_cost_usd"] is not None:
         cards.append(_card("Forecast", format_usd(s["forecast_cost_usd"])))
-    warnings = []
+    warnings = _stop_banner(summary, s)
+    overrun = forecast_overrun(summary)
+    if overrun:
+        warnings.append(f"Over the forecast: {overrun}.")
     if s["budget_hit"]:
         warnings.append("The budget cap was hit: the rows not sent are marked skipped_budget.")
     if s["unpriced"]:
@@ -341,6 +404,7 @@ def render_run_html(summary: ReportSummary) -> str:
                 "latency_p95_ms": "p95 ms",
             },
         ),
+        *_attempts_section(summary.run_dir),
         "<h2>Tier distribution</h2>",
         _table(
             summary.tier_distribution,
@@ -360,6 +424,27 @@ def render_run_html(summary: ReportSummary) -> str:
         f'<p class="meta">Generated {datetime.now(UTC).isoformat(timespec="seconds")}.</p>',
     ]
     return _page(f"batchroute report: {s['job']}", "\n".join(body))
+
+
+def _attempts_section(run_dir: Path) -> list[str]:
+    by_model = _failed_by_model(run_dir)
+    if by_model is None or by_model.height == 0:
+        return []
+    return [
+        "<h2>Attempts by model</h2>",
+        '<p class="meta">Failed attempts are counted, and their cost shown, under the model '
+        "that failed; the table above shows them under the model that answered the row.</p>",
+        _table(
+            by_model,
+            {
+                "model": "model",
+                "attempts": "attempts",
+                "failed_attempts": "failed",
+                "rate_limited": "429s",
+                "failed_cost_usd": "failed attempts' cost",
+            },
+        ),
+    ]
 
 
 def _trend_chart(daily: pl.DataFrame) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Literal
 
 import polars as pl
 from rich import box
@@ -12,9 +15,55 @@ from rich.table import Table
 from batchroute.pricing.forecast import ForecastTotals
 from batchroute.report.tables import ReportSummary
 
-__all__ = ["format_usd", "print_plan", "print_report", "print_trend"]
+__all__ = [
+    "OutputFormat",
+    "forecast_overrun",
+    "format_usd",
+    "frames_json",
+    "frames_tsv",
+    "make_console",
+    "print_plan",
+    "print_report",
+    "print_trend",
+]
+
+OutputFormat = Literal["text", "tsv", "json"]
 
 _CENT_FRACTION = Decimal("0.0001")
+
+_PIPE_WIDTH = 4096
+"""Columns a console writes when it is not a terminal: wide enough that nothing wraps or cuts."""
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console for a terminal, or, when piped or under cron, one that never wraps or truncates.
+
+    Rich otherwise assumes 80 columns off a terminal and folds or cuts table cells to fit.
+    """
+    console = Console(stderr=stderr, highlight=False)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, width=_PIPE_WIDTH, soft_wrap=True, highlight=False)
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Decimal) else value
+
+
+def frames_json(frames: Mapping[str, pl.DataFrame], **extra: Any) -> str:
+    """One JSON document: each frame as a list of row objects; money as exact decimal strings."""
+    document: dict[str, Any] = {
+        name: [{k: _plain(v) for k, v in row.items()} for row in frame.iter_rows(named=True)]
+        for name, frame in frames.items()
+    }
+    document.update({k: _plain(v) for k, v in extra.items()})
+    return json.dumps(document, default=str, indent=2)
+
+
+def frames_tsv(frame: pl.DataFrame) -> str:
+    """A frame as tab-separated values with a header; every number at full precision."""
+    text: str = frame.write_csv(separator="\t")
+    return text
 
 
 def format_usd(value: Decimal | None) -> str:
@@ -23,6 +72,24 @@ def format_usd(value: Decimal | None) -> str:
         return "unpriced"
     shown = value.quantize(_CENT_FRACTION, rounding=ROUND_HALF_EVEN)
     return f"-${-shown:,}" if shown < 0 else f"${shown:,}"
+
+
+def forecast_overrun(summary: ReportSummary) -> str | None:
+    """A sentence when a run spent more than its forecast (fallbacks, retries); else None."""
+    s = summary.savings.row(0, named=True)
+    forecast, spent = s["forecast_cost_usd"], s["total_cost_usd"]
+    if forecast is None or spent is None or spent <= forecast:
+        return None
+    text = (
+        f"spend {format_usd(spent)} passed the forecast {format_usd(forecast)} "
+        f"by {format_usd(spent - forecast)}"
+    )
+    fallbacks = summary.cost_totals["fallback_rows"][0] or 0
+    if fallbacks:
+        text += f"; {fallbacks:,} rows were answered by a fallback model"
+    if s["failed_cost_usd"]:
+        text += f"; failed attempts cost {format_usd(s['failed_cost_usd'])}"
+    return text
 
 
 def _pct(value: float | None) -> str:

@@ -78,6 +78,10 @@ class RunManifest(_Record):
     spend: dict[str, Decimal] = {}
     """The parts of `total_cost_usd`: answers kept, answers superseded, failed attempts."""
     budget_hit: bool = False
+    stop_reason: str | None = None
+    """Why the latest session stopped early (budget cap, abort, signal); None if it did not."""
+    rejected_rows: int = 0
+    """Input lines set aside in rejects.parquet (`on_invalid_row: skip`)."""
     price_source: str | None = None
     price_sha256: str | None = None
     sessions: tuple[SessionRecord, ...] = ()
@@ -98,6 +102,8 @@ class RunManifest(_Record):
         spend: Mapping[str, Decimal] | None = None,
         exit_code: ExitCode | None = None,
         budget_hit: bool = False,
+        stop_reason: str | None = None,
+        rejected_rows: int = 0,
         price_source: str | None = None,
         price_sha256: str | None = None,
         sent_rows: int = 0,
@@ -135,6 +141,8 @@ class RunManifest(_Record):
             total_cost_usd=total_cost_usd,
             spend=dict(spend or {}),
             budget_hit=budget_hit,
+            stop_reason=stop_reason,
+            rejected_rows=rejected_rows,
             price_source=price_source,
             price_sha256=price_sha256,
             sessions=(*(entry for entry in history if entry.run_id != run_id), session),
