@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,12 @@ _TOUCH_AFTER_S = 3600.0
 """A hit refreshes its last-use time only when that is older than this: hits are not writes."""
 _MAINTAIN_EVERY_WRITES = 10_000
 _BATCH_WRITES = 2_000
+_SELECT_ONE = "SELECT answer, created_at, used_at FROM responses WHERE key = ?"
 _LOOKUP_CHUNK = 500
 """Keys per `SELECT ... IN (...)`: under SQLite's host-parameter limit on every build."""
 _BUSY_TIMEOUT_MS = 10_000
-_ROW_OVERHEAD_BYTES = 160
-"""Key, two times and two index entries per row, with SQLite's cell headers."""
+_EVICT_ROUNDS = 8
+"""Eviction deletes by row count and checks the pages freed; a few rounds reach the target."""
 _EVICT_TO = 0.9
 """Eviction frees space down to this share of `max_size_mb`, so it does not run on every write."""
 
@@ -243,7 +244,16 @@ class ResponseCache:
 
     def get(self, key: bytes) -> CachedAnswer | None:
         """The stored answer for `key`, or None on a miss (always None when reading is off)."""
-        return self.get_many((key,))[0]
+        if not self.read:
+            self.misses += 1
+            return None
+        reader = self._require_open()
+        with self._lock:
+            try:
+                row = reader.execute(_SELECT_ONE, (key,)).fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise self._unreadable(exc) from None
+        return self._settle(key, row, self._clock())
 
     def get_many(self, keys: Sequence[bytes]) -> list[CachedAnswer | None]:
         """The stored answers for `keys`, in order; None where there is none or it has expired."""
@@ -259,32 +269,33 @@ class ResponseCache:
                 for start in range(0, len(keys), _LOOKUP_CHUNK):
                     chunk = keys[start : start + _LOOKUP_CHUNK]
                     marks = ",".join("?" * len(chunk))
-                    for key, answer, created_at, used_at in reader.execute(
+                    for key, *row in reader.execute(
                         "SELECT key, answer, created_at, used_at FROM responses "
                         f"WHERE key IN ({marks})",
                         chunk,
                     ):
-                        found[key] = (answer, created_at, used_at)
+                        found[key] = tuple(row)
             except sqlite3.DatabaseError as exc:
                 raise self._unreadable(exc) from None
-        answers: list[CachedAnswer | None] = []
-        touch = self._touch
-        for key in keys:
-            row = found.get(key)
-            answer = None
-            if row is not None and now - row[1] < self.ttl_s:
-                answer = _decode(row[0])
-            if answer is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-                if now - row[2] > _TOUCH_AFTER_S and self.write:  # type: ignore[index]
-                    touch.append(key)
-            answers.append(answer)
-        if len(touch) >= _BATCH_WRITES:
-            self._queue.put(("touch", touch))
-            self._touch = []
-        return answers
+        return [self._settle(key, found.get(key), now) for key in keys]
+
+    def _settle(
+        self, key: bytes, row: tuple[str, float, float] | None, now: float
+    ) -> CachedAnswer | None:
+        """A looked-up row as an answer (None if absent, expired or unreadable), counted."""
+        answer = None
+        if row is not None and now - row[1] < self.ttl_s:
+            answer = _decode(row[0])
+        if answer is None or row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        if self.write and now - row[2] > _TOUCH_AFTER_S:
+            self._touch.append(key)
+            if len(self._touch) >= _BATCH_WRITES:
+                self._queue.put(("touch", self._touch))
+                self._touch = []
+        return answer
 
     async def aget_many(self, keys: Sequence[bytes]) -> list[CachedAnswer | None]:
         """`get_many` in a worker thread, for a batch large enough to be worth the hop."""
@@ -359,9 +370,12 @@ class ResponseCache:
                 connection.execute("BEGIN IMMEDIATE")
                 try:
                     connection.execute(
-                        "CREATE TABLE IF NOT EXISTS responses (key BLOB PRIMARY KEY, "
-                        "answer TEXT NOT NULL, created_at REAL NOT NULL, used_at REAL NOT NULL)"
-                        " WITHOUT ROWID"
+                        # A rowid table with the hash as a unique index: answers are appended
+                        # in time order, and only the small index takes random inserts
+                        # (several times cheaper to write than the hash as the table's key).
+                        "CREATE TABLE IF NOT EXISTS responses (id INTEGER PRIMARY KEY, "
+                        "key BLOB NOT NULL UNIQUE, answer TEXT NOT NULL, "
+                        "created_at REAL NOT NULL, used_at REAL NOT NULL)"
                     )
                     connection.execute(
                         "CREATE INDEX IF NOT EXISTS responses_used_at ON responses (used_at)"
@@ -462,42 +476,51 @@ class ResponseCache:
             connection.execute(
                 "DELETE FROM responses WHERE created_at < ?", (self._clock() - self.ttl_s,)
             )
-            used = _stored_bytes(connection)
+            used = _used_bytes(connection)
             if used <= self.max_size_bytes:
                 return
             target = int(self.max_size_bytes * _EVICT_TO)
-            while used > target:
+            for _ in range(_EVICT_ROUNDS):
+                if used <= target:
+                    break
                 count = connection.execute("SELECT count(*) FROM responses").fetchone()[0]
                 if count == 0:
                     break
                 # Free the share of rows that brings the store to the target, oldest use first.
                 victims = max(1, int(count * (used - target) / used) + 1)
                 self.evicted += connection.execute(
-                    "DELETE FROM responses WHERE key IN "
-                    "(SELECT key FROM responses ORDER BY used_at LIMIT ?)",
+                    "DELETE FROM responses WHERE id IN "
+                    "(SELECT id FROM responses ORDER BY used_at LIMIT ?)",
                     (victims,),
                 ).rowcount
-                used = _stored_bytes(connection)
+                used = _used_bytes(connection)
         except sqlite3.OperationalError as exc:
             logger.warning("response cache %s: maintenance skipped (%s)", self.path, exc)
         except sqlite3.DatabaseError as exc:
             raise self._unreadable(exc) from None
 
 
-def _stored_bytes(connection: sqlite3.Connection) -> int:
-    """The bytes the answers take, with each row's key, times and index entries.
-
-    Counted from the rows, not the pages: keys are random, so an eviction frees space inside
-    pages that SQLite reuses for new rows long before whole pages come free.
-    """
-    row = connection.execute(
-        "SELECT total(length(CAST(answer AS BLOB))), count(*) FROM responses"
-    ).fetchone()
-    return int(row[0]) + _ROW_OVERHEAD_BYTES * int(row[1])
+def _used_bytes(connection: sqlite3.Connection) -> int:
+    """The bytes in the file's pages in use; free pages are reused for new answers first."""
+    pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    free = connection.execute("PRAGMA freelist_count").fetchone()[0]
+    size = connection.execute("PRAGMA page_size").fetchone()[0]
+    return int((pages - free) * size)
 
 
 def _encode(answer: CachedAnswer) -> str:
-    return json.dumps(asdict(answer), ensure_ascii=False, separators=(",", ":"))
+    # Spelled out rather than dataclasses.asdict, which deep-copies and costs several times more.
+    fields = {
+        "content": answer.content,
+        "finish_reason": answer.finish_reason,
+        "model": answer.model,
+        "input_tokens": answer.input_tokens,
+        "output_tokens": answer.output_tokens,
+        "cached_tokens": answer.cached_tokens,
+        "reasoning_tokens": answer.reasoning_tokens,
+        "created": answer.created,
+    }
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 def _decode(text: str) -> CachedAnswer | None:

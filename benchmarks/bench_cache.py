@@ -1,0 +1,187 @@
+"""Response cache lookups (issue 16): 1,000,000 lookups, half hits, against in-run baselines.
+
+Every figure is measured in this run, on the same keys, in the same file:
+
+    dict             a Python dict of key -> JSON, decoded on a hit: the in-memory ceiling
+    sqlite-select    a plain prepared `SELECT answer ... WHERE key = ?` per key, no decoding
+    cache.get        ResponseCache.get, one key at a time (what an inline lookup costs)
+    cache.get_many   ResponseCache.get_many, 1,000 keys a call (a batch of rows at once)
+    request_key      hashing the request bodies into keys (paid on every row, hit or not)
+    store            put + the writer thread's batched commits (paid on every answered miss)
+
+Then the cost the cache adds to a run with no hits (key + miss + store, per row) is set against
+the CPU of a real request through the AsyncOpenAI client to the simulator (the raw-post loop of
+bench_overhead, measured here too): the issue's bound is at most 5% more CPU.
+
+    python benchmarks/bench_cache.py            # 1,000,000 lookups
+    python benchmarks/bench_cache.py --quick    # 100,000 lookups
+"""
+
+# ruff: noqa: T201  (a benchmark script reports its figures on stdout)
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from batchroute.cache import CachedAnswer, ResponseCache, _decode, _encode, request_key
+from batchroute.sim import SimConfig, SimulatorProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _raw_post
+
+BASE_URL = "https://api.example.com/v1"
+ANSWER_CHARS = 400
+"""A short paragraph: roughly what a bulk or standard tier answers."""
+
+
+def _body(i: int) -> dict[str, object]:
+    """The i-th request body, as the dispatcher sends it (raw-post's messages)."""
+    return {"model": _raw_post.MODEL, "max_tokens": 64, "messages": _raw_post.messages(i)}
+
+
+def _answer(i: int) -> CachedAnswer:
+    return CachedAnswer(
+        content=f"{i} " + "w" * ANSWER_CHARS,
+        finish_reason="stop",
+        model=_raw_post.MODEL,
+        input_tokens=20,
+        output_tokens=90,
+        created=1_780_000_000,
+    )
+
+
+def _timed(work: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process, threads included) of `work`."""
+    wall, cpu, _ = _timed_result(work)
+    return wall, cpu
+
+
+def _timed_result(work: Callable[[], object]) -> tuple[float, float, object]:
+    """`_timed` with what `work` returned."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    result = work()
+    return time.perf_counter() - wall0, time.process_time() - cpu0, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 lookups, not 1,000,000")
+    parser.add_argument("--lookups", type=int)
+    parser.add_argument("--requests", type=int, default=3000, help="raw-post requests")
+    args = parser.parse_args()
+    lookups = args.lookups or (100_000 if args.quick else 1_000_000)
+    stored = lookups // 2
+
+    print(f"{lookups:,} lookups, {stored:,} answers stored ({ANSWER_CHARS}-character answers)")
+    keys: list[bytes] = []
+    wall, cpu = _timed(lambda: keys.extend(request_key(BASE_URL, _body(i)) for i in range(lookups)))
+    key_us = cpu * 1e6 / lookups
+    print(f"request_key      {lookups / wall:>12,.0f} keys/s     {key_us:6.2f} CPU-us/key")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "responses.sqlite3"
+        answers = [_answer(i) for i in range(stored)]
+        cache = ResponseCache(path, max_size_mb=100_000)
+        cache.open()
+
+        def store() -> None:
+            for i in range(stored):
+                cache.put(keys[i], answers[i])
+            cache.flush()
+
+        wall, cpu = _timed(store)
+        store_us = cpu * 1e6 / stored
+        print(f"store            {stored / wall:>12,.0f} writes/s   {store_us:6.2f} CPU-us/write")
+
+        order = list(range(lookups))
+        random.Random(16).shuffle(order)
+        probe = [keys[i] for i in order]  # hits and misses interleaved, in no useful order
+        expected_hits = sum(1 for i in order if i < stored)
+
+        table = {keys[i]: _encode(answers[i]) for i in range(stored)}
+        results: dict[str, tuple[float, float, int]] = {}
+
+        def dict_lookups() -> int:
+            hits = 0
+            for key in probe:
+                text = table.get(key)
+                if text is not None and _decode(text) is not None:
+                    hits += 1
+            return hits
+
+        def select_lookups() -> int:
+            db = sqlite3.connect(path)
+            statement = "SELECT answer FROM responses WHERE key = ?"
+            hits = sum(1 for key in probe if db.execute(statement, (key,)).fetchone() is not None)
+            db.close()
+            return hits
+
+        def get_lookups() -> int:
+            get = cache.get
+            return sum(1 for key in probe if get(key) is not None)
+
+        def get_many_lookups() -> int:
+            hits = 0
+            for start in range(0, len(probe), 1000):
+                hits += sum(1 for a in cache.get_many(probe[start : start + 1000]) if a)
+            return hits
+
+        for name, work in (
+            ("dict", dict_lookups),
+            ("sqlite-select", select_lookups),
+            ("cache.get", get_lookups),
+            ("cache.get_many", get_many_lookups),
+        ):
+            wall, cpu, hits = _timed_result(work)
+            assert hits == expected_hits, (name, hits, expected_hits)
+            results[name] = (wall, cpu, expected_hits)
+            print(
+                f"{name:<16} {lookups / wall:>12,.0f} lookups/s  "
+                f"{cpu * 1e6 / lookups:6.2f} CPU-us/lookup"
+            )
+        cache.close()
+        size_mb = sum(p.stat().st_size for p in Path(tmp).iterdir()) / 1e6
+        print(f"file size        {size_mb:,.0f} MB for {stored:,} answers")
+
+    base = results["sqlite-select"][0]
+    for name in ("cache.get", "cache.get_many"):
+        wall = results[name][0]
+        rate = lookups / wall
+        print(
+            f"{name:<16} {wall / base:5.2f}x the time of plain sqlite SELECTs, "
+            f"{wall / results['dict'][0]:5.2f}x a dict; {rate:,.0f} lookups/s "
+            f"({'meets' if rate >= 50_000 else 'MISSES'} the 50,000/s target)"
+        )
+
+    cpus = os.sched_getaffinity(0)
+    sim_cpus = [max(cpus)] if len(cpus) > 1 else None
+    if sim_cpus:
+        os.sched_setaffinity(0, cpus - set(sim_cpus))
+    with SimulatorProcess(SimConfig(), cpus=sim_cpus) as sim:
+        anyio.run(_raw_post.run, sim.base_url, 200, 16)  # warm up
+        wall, cpu = _timed(lambda: anyio.run(_raw_post.run, sim.base_url, args.requests, 64))
+    request_us = cpu * 1e6 / args.requests
+    miss_us = results["cache.get"][1] * 1e6 / lookups  # a lookup costs about the same either way
+    added_us = key_us + miss_us + store_us
+    print(
+        f"raw-post         {args.requests / wall:>12,.0f} requests/s {request_us:6.1f} CPU-us/req"
+    )
+    print(
+        f"a run with no hits: key {key_us:.1f} + lookup {miss_us:.1f} + store {store_us:.1f} = "
+        f"{added_us:.1f} CPU-us per row = {100 * added_us / request_us:.1f}% of a raw-post "
+        "request's CPU (target <= 5%)"
+    )
+
+
+if __name__ == "__main__":
+    main()
