@@ -98,13 +98,13 @@ class CachedAnswer:
 
 
 def request_key(base_url: str, body: Mapping[str, Any]) -> bytes:
-    """The cache key of one request: a 32-byte blake2b of its canonical JSON.
+    """The cache key of one request: a 16-byte (128-bit) blake2b of its canonical JSON.
 
     `base_url` is the endpoint as configured (`simulator` stays `simulator`, not a loopback
     port); `body` is the whole request body as sent, `model` and `messages` included.
     """
     canonical = _CANONICAL.encode([_KEY_VERSION, base_url.rstrip("/"), body])
-    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=32).digest()
+    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).digest()
 
 
 def default_cache_path() -> Path:
@@ -156,6 +156,7 @@ class ResponseCache:
         self.refused = 0
         self.evicted = 0
         self.write_errors = 0
+        self.commits = 0
         self._reader: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -493,6 +494,7 @@ class ResponseCache:
                     return 0
                 continue
             self.writes += len(rows)
+            self.commits += 1
             return len(rows)
         return 0
 

@@ -153,6 +153,15 @@ def test_tool_call_answers_are_stored(tmp_path: Path) -> None:
         assert cache.get(key) is not None
 
 
+def test_a_trickle_of_answers_is_committed_in_few_transactions(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path / "c.sqlite3") as cache:
+        for i in range(200):
+            cache.put(request_key(BASE_URL, _body(seed=i)), _answer())
+        cache.flush()
+        assert cache.writes == 200
+        assert cache.commits <= 2, "the writer gathers queued answers into one transaction"
+
+
 def test_answers_expire_after_ttl_days_and_are_dropped_on_open(tmp_path: Path) -> None:
     clock = _Clock()
     key = request_key(BASE_URL, _body())
