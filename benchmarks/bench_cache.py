@@ -38,7 +38,8 @@ from pathlib import Path
 
 import anyio
 
-from batchroute.cache import CachedAnswer, ResponseCache, _decode, _encode, request_key
+from batchroute.cache import CachedAnswer, ResponseCache, request_key
+from batchroute.cache.answers import decode_answer, encode_answer
 from batchroute.sim import SimConfig, SimulatorProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -141,14 +142,14 @@ def main() -> None:
         probe = [keys[i] for i in order]  # hits and misses interleaved, in no useful order
         expected_hits = sum(1 for i in order if i < stored)
 
-        table = {keys[i]: _encode(answers[i]) for i in range(stored)}
+        table = {keys[i]: encode_answer(answers[i]) for i in range(stored)}
         results: dict[str, tuple[float, float, int]] = {}
 
         def dict_lookups() -> int:
             hits = 0
             for key in probe:
                 text = table.get(key)
-                if text is not None and _decode(text) is not None:
+                if text is not None and decode_answer(text) is not None:
                     hits += 1
             return hits
 

@@ -1,66 +1,35 @@
-"""The response cache: answers already paid for, kept across runs and jobs in one SQLite file.
+"""The response cache itself: lookups, a writer thread, and the file's upkeep.
 
-A request is looked up by `request_key`, a blake2b hash of the canonical JSON of the request
-actually sent: the endpoint's configured base URL and the whole chat-completions body (the
-model's wire name, every message and every parameter). Nothing is picked from the body, so any
-field that can change the answer changes the key. Headers and API keys never enter the key, and
-the file holds only hashes and answers: no prompt, no key.
-
-The store is the stdlib `sqlite3` in WAL mode holding JSON (never pickles), so runs in several
-processes share it: reads never wait for a writer, writes are short `INSERT OR REPLACE`
-transactions made by one writer thread per process, and a busy database is waited for
-(`busy_timeout`). Lookups are synchronous and cheap enough to make inline on the event loop
-(`benchmarks/bench_cache.py`); `aget_many` moves a whole batch of lookups to a thread.
-
-Only complete answers are stored: `put` itself refuses anything whose finish reason is not a
-normal end (`stop`, `tool_calls`), so a truncated (`length`) or content-filtered answer can never
-be served later. Age (`ttl_days`) and size (`max_size_mb`, least recently used first) bound the
-file; both are enforced when the cache opens, every few thousand writes, and when it closes,
-never on a lookup.
+Lookups are synchronous and cheap enough to make inline on the event loop (`get`, or `get_many`
+for a batch; `benchmarks/bench_cache.py`), and `aget_many` moves a batch to a worker thread.
+`put` only queues: one writer thread per process commits what is queued in batched `INSERT OR
+REPLACE` transactions. Age and size are enforced when the cache opens, every 10,000 answers
+stored, and when it closes, never on a lookup.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from batchroute.cache.answers import CachedAnswer, decode_answer, encode_answer
+from batchroute.cache.file import connect, evict, prepare, unreadable
 from batchroute.config import CacheConfig
 from batchroute.errors import CacheError
 
-__all__ = [
-    "CACHEABLE_FINISH_REASONS",
-    "CachedAnswer",
-    "ResponseCache",
-    "cache_settings",
-    "default_cache_path",
-    "request_key",
-]
+__all__ = ["ResponseCache", "cache_settings", "default_cache_path"]
 
 logger = logging.getLogger("batchroute.cache")
 
-CACHEABLE_FINISH_REASONS: frozenset[str] = frozenset({"stop", "tool_calls"})
-"""A normal end of an answer; anything else (length, content_filter, None) is never stored."""
-
-_KEY_VERSION = 1
-"""Part of every key: a change to what is hashed must change every key, not reuse old answers."""
-_SCHEMA_VERSION = 1
-# Encoders made once: json.dumps with any option builds a new encoder on every call.
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _TOUCH_AFTER_S = 3600.0
 """A hit refreshes its last-use time only when that is older than this: hits are not writes."""
 _MAINTAIN_EVERY_WRITES = 10_000
@@ -69,42 +38,6 @@ _LINGER_S = 0.25
 _SELECT_ONE = "SELECT answer, created_at, used_at FROM responses WHERE key = ?"
 _LOOKUP_CHUNK = 500
 """Keys per `SELECT ... IN (...)`: under SQLite's host-parameter limit on every build."""
-_BUSY_TIMEOUT_MS = 10_000
-_EVICT_ROUNDS = 8
-"""Eviction deletes by row count and checks the pages freed; a few rounds reach the target."""
-_EVICT_TO = 0.9
-"""Eviction frees space down to this share of `max_size_mb`, so it does not run on every write."""
-
-
-@dataclass(frozen=True, slots=True)
-class CachedAnswer:
-    """What a successful row needs from an answer; stored as JSON."""
-
-    content: str
-    finish_reason: str
-    model: str
-    """The model's wire name, as the endpoint reported it."""
-    input_tokens: int
-    output_tokens: int
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    created: int | None = None
-    """The response's own `created` time (unix seconds), when the endpoint gave one."""
-
-    @property
-    def is_cacheable(self) -> bool:
-        """A complete answer: a normal finish reason and some content."""
-        return self.finish_reason in CACHEABLE_FINISH_REASONS and self.content is not None
-
-
-def request_key(base_url: str, body: Mapping[str, Any]) -> bytes:
-    """The cache key of one request: a 16-byte (128-bit) blake2b of its canonical JSON.
-
-    `base_url` is the endpoint as configured (`simulator` stays `simulator`, not a loopback
-    port); `body` is the whole request body as sent, `model` and `messages` included.
-    """
-    canonical = _CANONICAL.encode([_KEY_VERSION, base_url.rstrip("/"), body])
-    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).digest()
 
 
 def default_cache_path() -> Path:
@@ -213,8 +146,8 @@ class ResponseCache:
                 "writable place, or run with --no-cache",
                 path=self.path,
             ) from None
-        self._reader = self._connect()
-        self._prepare_schema(self._reader)
+        self._reader = connect(self.path)
+        prepare(self._reader, self.path)
         self._maintain(self._reader)
         if self.write:
             self._writer = threading.Thread(
@@ -251,7 +184,7 @@ class ResponseCache:
             try:
                 row = reader.execute(_SELECT_ONE, (key,)).fetchone()
             except sqlite3.DatabaseError as exc:
-                raise self._unreadable(exc) from None
+                raise unreadable(self.path, exc) from None
             return self._settle(key, row, self._clock())
 
     def get_many(self, keys: Sequence[bytes]) -> list[CachedAnswer | None]:
@@ -275,7 +208,7 @@ class ResponseCache:
                     ):
                         found[key] = tuple(row)
             except sqlite3.DatabaseError as exc:
-                raise self._unreadable(exc) from None
+                raise unreadable(self.path, exc) from None
             return [self._settle(key, found.get(key), now) for key in keys]
 
     def _settle(
@@ -287,7 +220,7 @@ class ResponseCache:
         """
         answer = None
         if row is not None and now - row[1] < self.ttl_s:
-            answer = _decode(row[0])
+            answer = decode_answer(row[0])
         if answer is None or row is None:
             self.misses += 1
             return None
@@ -328,7 +261,9 @@ class ResponseCache:
         done = threading.Event()
         self._queue_touches()
         self._queue.put(done)
-        done.wait()
+        while not done.wait(1.0):
+            if not self._writer.is_alive():
+                raise CacheError("the response cache's writer stopped", path=self.path)
 
     def _queue_touches(self) -> None:
         with self._lock:
@@ -341,78 +276,9 @@ class ResponseCache:
             raise RuntimeError("the response cache is not open; use it in a `with` block")
         return self._reader
 
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            connection = sqlite3.connect(
-                self.path,
-                timeout=_BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,  # autocommit; transactions are explicit and short
-                check_same_thread=False,  # guarded by self._lock (reader) or owned by one thread
-            )
-            connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            connection.execute("PRAGMA synchronous = NORMAL")
-            # The hash index takes random inserts and lookups: keep its pages in memory, read the
-            # file through mmap, and checkpoint less often so a page rewritten by several
-            # batches is copied back once (bench_cache.py: about half the CPU per write).
-            connection.execute("PRAGMA cache_size = -32768")
-            connection.execute("PRAGMA mmap_size = 1073741824")
-            connection.execute("PRAGMA wal_autocheckpoint = 10000")
-        except sqlite3.DatabaseError as exc:
-            raise self._unreadable(exc) from None
-        if mode != "wal":
-            connection.close()
-            raise CacheError(
-                f"SQLite could not put the response cache in WAL mode (got {mode!r}); it "
-                "needs a local file system, not a network share: set cache.path elsewhere",
-                path=self.path,
-            )
-        return connection
-
-    def _prepare_schema(self, connection: sqlite3.Connection) -> None:
-        try:
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
-                raise CacheError(
-                    f"the response cache has format {version}, this batchroute reads format "
-                    f"{_SCHEMA_VERSION}; point cache.path elsewhere or delete the file",
-                    path=self.path,
-                )
-            if version == 0:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    connection.execute(
-                        # A rowid table with the hash as a unique index: answers are appended
-                        # in time order, and only the small index takes random inserts
-                        # (several times cheaper to write than the hash as the table's key).
-                        "CREATE TABLE IF NOT EXISTS responses (id INTEGER PRIMARY KEY, "
-                        "key BLOB NOT NULL UNIQUE, answer TEXT NOT NULL, "
-                        "created_at REAL NOT NULL, used_at REAL NOT NULL)"
-                    )
-                    connection.execute(
-                        "CREATE INDEX IF NOT EXISTS responses_used_at ON responses (used_at)"
-                    )
-                    connection.execute(
-                        "CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)"
-                    )
-                    connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                    connection.execute("COMMIT")
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
-        except sqlite3.DatabaseError as exc:
-            raise self._unreadable(exc) from None
-
-    def _unreadable(self, exc: sqlite3.DatabaseError) -> CacheError:
-        return CacheError(
-            f"the response cache cannot be used ({exc}); delete this file with its -wal and "
-            "-shm files to start an empty cache, set cache.path elsewhere, or run with --no-cache",
-            path=self.path,
-        )
-
     def _write_loop(self) -> None:
         """The writer thread: drain the queue, commit in batches, maintain now and then."""
-        connection = self._connect()
+        connection = connect(self.path)
         since_maintenance = 0
         try:
             while True:
@@ -421,7 +287,12 @@ class ResponseCache:
                 written = self._commit(connection, batch)
                 since_maintenance += written
                 if since_maintenance >= _MAINTAIN_EVERY_WRITES:
-                    self._maintain(connection)
+                    try:
+                        self._maintain(connection)
+                    except CacheError as exc:
+                        # The writer must live on, or flush() would wait forever; the next
+                        # open reports a damaged file to the user.
+                        logger.warning("response cache: upkeep failed: %s", exc)
                     since_maintenance = 0
                 for entry in batch:
                     if isinstance(entry, threading.Event):
@@ -464,7 +335,7 @@ class ResponseCache:
                     touched.extend((now, key) for key in entry[1])
                 else:
                     key, answer = entry
-                    rows.append((key, _encode(answer), now, now))
+                    rows.append((key, encode_answer(answer), now, now))
         if not rows and not touched:
             return 0
         for attempt in range(3):
@@ -483,10 +354,10 @@ class ResponseCache:
                 except BaseException:
                     connection.execute("ROLLBACK")
                     raise
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 # Busy past busy_timeout (another process holds a long write): try again, then
                 # give up on this batch. A lost write costs a request later, never a wrong answer.
-                if attempt == 2:
+                if attempt == 2 or not isinstance(exc, sqlite3.OperationalError):
                     self.write_errors += len(rows)
                     logger.warning(
                         "response cache %s: %d answers not stored (%s)", self.path, len(rows), exc
@@ -503,59 +374,14 @@ class ResponseCache:
         if not self.write:
             return
         try:
-            connection.execute(
-                "DELETE FROM responses WHERE created_at < ?", (self._clock() - self.ttl_s,)
+            _, evicted = evict(
+                connection,
+                created_before=self._clock() - self.ttl_s,
+                max_size_bytes=self.max_size_bytes,
             )
-            used = _used_bytes(connection)
-            if used <= self.max_size_bytes:
-                return
-            target = int(self.max_size_bytes * _EVICT_TO)
-            for _ in range(_EVICT_ROUNDS):
-                if used <= target:
-                    break
-                count = connection.execute("SELECT count(*) FROM responses").fetchone()[0]
-                if count == 0:
-                    break
-                # Free the share of rows that brings the store to the target, oldest use first.
-                victims = max(1, int(count * (used - target) / used) + 1)
-                self.evicted += connection.execute(
-                    "DELETE FROM responses WHERE id IN "
-                    "(SELECT id FROM responses ORDER BY used_at LIMIT ?)",
-                    (victims,),
-                ).rowcount
-                used = _used_bytes(connection)
         except sqlite3.OperationalError as exc:
-            logger.warning("response cache %s: maintenance skipped (%s)", self.path, exc)
+            logger.warning("response cache %s: upkeep skipped (%s)", self.path, exc)
+            return
         except sqlite3.DatabaseError as exc:
-            raise self._unreadable(exc) from None
-
-
-def _used_bytes(connection: sqlite3.Connection) -> int:
-    """The bytes in the file's pages in use; free pages are reused for new answers first."""
-    pages = connection.execute("PRAGMA page_count").fetchone()[0]
-    free = connection.execute("PRAGMA freelist_count").fetchone()[0]
-    size = connection.execute("PRAGMA page_size").fetchone()[0]
-    return int((pages - free) * size)
-
-
-def _encode(answer: CachedAnswer) -> str:
-    # Spelled out rather than dataclasses.asdict, which deep-copies and costs several times more.
-    fields = {
-        "content": answer.content,
-        "finish_reason": answer.finish_reason,
-        "model": answer.model,
-        "input_tokens": answer.input_tokens,
-        "output_tokens": answer.output_tokens,
-        "cached_tokens": answer.cached_tokens,
-        "reasoning_tokens": answer.reasoning_tokens,
-        "created": answer.created,
-    }
-    return _COMPACT.encode(fields)
-
-
-def _decode(text: str) -> CachedAnswer | None:
-    """An answer from its JSON; None (a miss) if the row is not one this version can read."""
-    try:
-        return CachedAnswer(**json.loads(text))
-    except (ValueError, TypeError):
-        return None
+            raise unreadable(self.path, exc) from None
+        self.evicted += evicted
