@@ -110,7 +110,10 @@ def test_any_changed_field_of_the_body_changes_the_key(change: Any) -> None:
 
 
 def test_a_deeply_nested_parameter_changes_the_key() -> None:
-    schema = {"type": "json_schema", "json_schema": {"schema": {"properties": {"a": {"x": 1}}}}}
+    schema: dict[str, Any] = {
+        "type": "json_schema",
+        "json_schema": {"schema": {"properties": {"a": {"x": 1}}}},
+    }
     changed = copy.deepcopy(schema)
     changed["json_schema"]["schema"]["properties"]["a"]["x"] = 2
     assert request_key(BASE_URL, _body(response_format=schema)) != request_key(
@@ -131,8 +134,8 @@ def test_the_key_ignores_key_order_but_not_the_endpoint() -> None:
     [
         _answer(finish_reason="length"),
         _answer(finish_reason="content_filter"),
-        _answer(finish_reason=None),  # type: ignore[arg-type]
-        _answer(content=None),  # type: ignore[arg-type]
+        _answer(finish_reason=None),
+        _answer(content=None),
     ],
     ids=["truncated", "filtered", "no-finish-reason", "no-content"],
 )
@@ -295,6 +298,20 @@ def test_two_processes_share_the_cache_safely(tmp_path: Path) -> None:
     with ResponseCache(path) as cache:
         answers = cache.get_many([request_key(BASE_URL, _body(seed=i)) for i in range(1500)])
     assert [a.content if a else None for a in answers] == [f"answer {i}" for i in range(1500)]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_flush_reports_a_dead_writer_instead_of_waiting_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: ResponseCache, connection: object, batch: object) -> int:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(ResponseCache, "_commit", broken)
+    with ResponseCache(tmp_path / "c.sqlite3") as cache:
+        cache.put(request_key(BASE_URL, _body()), _answer())
+        with pytest.raises(CacheError, match="writer stopped"):
+            cache.flush()
 
 
 def test_lookups_work_from_async_code(tmp_path: Path) -> None:
