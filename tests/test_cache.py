@@ -135,7 +135,7 @@ def test_the_key_ignores_key_order_but_not_the_endpoint() -> None:
         _answer(finish_reason="length"),
         _answer(finish_reason="content_filter"),
         _answer(finish_reason=None),
-        _answer(content=None),
+        _answer(content=None),  # type: ignore[arg-type]
     ],
     ids=["truncated", "filtered", "no-finish-reason", "no-content"],
 )
