@@ -346,6 +346,13 @@ def test_default_path_follows_xdg_cache_home(
     assert ResponseCache.from_config(CacheConfig()).path == default_cache_path()
 
 
+def test_a_relative_or_home_path_is_resolved(tmp_path: Path) -> None:
+    relative = ResponseCache.from_config(CacheConfig(path=Path("c/r.sqlite3")), base_dir=tmp_path)
+    assert relative.path == tmp_path / "c" / "r.sqlite3"
+    home = ResponseCache.from_config(CacheConfig(path=Path("~/r.sqlite3")), base_dir=tmp_path)
+    assert home.path == Path.home() / "r.sqlite3"
+
+
 def test_the_cache_section_is_validated_at_load(tmp_path: Path) -> None:
     job = {
         "name": "j",
