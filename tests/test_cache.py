@@ -319,7 +319,7 @@ def test_lookups_work_from_async_code(tmp_path: Path) -> None:
 
     async def main() -> list[CachedAnswer | None]:
         cache = ResponseCache(tmp_path / "c.sqlite3")
-        cache.open()
+        await cache.aopen()
         cache.put(key, _answer())
         cache.flush()
         found = await cache.aget_many([key, request_key(BASE_URL, _body(seed=1))])
@@ -333,6 +333,7 @@ def test_repr_shows_live_state(tmp_path: Path) -> None:
     with ResponseCache(tmp_path / "c.sqlite3") as cache:
         cache.get(request_key(BASE_URL, _body()))
         assert "misses: 1" in repr(cache) and "open" in repr(cache)
+        assert cache.stats["misses"] == 1 and cache.stats["hits"] == 0
         assert str(tmp_path) in repr(cache)
 
 

@@ -124,6 +124,18 @@ class ResponseCache:
             f"pending: {self._queue.qsize()}]>"
         )
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """The counts a run reports (run.json, the summary): hits, misses, writes and so on."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "writes": self.writes,
+            "refused": self.refused,
+            "evicted": self.evicted,
+            "write_errors": self.write_errors,
+        }
+
     def __enter__(self) -> ResponseCache:
         self.open()
         return self
@@ -169,6 +181,10 @@ class ResponseCache:
         if self.write:
             self._maintain(reader)
         reader.close()
+
+    async def aopen(self) -> None:
+        """`open` off the event loop: it may drop expired answers and evict."""
+        await anyio.to_thread.run_sync(self.open)
 
     async def aclose(self) -> None:
         """`close` off the event loop: it waits for the writer and may evict."""
