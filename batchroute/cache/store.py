@@ -63,8 +63,9 @@ class ResponseCache:
     """Answers by request key, in a SQLite file shared by every run on the machine.
 
     Open it with `with ResponseCache(...) as cache:` (or `open()`/`close()`; from async code,
-    `await cache.aopen()` and `await cache.aclose()`). `get`/`get_many` read at once; `put` queues the answer for the
-    writer thread, which commits in batches; `flush` waits until everything queued is committed.
+    `await cache.aopen()` and `await cache.aclose()`). `get`/`get_many` read at once; `put`
+    queues the answer for the writer thread, which commits in batches; `flush` waits until
+    everything queued is committed.
     """
 
     def __init__(
