@@ -26,6 +26,7 @@ __all__ = [
     "SIMULATOR_URL",
     "TIERS",
     "BudgetConfig",
+    "CacheConfig",
     "ClassifierConfig",
     "EndpointConfig",
     "InputConfig",
@@ -254,6 +255,21 @@ class RunConfig(_Section):
     """When stderr is not a terminal, how often a progress line is logged."""
 
 
+class CacheConfig(_Section):
+    """The response cache across runs and jobs (README: "Response cache")."""
+
+    path: Path | None = None
+    """The SQLite file; default `$XDG_CACHE_HOME/batchroute/responses.sqlite3` (or ~/.cache)."""
+    ttl_days: PositiveFloat = 30.0
+    """Answers older than this are sent again."""
+    read: bool = True
+    """Serve stored answers; `--refresh-cache` turns this off, `--no-cache` both."""
+    write: bool = True
+    """Store new complete answers."""
+    max_size_mb: PositiveFloat = 1024.0
+    """Past this, the least recently used answers are evicted."""
+
+
 class JobConfig(_Section):
     """A whole job file."""
 
@@ -271,6 +287,7 @@ class JobConfig(_Section):
     prices: PricesConfig = PricesConfig()
     output: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
+    cache: CacheConfig = CacheConfig()
     simulator: SimConfig = SimConfig()
 
     @model_validator(mode="before")

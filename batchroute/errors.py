@@ -8,6 +8,7 @@
     ├── RunAbortedError             the run cannot go on: bad key, every model gone (exit 4)
     ├── ClassifierModelError        a trained classifier file is missing or incompatible (exit 6)
     └── OutputError                 a run directory or report cannot be read or written (exit 7)
+        └── CacheError              the response cache file cannot be created or read
 
 Each error carries the fields that locate the problem and builds its message from them, so the
 message always says what failed, where, and what to do.
@@ -21,6 +22,7 @@ from batchroute.exitcodes import ExitCode
 
 __all__ = [
     "BatchrouteError",
+    "CacheError",
     "ClassifierModelError",
     "DatasetError",
     "JobError",
@@ -142,3 +144,7 @@ class OutputError(BatchrouteError):
     def __init__(self, message: str, *, path: Path | str) -> None:
         self.path = Path(path)
         super().__init__(f"{path}: {message}")
+
+
+class CacheError(OutputError):
+    """The response cache file cannot be created, opened or read (corrupt, locked, foreign)."""
