@@ -3,19 +3,18 @@
 The data flow is input → classify → dispatch → results → reports. The input is read in bounded
 batches; each batch is classified as a whole, rows already answered by an earlier session of the
 same run directory are dropped, and the rest are sent through the dispatcher with at most
-`run.max_in_flight` requests in flight. Finished rows are buffered and made durable as Parquet
-parts every `output.checkpoint_rows` rows or `output.checkpoint_seconds` seconds. A row keeps
-its in-flight slot until its part is written (half the slots waiting also triggers a flush), so
-requests in flight plus answers not yet durable never exceed `run.max_in_flight`: a crash at any
-instant re-buys at most that many rows. At the end the parts are assembled into results.parquet
-in input order and the reports are written.
+`run.max_in_flight` requests in flight. Each finished row goes to the session's journal
+(`store.journal`) in group commits: at once when the writer is idle, else at most every
+`output.commit_interval_ms`. A row keeps its in-flight slot until its commit is durable, so a
+crash at any instant re-buys at most the requests in flight plus the answers of the last commit
+interval. At the end the journal is compacted into Parquet parts, the parts are assembled into
+results.parquet in input order, and the reports are written.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
-import json
 import logging
 import os
 import signal
@@ -46,7 +45,9 @@ from batchroute.progress import Progress
 from batchroute.report import ReportSummary, write_reports
 from batchroute.schema import ErrorType, Status
 from batchroute.store.assembly import assemble_results
-from batchroute.store.checkpoint import CheckpointStore, row_keys
+from batchroute.store.checkpoint import completed_keys
+from batchroute.store.journal import Journal
+from batchroute.store.keys import row_keys, tier_contexts
 from batchroute.store.lock import RunLock
 from batchroute.store.manifest import RunManifest, read_manifest, write_manifest
 from batchroute.store.outcomes import OutcomeBuffer, skipped_results
@@ -151,11 +152,11 @@ class _Run:
         cap = options.max_cost_usd if options.max_cost_usd is not None else cfg.budget.max_cost_usd
         self.budget = Budget(cap)
         self.buffer = OutcomeBuffer(metadata_columns=self.metadata_columns)
-        self.store = CheckpointStore(
+        self.journal = Journal(
             run_dir,
             session=run_id,
-            flush_rows=cfg.output.checkpoint_rows,
-            flush_seconds=cfg.output.checkpoint_seconds,
+            metadata_columns=self.metadata_columns,
+            part_rows=cfg.output.checkpoint_rows,
         )
         self.forecast = ForecastAccumulator(job, prices)
         self.rejects: list[pl.DataFrame] = []
@@ -165,10 +166,9 @@ class _Run:
         self.sent_rows = 0
         self.reused_rows = 0
         self._undurable = 0
-        """Answered rows whose in-flight slot is held until their part is written."""
-        self._flush_undurable = max(1, cfg.run.max_in_flight // 2)
+        """Answered rows whose in-flight slot is held until their journal commit is durable."""
         self.started_at = datetime.now(UTC)
-        self._contexts: dict[str, str] = {tier: _tier_context(job, tier) for tier in cfg.tiers}
+        self._contexts = tier_contexts(cfg)
         self._requested = {tier: cfg.tier(tier).model for tier in cfg.tiers}
         self._float_rates = {  # USD per token, for the progress display only
             model: (
@@ -184,7 +184,7 @@ class _Run:
 
     def execute(self, batches: _BatchSource, classify: _Classify) -> RunSummary:
         previous = read_manifest(self.run_dir)
-        done = self.store.completed_keys(retry_failed=self.options.retry_failed)
+        done = completed_keys(self.run_dir, retry_failed=self.options.retry_failed)
         write_manifest(self.run_dir, self._manifest(previous, finished=False))
         base_urls: dict[str, str] = {}
         with ExitStack() as stack:
@@ -196,7 +196,7 @@ class _Run:
             with self.progress.live(run_id=self.run_id, total_rows=self.total_rows):
                 with _request_loop_gc():
                     anyio.run(self._dispatch_all, batches, classify, done, base_urls)
-        self.store.close()
+        self.journal.close()
         if self.hard_stop:
             summary = self._summary(counts={}, report=None)
             write_manifest(self.run_dir, self._manifest(previous, finished=True, summary=summary))
@@ -286,7 +286,7 @@ class _Run:
             row_keys(frame, context=self._contexts).alias("row_key"),
             pl.col("tier").replace_strict(self._requested, default=None).alias("model_requested"),
         )
-        self.store.add_index(frame.select("row_index", "row_key"))
+        self.journal.add_index(frame)
         self.forecast.add(frame)
         invalid = frame.filter(pl.col("invalid_reason").is_not_null())
         if invalid.height:
@@ -354,18 +354,14 @@ class _Run:
         except BaseException:
             self._slots.release()
             raise
-        # The slot is released by the flush that makes this answer durable (see `_flush`).
+        # The slot is released by the commit that makes this answer durable (see `_flush`).
         self._undurable += 1
         self.sent_rows += 1
         self.buffer.add(context, outcome)
         self.progress.finished(
             request.tier, status=outcome.status, cost_usd=self._cost_estimate(outcome)
         )
-        if (
-            len(self.buffer) >= self.job.config.output.checkpoint_rows
-            or self._undurable >= self._flush_undurable
-        ):
-            self._flush_wanted.set()
+        self._flush_wanted.set()
 
     def _interrupted(self, context: tuple[Any, ...], message: str) -> None:
         """Settle a row that holds a slot but will get no answer: the run was stopped."""
@@ -416,20 +412,26 @@ class _Run:
     # -- durability ---------------------------------------------------------------------------
 
     async def _flush_periodically(self) -> None:
-        interval = self.job.config.output.checkpoint_seconds
+        """Group commit: at once when the writer is idle, else at most once an interval.
+
+        Answers that arrive while a commit is being synced wait for the rest of the interval
+        and go out together in the next one, so one fsync serves many rows.
+        """
+        interval = self.job.config.output.commit_interval_ms / 1000
         while True:
-            with anyio.move_on_after(interval):
-                await self._flush_wanted.wait()
+            await self._flush_wanted.wait()
             self._flush_wanted = anyio.Event()
+            started = anyio.current_time()
             await self._flush()
+            await anyio.sleep(max(0.0, started + interval - anyio.current_time()))
 
     async def _flush(self) -> None:
         if len(self.buffer) == 0:
             return
         results, attempts = self.buffer.take()
         held, self._undurable = self._undurable, 0
-        with anyio.CancelScope(shield=True):  # a part is written whole or not at all
-            await anyio.to_thread.run_sync(self.store.write, results, attempts)
+        with anyio.CancelScope(shield=True):  # a commit is written whole or not at all
+            await anyio.to_thread.run_sync(self.journal.commit, results, attempts)
         for _ in range(held):
             self._slots.release()
 
@@ -528,15 +530,3 @@ def _request_loop_gc() -> Iterator[None]:
     finally:
         gc.set_threshold(*threshold)
         gc.unfreeze()
-
-
-def _tier_context(job: Job, tier: str) -> str:
-    """What, besides the row itself, determines a row's answer on this tier (for its key)."""
-    cfg = job.config
-    chain = cfg.chain(tier)
-    context = {
-        "chain": [cfg.api_model(model) for model in chain],
-        "base_urls": [cfg.endpoint_for(model).base_url for model in chain],
-        "request": cfg.tier_request(tier).body_fields(),
-    }
-    return json.dumps(context, sort_keys=True, separators=(",", ":"), default=str)

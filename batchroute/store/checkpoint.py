@@ -20,17 +20,15 @@ neither (see `CheckpointStore._flush_locked`). A row is identified across sessio
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
 import polars as pl
 
@@ -38,24 +36,17 @@ from batchroute.errors import OutputError
 from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA, Status
 from batchroute.store.rundir import PARTS_DIR, TMP_SUFFIX, atomic_file, fsync_dir, remove_tmp_files
 
-if TYPE_CHECKING:
-    from batchroute.config import JobConfig
-
 __all__ = [
     "INDEX_COLUMNS",
-    "KEY_VERSION",
     "CheckpointStore",
     "PartFile",
     "collect_parts",
-    "key_contexts",
+    "completed_keys",
     "list_parts",
+    "next_ordinal",
     "part_rows",
-    "row_keys",
     "scan_parts",
 ]
-
-KEY_VERSION: Final = "br1"
-"""Mixed into every row key; bump it only to invalidate every old answer on purpose."""
 
 INDEX_COLUMNS: Final = pl.Schema(
     {"row_index": pl.Int64, "row_key": pl.String, "id": pl.String, "line": pl.Int64}
@@ -66,8 +57,8 @@ PartKind = Literal["results", "attempts", "index"]
 _PART_NAME = re.compile(
     r"^(?P<kind>results|attempts|index)-(?P<ordinal>[0-9]+)-(?P<session>.+)-(?P<seq>[0-9]+)\.parquet$"
 )
+_ANY_ORDINAL = re.compile(r"^(?:results|attempts|index|journal)-(?P<ordinal>[0-9]+)-")
 _SESSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_NULL = "~"
 _INDEX_FLUSH_ROWS = 100_000  # index rows held before they are written without results
 
 
@@ -103,119 +94,35 @@ def list_parts(run_dir: Path, kind: PartKind) -> list[PartFile]:
     return sorted(parts)
 
 
-def key_contexts(config: JobConfig) -> dict[str, str]:
-    """For each tier, the canonical JSON of what besides the row decides its answer.
+def next_ordinal(run_dir: Path) -> int:
+    """The number of the next session of a run: one more than any part or journal's."""
+    directory = Path(run_dir) / PARTS_DIR
+    if not directory.is_dir():
+        return 1
+    numbers = [
+        int(match.group("ordinal"))
+        for entry in directory.iterdir()
+        if (match := _ANY_ORDINAL.match(entry.name)) is not None
+    ]
+    return max(numbers, default=0) + 1
 
-    That is the model chain (job names and the names sent on the wire), each model's endpoint
-    base URL, and the tier's merged request body fields. Headers, limits and prices change no
-    answer and are left out, so editing them re-buys nothing.
+
+def completed_keys(run_dir: Path, *, retry_failed: bool = True) -> pl.Series:
+    """The row keys earlier sessions settled: status ok, and failed too unless retrying.
+
+    Reads only the `row_key` and `status` columns of the result parts.
     """
-    contexts: dict[str, str] = {}
-    for tier in config.tiers:
-        chain = config.chain(tier)
-        spec = {
-            "chain": [
-                {
-                    "model": model,
-                    "api_model": config.api_model(model),
-                    "base_url": config.endpoint_for(model).base_url,
-                }
-                for model in chain
-            ],
-            "request": config.tier_request(tier).body_fields(),
-        }
-        contexts[tier] = _canonical_json(spec)
-    return contexts
-
-
-def _canonical_json(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def _encoded(expr: pl.Expr) -> pl.Expr:
-    """A string field as `<byte length>:<text>`, or `~:` for null: unambiguous when joined."""
-    # No when/then: inside list.eval it costs twice as much as fill_null.
-    return pl.concat_str(
-        [expr.str.len_bytes().cast(pl.String).fill_null(_NULL), pl.lit(":"), expr.fill_null("")]
+    settled = [Status.OK] if retry_failed else [Status.OK, Status.FAILED]
+    paths = [part.path for part in list_parts(run_dir, "results")]
+    if not paths:
+        return pl.Series("row_key", [], dtype=pl.String)
+    query = (
+        scan_parts(paths)
+        .select("row_key", "status")
+        .filter(pl.col("status").is_in(settled))
+        .select(pl.col("row_key").unique())
     )
-
-
-def _string_column(frame: pl.DataFrame, name: str) -> pl.Expr:
-    if name not in frame.columns:
-        return pl.lit(None, dtype=pl.String)
-    return pl.col(name).cast(pl.String)
-
-
-def _messages_expr(frame: pl.DataFrame) -> pl.Expr:
-    """The chat as `[<turns>:` followed by each turn's encoded role and content."""
-    if "messages" not in frame.columns:
-        return pl.lit("[" + _NULL + ":")
-    messages = pl.col("messages")
-    turns = messages.list.eval(
-        pl.concat_str(
-            [
-                _encoded(pl.element().struct.field("role")),
-                _encoded(pl.element().struct.field("content")),
-            ]
-        )
-    ).list.join("")
-    return pl.concat_str(
-        [
-            pl.lit("["),
-            messages.list.len().cast(pl.String).fill_null(_NULL),
-            pl.lit(":"),
-            turns.fill_null(""),
-        ]
-    )
-
-
-def row_keys(frame: pl.DataFrame, *, context: Mapping[str, str]) -> pl.Series:
-    """The identity of each row: 32 hex characters that change when its answer could.
-
-    The key is blake2b-128 over a length-prefixed serialisation of the row's id, system prompt,
-    prompt, chat messages (each role and content) and the digest of its tier's `context` (see
-    `key_contexts`). It is stable across processes, platforms and versions: it is built only
-    from the bytes of those fields, never from polars' own hashing, which is seeded per build.
-    `frame` needs `id` and `tier`; `prompt`, `system_prompt` and `messages` are used when
-    present. Every tier of a valid row must be in `context`; invalid rows (never sent) whose
-    tier has none get a key without a context.
-    """
-    missing = [name for name in ("id", "tier") if name not in frame.columns]
-    if missing:
-        raise ValueError(f"row_keys needs the columns {missing}; the frame has {frame.columns}")
-    valid = frame.filter(pl.col("invalid_reason").is_null()) if "invalid_reason" in frame else frame
-    tiers = valid.get_column("tier").drop_nulls().unique().to_list()
-    unknown = sorted(str(tier) for tier in tiers if tier not in context)
-    if unknown:
-        raise ValueError(f"row_keys has no context for the tiers {unknown}")
-    digests = {
-        tier: hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
-        for tier, text in context.items()
-    }
-    context_digest = (
-        pl.col("tier")
-        .cast(pl.String)
-        .replace_strict(list(digests), list(digests.values()), default=None, return_dtype=pl.String)
-    )
-    material = frame.select(
-        pl.concat_str(
-            [
-                pl.lit(KEY_VERSION + "|"),
-                _encoded(_string_column(frame, "id")),
-                _encoded(_string_column(frame, "system_prompt")),
-                _encoded(_string_column(frame, "prompt")),
-                _messages_expr(frame),
-                _encoded(context_digest),
-            ]
-        )
-        .cast(pl.Binary)
-        .alias("material")
-    ).to_series()
-    # A stable cryptographic hash has no polars expression, so this one step runs per row; the
-    # serialisation above is vectorised and the loop only hashes bytes (about 1 us a row).
-    blake2b = hashlib.blake2b
-    keys = [blake2b(data, digest_size=16).hexdigest() for data in material.to_list()]
-    return pl.Series("row_key", keys, dtype=pl.String)
+    return collect_parts(query, where=Path(run_dir) / PARTS_DIR).to_series()
 
 
 def _conform(frame: pl.DataFrame, schema: pl.Schema, *, keep_extra: bool) -> pl.DataFrame:
@@ -239,8 +146,9 @@ class CheckpointStore:
         session: str,
         flush_rows: int | None = 1000,
         flush_seconds: float | None = 5.0,
-        metadata_columns: Sequence[str] = (),
+        metadata_columns: Sequence[str] | None = (),
         clock: Callable[[], float] = time.monotonic,
+        ordinal: int | None = None,
     ) -> None:
         if not _SESSION.match(session):
             raise ValueError(f"a session id must be safe in a file name, not {session!r}")
@@ -249,7 +157,8 @@ class CheckpointStore:
         self.session = session
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
-        self.metadata_columns = tuple(metadata_columns)
+        self.metadata_columns = tuple(metadata_columns) if metadata_columns is not None else None
+        """The passthrough columns an index keeps; None keeps every column it is given."""
         self._clock = clock
         try:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
@@ -258,8 +167,7 @@ class CheckpointStore:
             raise OutputError(
                 f"cannot prepare the parts directory ({exc.strerror})", path=self.parts_dir
             ) from None
-        earlier = [p.ordinal for kind in ("results", "attempts", "index") for p in self._list(kind)]
-        self.ordinal = max(earlier, default=0) + 1
+        self.ordinal = ordinal if ordinal is not None else next_ordinal(self.run_dir)
         """This session's number in the run: parts of later sessions win."""
         self._lock = threading.Lock()
         self._results: list[pl.DataFrame] = []
@@ -274,25 +182,9 @@ class CheckpointStore:
         self.parts_written = 0
         self._closed = False
 
-    def _list(self, kind: PartKind) -> list[PartFile]:
-        return list_parts(self.run_dir, kind)
-
     def completed_keys(self, *, retry_failed: bool = True) -> pl.Series:
-        """The row keys earlier sessions settled: status ok, and failed too unless retrying.
-
-        Reads only the `row_key` and `status` columns of the result parts.
-        """
-        settled = [Status.OK] if retry_failed else [Status.OK, Status.FAILED]
-        paths = [part.path for part in self._list("results")]
-        if not paths:
-            return pl.Series("row_key", [], dtype=pl.String)
-        query = (
-            scan_parts(paths)
-            .select("row_key", "status")
-            .filter(pl.col("status").is_in(settled))
-            .select(pl.col("row_key").unique())
-        )
-        return collect_parts(query, where=self.parts_dir).to_series()
+        """The row keys earlier sessions settled (see `completed_keys`)."""
+        return completed_keys(self.run_dir, retry_failed=retry_failed)
 
     def add_index(self, frame: pl.DataFrame) -> None:
         """Record the rows this session read, once per input batch, in input order.
@@ -302,7 +194,11 @@ class CheckpointStore:
         only once the session ends), so this does no file I/O unless a lot of index is waiting:
         it is safe to call from the event loop.
         """
-        keep = [*INDEX_COLUMNS, *(c for c in self.metadata_columns if c in frame.columns)]
+        metadata = frame.columns if self.metadata_columns is None else self.metadata_columns
+        keep = [
+            *INDEX_COLUMNS,
+            *(c for c in metadata if c in frame.columns and c not in INDEX_COLUMNS),
+        ]
         index = _conform(
             frame.select([c for c in keep if c in frame.columns]), INDEX_COLUMNS, keep_extra=True
         )
