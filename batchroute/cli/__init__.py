@@ -30,6 +30,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("batchroute.cli.train", "train_command"),
     "eval-classifier": ("batchroute.cli.evaluate", "eval_classifier_command"),
     "calibrate": ("batchroute.cli.calibrate", "calibrate_command"),
+    "runs": ("batchroute.cli.runs", "runs_command"),
 }
 
 

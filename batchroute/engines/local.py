@@ -17,8 +17,8 @@ import functools
 import gc
 import logging
 import os
+import shutil
 import signal
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -49,9 +49,9 @@ from batchroute.store.checkpoint import completed_keys
 from batchroute.store.journal import Journal
 from batchroute.store.keys import row_keys, tier_contexts
 from batchroute.store.lock import RunLock
-from batchroute.store.manifest import RunManifest, read_manifest, write_manifest
+from batchroute.store.manifest import RunManifest, new_run_id, read_manifest, write_manifest
 from batchroute.store.outcomes import OutcomeBuffer, skipped_results
-from batchroute.store.rundir import atomic_file, resolve_run_dir
+from batchroute.store.rundir import PARTS_DIR, atomic_file, select_run_dir
 
 __all__ = ["RunOptions", "RunSummary", "run_job"]
 
@@ -71,6 +71,8 @@ class RunOptions:
     """What the command line may change about a run."""
 
     fresh: bool = False
+    run_dir: Path | None = None
+    """`--run-dir`: the run directory to use, instead of choosing one (see `select_run_dir`)."""
     limit: int | None = None
     max_cost_usd: Decimal | None = None
     retry_failed: bool = True
@@ -97,11 +99,12 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
     router = build_router(job)
     dataset = open_dataset(job)
     checked = dataset.check()  # file-level problems stop here, before a run dir exists
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     run_id_var.set(run_id)
-    run_dir = resolve_run_dir(job, fresh=options.fresh, now=datetime.now(UTC))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir, run_id=run_id) as lock:
+    choice = select_run_dir(job, run_dir=options.run_dir, fresh=options.fresh)
+    run_dir = choice.path
+    logger.info("%s %s: %s", "resuming" if choice.resumes else "starting", run_dir, choice.reason)
+    with _removed_unless_used(run_dir), RunLock(run_dir, run_id=run_id) as lock:
         run = _Run(
             job,
             options,
@@ -187,15 +190,22 @@ class _Run:
         done = completed_keys(self.run_dir, retry_failed=self.options.retry_failed)
         write_manifest(self.run_dir, self._manifest(previous, finished=False))
         base_urls: dict[str, str] = {}
-        with ExitStack() as stack:
-            if self._uses_simulator():
-                from batchroute.sim import EmbeddedSimulator
+        try:
+            with ExitStack() as stack:
+                if self._uses_simulator():
+                    from batchroute.sim import EmbeddedSimulator
 
-                sim = stack.enter_context(EmbeddedSimulator(self.job.config.simulator))
-                base_urls["simulator"] = sim.base_url
-            with self.progress.live(run_id=self.run_id, total_rows=self.total_rows):
-                with _request_loop_gc():
-                    anyio.run(self._dispatch_all, batches, classify, done, base_urls)
+                    sim = stack.enter_context(EmbeddedSimulator(self.job.config.simulator))
+                    base_urls["simulator"] = sim.base_url
+                with self.progress.live(run_id=self.run_id, total_rows=self.total_rows):
+                    with _request_loop_gc():
+                        anyio.run(self._dispatch_all, batches, classify, done, base_urls)
+        except BaseException:
+            self.journal.close()
+            if self.sent_rows == 0 and previous is not None:
+                # Nothing was sent (a missing key, a bad endpoint): the run is as it was.
+                write_manifest(self.run_dir, previous)
+            raise
         self.journal.close()
         if self.hard_stop:
             summary = self._summary(counts={}, report=None)
@@ -509,6 +519,23 @@ class _Run:
             reused_rows=self.reused_rows,
             pid=os.getpid(),
         )
+
+
+@contextmanager
+def _removed_unless_used(run_dir: Path) -> Iterator[None]:
+    """Create the run directory; remove it again if the session fails before any row settles.
+
+    A run that never started (a missing key variable, a refused lock, a bad endpoint) so leaves
+    nothing for `runs` or `report` to stumble on. A directory that existed is left alone.
+    """
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if created and not any((run_dir / PARTS_DIR).glob("results-*")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 @contextmanager
