@@ -45,24 +45,36 @@ def runs_command(job_file: Path | None, folder: Path) -> None:
         return
     table = Table(title=title)
     for column in ("run directory", "status", "last started", "rows", "ok", "failed", "cost $"):
-        table.add_column(column, justify="right" if column[0] in "rofc" else "left")
+        table.add_column(
+            column, justify="right" if column[0] in "rofc" else "left", no_wrap=column[0] == "r"
+        )
     table.add_column("sessions", justify="right")
     for run in runs:
         table.add_row(*_row(run))
     console.print(table)
     if nxt is not None:
         verb = "resumes" if nxt.resumes else "starts"
-        console.print(f"`batchroute run {job_file}` {verb} {nxt.path} ({nxt.reason})")
+        console.print(
+            f"`batchroute run {job_file}` {verb} {_shown(nxt.path)} ({nxt.reason})", soft_wrap=True
+        )
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it is below it (shorter to read)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _row(run: RunInfo) -> list[str]:
     manifest = run.manifest
     started = run.last_started.strftime("%Y-%m-%d %H:%M")
     if manifest is None:
-        return [str(run.path), run.status, started, "", "", "", "", ""]
+        return [_shown(run.path), run.status, started, "", "", "", "", ""]
     counts = manifest.counts
     return [
-        str(run.path),
+        _shown(run.path),
         run.status,
         started,
         str(sum(counts.values())) if counts else "",

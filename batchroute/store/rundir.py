@@ -119,8 +119,8 @@ def select_run_dir(
     3. Otherwise the newest unfinished run of the job (any directory the template matches at
        any date or time, and their `.N` siblings) is resumed, so a run interrupted at 23:50 is
        resumed at 00:10, and a run started with `--fresh` meanwhile cannot capture it.
-    4. With no unfinished run, the template for `now` is used (resuming it if a finished run is
-       there: nothing is bought twice).
+    4. With no unfinished run, the template for `now` is used: if it (or a `.N` sibling) holds
+       finished runs, the newest is resumed, so nothing is bought twice.
 
     With `fresh`, rules 2 to 4 give way to a new directory: the template for `now`, or its next
     free sibling `<dir>.N` when that holds a run. `now` defaults to the local time, which is
@@ -144,11 +144,11 @@ def select_run_dir(
         return RunDirChoice(
             newest.path, f"the newest unfinished run of {job.name} ({newest.status})", True
         )
-    siblings = _numbered_siblings(base)
-    latest = max((n for n, path in siblings.items() if holds_run(path)), default=None)
-    if latest is None:
+    held = [_run_info(path) for path in _numbered_siblings(base).values() if holds_run(path)]
+    if not held:
         return RunDirChoice(base, "a new run", resumes=False)
-    return RunDirChoice(siblings[latest], "today's finished run, reusing its answers", True)
+    newest = max(held, key=lambda run: run.last_started)
+    return RunDirChoice(newest.path, "the newest run for this date, reusing its answers", True)
 
 
 def resolve_run_dir(job: Job, *, fresh: bool = False, now: datetime | None = None) -> Path:
