@@ -1,6 +1,7 @@
-"""Durable progress: row identity keys, append-only Parquet parts, and what earlier sessions did.
+"""Parquet parts: the compacted, columnar form of a run's progress, and what earlier sessions did.
 
-A session appends three kinds of part to `<run_dir>/parts/`, each written atomically:
+A session's journal (`store.journal`) is compacted into three kinds of part in
+`<run_dir>/parts/`, each written atomically:
 
     results-<ordinal>-<session>-<seq>.parquet    result records (RESULT_SCHEMA, then metadata)
     attempts-<ordinal>-<session>-<seq>.parquet   attempt records (ATTEMPT_SCHEMA)
@@ -8,11 +9,11 @@ A session appends three kinds of part to `<run_dir>/parts/`, each written atomic
                                                  metadata of every row the session read
 
 `ordinal` numbers the sessions of a run (1, 2, ...), so file names sort in the order the
-records were made. Parts from a session that crashed are complete files and count like any
-other; a results part is committed before its attempts part, so a kill between the two loses
-neither (see `CheckpointStore._flush_locked`). A row is identified across sessions by its
-`row_key` (see `row_keys`): resume skips the keys an earlier session settled, and
-`results.assemble_results` joins the latest session's index to the best record of each key.
+records were made. A results part is committed before its attempts part, so a kill between the
+two loses neither (see `CheckpointStore._flush_locked`). A row is identified across sessions by
+its `row_key` (`store.keys`): resume skips the keys an earlier session settled
+(`completed_keys`), and `assembly.assemble_results` joins the latest session's index to the
+best record of each key.
 
 `add`, `write`, `flush` and `close` do blocking file I/O: call them outside the event loop
 (e.g. `anyio.to_thread`). `add_index` does none, short of a very large backlog.

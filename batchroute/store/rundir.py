@@ -1,10 +1,11 @@
-"""The run directory: where a run's files live, and how each file lands there atomically.
+"""The run directory: which one a session uses, where a run's files live, and atomic files.
 
 The job's `output.dir` is a template with the fields `{name}` (the job's name), `{date}`
-(YYYY-MM-DD) and `{time}` (HHMMSS), resolved against the job's base directory. Running the same
-job again resolves to the same directory and resumes it; `--fresh` picks a new sibling
-(`<dir>.2`, `<dir>.3`, ...) instead. Without `--fresh` the latest sibling that holds a run is
-resumed, so a run started with `--fresh` is the one a plain rerun continues.
+(YYYY-MM-DD) and `{time}` (HHMMSS), resolved against the job's base directory. Which directory
+a session uses is `select_run_dir`'s rule: `--run-dir`, else a pinned `output.dir` (no date or
+time in it), else the newest unfinished run of the job whatever its date, else the template for
+now; `--fresh` picks a new directory (`<dir>.2`, `<dir>.3`, ... when `<dir>` holds a run).
+`find_runs` lists a job's runs from their manifests.
 
 Every file in a run directory is written through `atomic_file`: to `<name>.tmp` in the same
 directory, fsynced, renamed over the final name, and the directory fsynced. A `kill -9` at any
