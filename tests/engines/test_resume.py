@@ -148,3 +148,17 @@ def test_run_dir_option_resumes_that_directory(make_job: JobFactory) -> None:
     code, _, err = run_cli("run", str(job), "--run-dir", "elsewhere", "--fresh")
     assert code == 2 and "exclude" in err
     assert os.path.isdir("elsewhere/parts")
+
+
+def test_a_changed_request_re_buys_the_rows_it_changes(make_job: JobFactory) -> None:
+    """The runner keys rows with their tier's context: what decides an answer, not just the row."""
+    rows = sample_rows(20)
+    job = make_job(rows)
+    assert run_cli("run", str(job))[0] == 0
+    first = pl.read_parquet("runs/t/results.parquet")
+    make_job(rows, request={"max_tokens": 64, "temperature": 0.5})
+    code, _, err = run_cli("run", str(job))
+    assert code == 0, err
+    assert _manifest("runs/t")["sessions"][-1]["sent_rows"] == 20
+    again = pl.read_parquet("runs/t/results.parquet")
+    assert not set(again["row_key"]) & set(first["row_key"])
