@@ -103,7 +103,7 @@ def _shuffled(frame: pl.DataFrame, *, seed: int) -> pl.DataFrame:
 def make_run(run_dir: Path, rows: int) -> None:
     """Write the parts of a two-session run with `rows` input rows."""
     crashed_at = int(rows * 0.6)
-    first = CheckpointStore(run_dir, session="s1", metadata_columns=["team"], flush_seconds=None)
+    first = CheckpointStore(run_dir, session="s1", metadata_columns=["team"])
     for start in range(0, crashed_at, BATCH):
         batch = pl.int_range(start, min(start + BATCH, crashed_at), eager=True, dtype=pl.Int64)
         first.add_index(_index(batch))
@@ -121,7 +121,7 @@ def make_run(run_dir: Path, rows: int) -> None:
             first.add(piece, _attempts(piece))
     first.close()
 
-    second = CheckpointStore(run_dir, session="s2", metadata_columns=["team"], flush_seconds=None)
+    second = CheckpointStore(run_dir, session="s2", metadata_columns=["team"])
     done_keys = second.completed_keys()
     for start in range(0, rows, BATCH):
         batch = pl.int_range(start, min(start + BATCH, rows), eager=True, dtype=pl.Int64)

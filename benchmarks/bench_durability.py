@@ -58,7 +58,7 @@ if sys.argv[1] == "off":
 
     def close(self, *, compact=True):  # the same parts, written in one go at the end
         store = CheckpointStore(self.run_dir, session=self.session, ordinal=self.ordinal,
-                                flush_rows=self.part_rows, flush_seconds=None,
+                                flush_rows=self.part_rows,
                                 metadata_columns=None)
         for index in self._index:
             store.add_index(index)

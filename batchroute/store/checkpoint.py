@@ -15,7 +15,7 @@ its `row_key` (`store.keys`): resume skips the keys an earlier session settled
 (`completed_keys`), and `assembly.assemble_results` joins the latest session's index to the
 best record of each key.
 
-`add`, `write`, `flush` and `close` do blocking file I/O: call them outside the event loop
+`add` and `close` do blocking file I/O: call them outside the event loop
 (e.g. `anyio.to_thread`). `add_index` does none, short of a very large backlog.
 """
 
@@ -24,8 +24,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -138,17 +137,15 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema, *, keep_extra: bool) -> pl.
 
 
 class CheckpointStore:
-    """The parts of one session: buffered in memory, flushed atomically every N rows or T s."""
+    """The parts of one session: buffered in memory, written atomically every `flush_rows` rows."""
 
     def __init__(
         self,
         run_dir: Path,
         *,
         session: str,
-        flush_rows: int | None = 1000,
-        flush_seconds: float | None = 5.0,
+        flush_rows: int = 1000,
         metadata_columns: Sequence[str] | None = (),
-        clock: Callable[[], float] = time.monotonic,
         ordinal: int | None = None,
     ) -> None:
         if not _SESSION.match(session):
@@ -157,10 +154,8 @@ class CheckpointStore:
         self.parts_dir = self.run_dir / PARTS_DIR
         self.session = session
         self.flush_rows = flush_rows
-        self.flush_seconds = flush_seconds
         self.metadata_columns = tuple(metadata_columns) if metadata_columns is not None else None
         """The passthrough columns an index keeps; None keeps every column it is given."""
-        self._clock = clock
         try:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
             _recover_parts(self.parts_dir)
@@ -177,7 +172,6 @@ class CheckpointStore:
         self._buffered_rows = 0
         self._index_rows = 0
         self._seq = 0
-        self._last_flush = clock()
         self.rows_written = 0
         """Result rows made durable by this session so far."""
         self.parts_written = 0
@@ -211,7 +205,7 @@ class CheckpointStore:
                 self._flush_locked()
 
     def add(self, results: pl.DataFrame, attempts: pl.DataFrame | None = None) -> None:
-        """Buffer settled rows and their attempts; flush a part when N rows or T s have passed."""
+        """Buffer settled rows and their attempts; write a part once `flush_rows` are buffered."""
         conformed = _conform(results, RESULT_SCHEMA, keep_extra=True)
         with self._lock:
             self._check_open()
@@ -228,25 +222,6 @@ class CheckpointStore:
             self._buffered_rows += results.height
         if attempts is not None and attempts.height:
             self._attempts.append(_conform(attempts, ATTEMPT_SCHEMA, keep_extra=False))
-
-    def write(self, results: pl.DataFrame, attempts: pl.DataFrame | None = None) -> None:
-        """Make these rows durable now, with whatever else is buffered (for callers that buffer
-        and time their own flushes)."""
-        with self._lock:
-            self._check_open()
-            self._add_locked(_conform(results, RESULT_SCHEMA, keep_extra=True), attempts)
-            self._flush_locked()
-
-    def flush_if_due(self) -> bool:
-        """Flush if N rows are buffered or T seconds passed since the last flush; call it from
-        a periodic tick so slow rows are made durable even when no new row arrives."""
-        with self._lock:
-            return self._flush_if_due_locked()
-
-    def flush(self) -> None:
-        """Write whatever is buffered as parts, now."""
-        with self._lock:
-            self._flush_locked()
 
     def close(self) -> None:
         """Flush what is buffered; the store takes no more rows."""
@@ -277,18 +252,9 @@ class CheckpointStore:
         if self._closed:
             raise RuntimeError("this CheckpointStore is closed")
 
-    def _flush_if_due_locked(self) -> bool:
-        if not (self._buffered_rows or self._attempts):
-            return False
-        rows_due = self.flush_rows is not None and self._buffered_rows >= self.flush_rows
-        time_due = (
-            self.flush_seconds is not None
-            and self._clock() - self._last_flush >= self.flush_seconds
-        )
-        if rows_due or time_due:
+    def _flush_if_due_locked(self) -> None:
+        if self._buffered_rows >= self.flush_rows:
             self._flush_locked()
-            return True
-        return False
 
     def _flush_locked(self) -> None:
         if not (self._results or self._attempts or self._index):
@@ -316,7 +282,6 @@ class CheckpointStore:
         self.rows_written += self._buffered_rows
         self._buffered_rows = 0
         self._index_rows = 0
-        self._last_flush = self._clock()
 
     def _part_path(self, kind: str) -> Path:
         return self.parts_dir / f"{kind}-{self.ordinal:04d}-{self.session}-{self._seq:06d}.parquet"

@@ -260,7 +260,6 @@ def compact_journal(path: Path, *, part_rows: int = 1000) -> int:
         session=match.group("session"),
         ordinal=int(match.group("ordinal")),
         flush_rows=part_rows,
-        flush_seconds=None,
         metadata_columns=None,
     )
     rows = 0

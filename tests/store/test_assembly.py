@@ -144,7 +144,7 @@ def test_many_shuffled_sessions_give_each_row_exactly_once_with_its_best_record(
     rank = {Status.OK: 2, Status.FAILED: 1}
     for n in range(1, 5):
         tag = f"s{n}"
-        store = CheckpointStore(tmp_path, session=tag, flush_rows=7, flush_seconds=None)
+        store = CheckpointStore(tmp_path, session=tag, flush_rows=7)
         done = set(store.completed_keys().to_list())
         store.add_index(_index(keys))
         todo = [(i, k) for i, k in enumerate(keys) if k not in done and rng.random() < 0.7]

@@ -25,7 +25,7 @@ def _records(keys: list[str], status: str, *, start: int = 0) -> pl.DataFrame:
 
 
 def test_store_flushes_a_part_every_n_rows(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, session="s1", flush_rows=3, flush_seconds=None)
+    store = CheckpointStore(tmp_path, session="s1", flush_rows=3)
     store.add(_records(["a", "b"], Status.OK))
     assert list_parts(tmp_path, "results") == []
     store.add(_records(["c"], Status.OK, start=2))
@@ -42,31 +42,17 @@ def test_store_flushes_a_part_every_n_rows(tmp_path: Path) -> None:
     assert store.rows_written == 4
 
 
-def test_store_flushes_after_t_seconds_on_the_next_add_or_tick(tmp_path: Path) -> None:
-    now = [100.0]
-    store = CheckpointStore(
-        tmp_path, session="s1", flush_rows=1000, flush_seconds=5, clock=lambda: now[0]
-    )
-    store.add(_records(["a"], Status.OK))
-    assert not store.flush_if_due()
-    now[0] += 5
-    assert store.flush_if_due()
-    assert len(list_parts(tmp_path, "results")) == 1
-    store.add(_records(["b"], Status.OK, start=1))
-    now[0] += 6
-    store.add(_records(["c"], Status.OK, start=2))  # time is checked on add
-    assert len(list_parts(tmp_path, "results")) == 2
-    assert "written: 3 rows in 2 parts" in repr(store)
-
-
-def test_write_makes_rows_durable_at_once(tmp_path: Path) -> None:
+def test_close_writes_what_is_buffered_with_its_attempts(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path, session="s1")
     attempts = pl.DataFrame({"row_key": ["a"], "row_index": [0], "model": ["m"]})
-    store.write(_records(["a"], Status.OK), attempts)
+    store.add(_records(["a"], Status.OK), attempts)
+    assert list_parts(tmp_path, "results") == []
+    with pytest.raises(ValueError, match="row_key"):
+        store.add(_records(["b"], Status.OK).with_columns(pl.lit(None).alias("row_key")))
+    store.close()
     assert len(list_parts(tmp_path, "results")) == 1
     assert pl.read_parquet(list_parts(tmp_path, "attempts")[0].path)["model"].to_list() == ["m"]
-    with pytest.raises(ValueError, match="row_key"):
-        store.write(_records(["b"], Status.OK).with_columns(pl.lit(None).alias("row_key")))
+    assert "written: 1 rows in 2 parts, closed" in repr(store)
 
 
 def test_completed_keys_reuse_ok_and_retry_failed_unless_told_not_to(tmp_path: Path) -> None:
@@ -137,11 +123,11 @@ def _kill(*args: object) -> None:
 def test_crash_after_results_commit_keeps_their_staged_attempts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = CheckpointStore(tmp_path, session="s1")
+    store = CheckpointStore(tmp_path, session="s1", flush_rows=1)
     attempts = pl.DataFrame({"row_key": ["a"], "row_index": [0], "model": ["m"]})
     monkeypatch.setattr(CheckpointStore, "_commit_staged", _kill)
     with pytest.raises(_Killed):
-        store.write(_records(["a"], Status.OK), attempts)
+        store.add(_records(["a"], Status.OK), attempts)
     monkeypatch.undo()
     assert list_parts(tmp_path, "attempts") == []  # staged only, as a .tmp
     resumed = CheckpointStore(tmp_path, session="s2")
@@ -154,11 +140,11 @@ def test_crash_after_results_commit_keeps_their_staged_attempts(
 def test_crash_before_results_commit_discards_the_staged_attempts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = CheckpointStore(tmp_path, session="s1")
+    store = CheckpointStore(tmp_path, session="s1", flush_rows=1)
     attempts = pl.DataFrame({"row_key": ["a"], "row_index": [0], "model": ["m"]})
     monkeypatch.setattr(CheckpointStore, "_write_part", _kill)
     with pytest.raises(_Killed):
-        store.write(_records(["a"], Status.OK), attempts)
+        store.add(_records(["a"], Status.OK), attempts)
     monkeypatch.undo()
     resumed = CheckpointStore(tmp_path, session="s2")
     assert resumed.completed_keys().to_list() == []  # the row is sent again...
@@ -167,7 +153,7 @@ def test_crash_before_results_commit_discards_the_staged_attempts(
 
 
 def test_index_waits_for_the_next_flush(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, session="s1", flush_rows=1, flush_seconds=0)
+    store = CheckpointStore(tmp_path, session="s1", flush_rows=1)
     store.add_index(pl.DataFrame({"row_index": [0], "row_key": ["a"]}))
     assert list_parts(tmp_path, "index") == []  # no file I/O on the event loop's thread
     store.add(_records(["a"], Status.OK))
