@@ -50,14 +50,14 @@ from batchroute.sim import SimConfig, SimulatorProcess
 _LAUNCH = """
 import os, sys
 if sys.argv[1] == "off":
-    from batchroute.store.checkpoint import CheckpointStore
+    from batchroute.store.parts import PartWriter
     from batchroute.store.journal import Journal
 
     def commit(self, results, attempts):  # held in memory: nothing encoded, written or synced
         self.__dict__.setdefault("held", []).append((results, attempts))
 
     def close(self, *, compact=True):  # the same parts, written in one go at the end
-        store = CheckpointStore(self.run_dir, session=self.session, ordinal=self.ordinal,
+        store = PartWriter(self.run_dir, session=self.session, ordinal=self.ordinal,
                                 flush_rows=self.part_rows,
                                 metadata_columns=None)
         for index in self._index:

@@ -45,12 +45,12 @@ from batchroute.progress import Progress
 from batchroute.report import ReportSummary, write_reports
 from batchroute.schema import ErrorType, Status
 from batchroute.store.assembly import assemble_results
-from batchroute.store.checkpoint import completed_keys
 from batchroute.store.journal import Journal
 from batchroute.store.keys import row_keys, tier_contexts
 from batchroute.store.lock import RunLock
 from batchroute.store.manifest import RunManifest, new_run_id, read_manifest, write_manifest
 from batchroute.store.outcomes import OutcomeBuffer, skipped_results
+from batchroute.store.parts import completed_keys
 from batchroute.store.rundir import PARTS_DIR, atomic_file, select_run_dir
 
 __all__ = ["RunOptions", "RunSummary", "run_job"]

@@ -36,7 +36,7 @@ from batchroute.errors import OutputError
 from batchroute.pricing.costs import failed_costs, price_attempts, price_results
 from batchroute.pricing.prices import PriceTable
 from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA, ErrorType, Status
-from batchroute.store.checkpoint import (
+from batchroute.store.parts import (
     INDEX_COLUMNS,
     collect_parts,
     list_parts,

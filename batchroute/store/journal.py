@@ -17,7 +17,7 @@ Reading stops at the first record that is short or fails its CRC: that is the to
 session killed mid-write (or a damaged byte), and it and everything after it are dropped, never
 misread. The rows in it were never durable, so they are sent again.
 
-A journal is compacted into Parquet parts (`checkpoint.CheckpointStore`) when its session
+A journal is compacted into Parquet parts (`parts.PartWriter`) when its session
 closes, or, after a crash, when the next session opens the run directory; then it is deleted.
 Compaction is idempotent: part names depend only on the journal's content, so a crash during it
 is repaired by compacting the same journal again.
@@ -39,7 +39,7 @@ from typing import Final
 import polars as pl
 
 from batchroute.errors import OutputError
-from batchroute.store.checkpoint import INDEX_COLUMNS, CheckpointStore, next_ordinal
+from batchroute.store.parts import INDEX_COLUMNS, PartWriter, next_ordinal
 from batchroute.store.rundir import PARTS_DIR, fsync_dir
 
 __all__ = [
@@ -255,7 +255,7 @@ def compact_journal(path: Path, *, part_rows: int = 1000) -> int:
     match = _NAME.match(path.name)
     if match is None:
         raise ValueError(f"not a journal file name: {path.name}")
-    store = CheckpointStore(
+    store = PartWriter(
         path.parent.parent,
         session=match.group("session"),
         ordinal=int(match.group("ordinal")),

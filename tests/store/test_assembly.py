@@ -12,8 +12,8 @@ from batchroute.errors import OutputError
 from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA, ErrorType, Status
 from batchroute.store import assembly as results
 from batchroute.store.assembly import assemble_results
-from batchroute.store.checkpoint import CheckpointStore, completed_keys
 from batchroute.store.journal import Journal
+from batchroute.store.parts import PartWriter, completed_keys
 
 
 def _index(keys: list[str], *, team: str = "data") -> pl.DataFrame:
@@ -102,7 +102,7 @@ def test_resume_reuses_ok_rows_and_resends_failed_ones(tmp_path: Path) -> None:
 def test_failed_rows_stay_failed_when_not_retried(tmp_path: Path) -> None:
     keys = ["a", "b"]
     _session(tmp_path, "s1", keys, {"a": "failed", "b": "ok"}, tag="one")
-    store = CheckpointStore(tmp_path, session="s2")
+    store = PartWriter(tmp_path, session="s2")
     assert sorted(store.completed_keys(retry_failed=False).to_list()) == ["a", "b"]
     store.add_index(_index(keys))
     store.close()
@@ -144,7 +144,7 @@ def test_many_shuffled_sessions_give_each_row_exactly_once_with_its_best_record(
     rank = {Status.OK: 2, Status.FAILED: 1}
     for n in range(1, 5):
         tag = f"s{n}"
-        store = CheckpointStore(tmp_path, session=tag, flush_rows=7)
+        store = PartWriter(tmp_path, session=tag, flush_rows=7)
         done = set(store.completed_keys().to_list())
         store.add_index(_index(keys))
         todo = [(i, k) for i, k in enumerate(keys) if k not in done and rng.random() < 0.7]

@@ -10,7 +10,6 @@ import polars as pl
 import pytest
 
 from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA, Status
-from batchroute.store.checkpoint import completed_keys, list_parts, next_ordinal
 from batchroute.store.journal import (
     INDEX,
     ROWS,
@@ -19,6 +18,7 @@ from batchroute.store.journal import (
     read_journal,
     recover_journals,
 )
+from batchroute.store.parts import completed_keys, list_parts, next_ordinal
 
 
 def _results(keys: list[str], *, status: str = Status.OK) -> pl.DataFrame:

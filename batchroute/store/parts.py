@@ -10,7 +10,7 @@ A session's journal (`store.journal`) is compacted into three kinds of part in
 
 `ordinal` numbers the sessions of a run (1, 2, ...), so file names sort in the order the
 records were made. A results part is committed before its attempts part, so a kill between the
-two loses neither (see `CheckpointStore._flush_locked`). A row is identified across sessions by
+two loses neither (see `PartWriter._flush_locked`). A row is identified across sessions by
 its `row_key` (`store.keys`): resume skips the keys an earlier session settled
 (`completed_keys`), and `assembly.assemble_results` joins the latest session's index to the
 best record of each key.
@@ -38,7 +38,7 @@ from batchroute.store.rundir import PARTS_DIR, TMP_SUFFIX, atomic_file, fsync_di
 
 __all__ = [
     "INDEX_COLUMNS",
-    "CheckpointStore",
+    "PartWriter",
     "PartFile",
     "collect_parts",
     "completed_keys",
@@ -136,7 +136,7 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema, *, keep_extra: bool) -> pl.
     return frame.select(columns)
 
 
-class CheckpointStore:
+class PartWriter:
     """The parts of one session: buffered in memory, written atomically every `flush_rows` rows."""
 
     def __init__(
@@ -230,7 +230,7 @@ class CheckpointStore:
                 self._flush_locked()
                 self._closed = True
 
-    def __enter__(self) -> CheckpointStore:
+    def __enter__(self) -> PartWriter:
         return self
 
     def __exit__(
@@ -243,14 +243,14 @@ class CheckpointStore:
 
     def __repr__(self) -> str:
         return (
-            f"<CheckpointStore {str(self.run_dir)!r} session {self.ordinal} ({self.session}) "
+            f"<PartWriter {str(self.run_dir)!r} session {self.ordinal} ({self.session}) "
             f"[buffered: {self._buffered_rows}, written: {self.rows_written} rows in "
             f"{self.parts_written} parts{', closed' if self._closed else ''}]>"
         )
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this CheckpointStore is closed")
+            raise RuntimeError("this PartWriter is closed")
 
     def _flush_if_due_locked(self) -> None:
         if self._buffered_rows >= self.flush_rows:
