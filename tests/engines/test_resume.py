@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,9 @@ def test_run_dir_option_resumes_that_directory(make_job: JobFactory) -> None:
     assert run_cli("run", str(job), "--run-dir", "elsewhere")[0] == 0
     assert not Path("runs").exists()
     assert run_cli("run", str(job), "--run-dir", "elsewhere")[0] == 0
-    assert _manifest("elsewhere")["sessions"][-1]["reused_rows"] == 10
+    manifest = _manifest("elsewhere")
+    assert manifest["sessions"][-1]["reused_rows"] == 10
+    assert re.fullmatch(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}", manifest["run_id"])  # new_run_id
     code, _, err = run_cli("run", str(job), "--run-dir", "elsewhere", "--fresh")
     assert code == 2 and "exclude" in err
     assert os.path.isdir("elsewhere/parts")
