@@ -158,10 +158,11 @@ def test_kill_9_at_half_rebuys_only_what_was_in_flight(tmp_path: Path) -> None:
 
     Each answer is journaled within a commit interval, so the rerun re-buys at most the 16
     requests in flight at the kill plus the answers of the last commit interval. Answers come in
-    waves of 16 (300 ms each), and an interval is far shorter than 300 ms, so that is at most one
-    wave: the bound is 2 x 16. Typically exactly 16 are re-bought (the wave the server had just
-    answered when the kill came); on a loaded machine, where the client lags its responses, up
-    to 31 were seen.
+    waves of 16 (300 ms each): on an idle machine exactly one wave (16) is re-bought, the one
+    the server had just answered when the kill came. On a loaded machine the client lags its
+    responses, so part of the wave before is not yet durable either: 19 to 31 were seen with a
+    load of 5 on 2 cores. The assertion allows three waves (48), which still fails the old
+    checkpointing by far: it re-bought 201 here, the issue 227.
     """
     config = SimConfig.model_validate(
         {"default": {"latency_ms": KILL_LATENCY_MS, "completion_tokens": "max_tokens"}}
@@ -190,11 +191,11 @@ def test_kill_9_at_half_rebuys_only_what_was_in_flight(tmp_path: Path) -> None:
         assert (results["status"] == "ok").all()
         rebought = good_answers(server) - KILL_ROWS
         print(f"kill -9 at half: {rebought} answers bought twice")  # noqa: T201 (the report)
-        assert 0 <= rebought <= 2 * KILL_CONCURRENCY
+        assert 0 <= rebought <= 3 * KILL_CONCURRENCY
         crashed, resumed = cron.manifest()["sessions"]
         assert crashed["ended_at"] is None  # the killed session never wrote its end
         assert resumed["reused_rows"] + resumed["sent_rows"] == KILL_ROWS
-        assert resumed["reused_rows"] >= KILL_ROWS // 2 - 2 * KILL_CONCURRENCY
+        assert resumed["reused_rows"] >= KILL_ROWS // 2 - 3 * KILL_CONCURRENCY
         assert not list((tmp_path / RUN_DIR).rglob("*.tmp"))
         assert not list((tmp_path / RUN_DIR / "parts").glob("journal-*"))  # compacted
 
