@@ -46,7 +46,7 @@ def runs_command(job_file: Path | None, folder: Path) -> None:
     table = Table(title=title)
     for column in ("run directory", "status", "last started", "rows", "ok", "failed", "cost $"):
         table.add_column(
-            column, justify="right" if column[0] in "rofc" else "left", no_wrap=column[0] == "r"
+            column, justify="right" if column[0] in "rofc" else "left", no_wrap=column[0] in "rs"
         )
     table.add_column("sessions", justify="right")
     for run in runs:

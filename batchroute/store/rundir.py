@@ -180,12 +180,12 @@ class RunInfo:
 
     @property
     def status(self) -> str:
-        """`running or crashed`, or how the last session ended (`ok`, `interrupted`, ...)."""
+        """`running/crashed`, or how the last session ended (`ok`, `interrupted`, ...)."""
         manifest = self.manifest
         if manifest is None:
             return "unreadable" if self.problem else "never started"
         if manifest.finished_at is None:
-            return "running or crashed"
+            return "running/crashed"
         return manifest.exit_status or "unknown"
 
     @property

@@ -165,3 +165,17 @@ def test_a_changed_request_re_buys_the_rows_it_changes(make_job: JobFactory) -> 
     assert _manifest("runs/t")["sessions"][-1]["sent_rows"] == 20
     again = pl.read_parquet("runs/t/results.parquet")
     assert not set(again["row_key"]) & set(first["row_key"])
+
+
+def test_runs_lists_every_run_below_a_folder_with_its_status(make_job: JobFactory) -> None:
+    job = make_job(sample_rows(6))
+    assert run_cli("run", str(job))[0] == 0
+    assert run_cli("run", str(job), "--fresh", "--limit", "2")[0] == 0
+    manifest = _manifest("runs/t.2") | {"finished_at": None, "exit_code": None}
+    Path("runs/t.2/run.json").write_text(json.dumps(manifest))  # as if it had crashed
+    code, out, _ = run_cli("runs")
+    assert code == 0, out
+    lines = [line for line in out.splitlines() if "runs/t" in line]
+    assert len(lines) == 2
+    assert "ok" in lines[0] and "6" in lines[0]
+    assert "crashed" in lines[1]
