@@ -239,7 +239,9 @@ class OutputConfig(_Section):
     dir: str = "runs/{name}/{date}"
     """A template; fields: {name} (the job's name), {date} (YYYY-MM-DD), {time} (HHMMSS)."""
     checkpoint_rows: PositiveInt = 1000
-    checkpoint_seconds: PositiveFloat = 5.0
+    """Rows per Parquet part when a session's journal is compacted."""
+    commit_interval_ms: PositiveFloat = 25.0
+    """Group commit: answers wait at most this long to be made durable together (fsync)."""
 
 
 class RunConfig(_Section):

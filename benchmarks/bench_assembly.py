@@ -3,7 +3,7 @@
 Each size gets a run directory shaped like a resumed cron run: session 1 answered the first 60%
 of the rows (5% of them failed) and was killed; session 2 read every row again, re-sent the
 failed ones and finished the rest, its completions shuffled within a window of 512 as
-concurrency leaves them. The parts are written through `CheckpointStore` (1,000 rows a part).
+concurrency leaves them. The parts are written through `PartWriter` (1,000 rows a part).
 Then `assemble_results` runs in a fresh subprocess per size, which reports its own peak RSS.
 
     python benchmarks/bench_assembly.py [--rows 1000000] [--small 100000] [--keep DIR]
@@ -27,7 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from batchroute.schema import RESULT_SCHEMA, Status
-from batchroute.store.checkpoint import CheckpointStore
+from batchroute.store.parts import PartWriter
 
 BATCH = 10_000
 WINDOW = 512
@@ -103,7 +103,7 @@ def _shuffled(frame: pl.DataFrame, *, seed: int) -> pl.DataFrame:
 def make_run(run_dir: Path, rows: int) -> None:
     """Write the parts of a two-session run with `rows` input rows."""
     crashed_at = int(rows * 0.6)
-    first = CheckpointStore(run_dir, session="s1", metadata_columns=["team"], flush_seconds=None)
+    first = PartWriter(run_dir, session="s1", metadata_columns=["team"])
     for start in range(0, crashed_at, BATCH):
         batch = pl.int_range(start, min(start + BATCH, crashed_at), eager=True, dtype=pl.Int64)
         first.add_index(_index(batch))
@@ -121,7 +121,7 @@ def make_run(run_dir: Path, rows: int) -> None:
             first.add(piece, _attempts(piece))
     first.close()
 
-    second = CheckpointStore(run_dir, session="s2", metadata_columns=["team"], flush_seconds=None)
+    second = PartWriter(run_dir, session="s2", metadata_columns=["team"])
     done_keys = second.completed_keys()
     for start in range(0, rows, BATCH):
         batch = pl.int_range(start, min(start + BATCH, rows), eager=True, dtype=pl.Int64)

@@ -63,7 +63,7 @@ def job_dict(input_path: Path, **overrides: Any) -> dict[str, Any]:
             "small": {"input_per_mtok": 0.27, "output_per_mtok": 1.1, "fallback": "mid"},
         },
         "baseline_model": "mid",
-        "output": {"dir": "runs/{name}", "checkpoint_rows": 20, "checkpoint_seconds": 0.5},
+        "output": {"dir": "runs/{name}", "checkpoint_rows": 20},
         "retry": {"backoff_initial_s": 0.01, "backoff_max_s": 0.05},
     }
     for key, value in overrides.items():

@@ -140,32 +140,64 @@ def ids(count: int) -> list[str]:
     return [f"r{i:04d}" for i in range(count)]
 
 
-def test_kill_9_midway_then_rerun_answers_every_row_exactly_once(
-    cron: Cron, sim: SimulatorProcess
-) -> None:
-    """A crash pays twice for at most the requests that were in flight."""
-    cron.write_job(sample_rows(ROWS), max_in_flight=SLOW_IN_FLIGHT)
-    first = cron.start()
-    parts = cron.directory / RUN_DIR / "parts"
-    wait_until(lambda: sent(sim) >= ROWS // 2 and any(parts.glob("results-*.parquet")), proc=first)
-    first.send_signal(signal.SIGKILL)
-    assert cron.finish(first)[0] == -signal.SIGKILL
-    paid_before = sent(sim)
-    assert paid_before < ROWS
+KILL_ROWS = 400
+KILL_CONCURRENCY = 16
+KILL_LATENCY_MS = 300
+COMMIT_INTERVAL_MS = 25
 
-    code, _, err = cron.run()
-    assert code == ExitCode.OK, err
-    results = cron.results()
-    assert results["id"].to_list() == ids(ROWS)  # every row, once, in input order
-    assert (results["status"] == "ok").all()
-    assert sent(sim) <= ROWS + SLOW_IN_FLIGHT
-    manifest = cron.manifest()
-    crashed, resumed = manifest["sessions"]
-    assert crashed["ended_at"] is None  # the killed session never wrote its end
-    assert resumed["reused_rows"] > 0  # checkpointed answers were not bought again
-    assert resumed["reused_rows"] + resumed["sent_rows"] == ROWS
-    assert sent(sim) - paid_before == resumed["sent_rows"]
-    assert not list((cron.directory / RUN_DIR).rglob("*.tmp"))
+
+def good_answers(sim: SimulatorProcess) -> int:
+    """Chat completions the server answered with a 200: what was paid for."""
+    requests: dict[str, dict[str, int]] = sim.stats()["requests"]
+    return sum(outcomes.get("200", 0) for outcomes in requests.values())
+
+
+@pytest.mark.slow
+def test_kill_9_at_half_rebuys_only_what_was_in_flight(tmp_path: Path) -> None:
+    """Issue 14: 400 rows, 16 at a time, 300 ms each; kill -9 at 200 answers, then rerun.
+
+    Each answer is journaled within a commit interval, so the rerun re-buys at most the 16
+    requests in flight at the kill plus the answers of the last commit interval. Answers come in
+    waves of 16 (300 ms each): on an idle machine exactly one wave (16) is re-bought, the one
+    the server had just answered when the kill came. On a loaded machine the client lags its
+    responses, so part of the wave before is not yet durable either: 19 to 31 were seen with a
+    load of 5 on 2 cores. The assertion allows three waves (48), which still fails the old
+    checkpointing by far: it re-bought 201 here, the issue 227.
+    """
+    config = SimConfig.model_validate(
+        {"default": {"latency_ms": KILL_LATENCY_MS, "completion_tokens": "max_tokens"}}
+    )
+    with SimulatorProcess(config) as server:
+        cron = Cron(tmp_path, server.base_url)
+        job = cron.write_job(
+            sample_rows(KILL_ROWS),
+            max_in_flight=512,
+            output={"dir": "runs/{name}", "commit_interval_ms": COMMIT_INTERVAL_MS},
+        )
+        spec = yaml.safe_load(job.read_text())
+        spec["tiers"] = dict.fromkeys(spec["tiers"], "mid")  # one model, 16 at a time
+        spec["models"]["mid"] |= {"max_concurrency": KILL_CONCURRENCY, "fallback": None}
+        job.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+        first = cron.start()
+        wait_until(lambda: good_answers(server) >= KILL_ROWS // 2, proc=first)
+        first.send_signal(signal.SIGKILL)
+        assert cron.finish(first)[0] == -signal.SIGKILL
+        assert list((tmp_path / RUN_DIR / "parts").glob("journal-*.log"))  # not yet compacted
+        code, _, err = cron.run()
+        assert code == ExitCode.OK, err
+        results = cron.results()
+        assert results["id"].to_list() == ids(KILL_ROWS)  # every row, once, in input order
+        assert (results["status"] == "ok").all()
+        rebought = good_answers(server) - KILL_ROWS
+        print(f"kill -9 at half: {rebought} answers bought twice")  # noqa: T201 (the report)
+        assert 0 <= rebought <= 3 * KILL_CONCURRENCY
+        crashed, resumed = cron.manifest()["sessions"]
+        assert crashed["ended_at"] is None  # the killed session never wrote its end
+        assert resumed["reused_rows"] + resumed["sent_rows"] == KILL_ROWS
+        assert resumed["reused_rows"] >= KILL_ROWS // 2 - 3 * KILL_CONCURRENCY
+        assert not list((tmp_path / RUN_DIR).rglob("*.tmp"))
+        assert not list((tmp_path / RUN_DIR / "parts").glob("journal-*"))  # compacted
 
 
 def test_sigterm_stops_cleanly_then_rerun_sends_only_unanswered_rows(
@@ -359,6 +391,7 @@ def test_fresh_starts_a_new_run_directory(cron: Cron, sim: SimulatorProcess) -> 
     assert cron.results(fresh_dir)["id"].to_list() == ids(40)
     assert len(cron.manifest(fresh_dir)["sessions"]) == 1
     assert cron.manifest() == first_manifest  # the old run was left alone
-    assert cron.run()[0] == ExitCode.OK  # a plain rerun now resumes the fresh directory
+    assert cron.run()[0] == ExitCode.OK  # output.dir is pinned: a plain rerun resumes it
     assert sent(sim) == 80
-    assert len(cron.manifest(fresh_dir)["sessions"]) == 2
+    assert len(cron.manifest()["sessions"]) == 2
+    assert len(cron.manifest(fresh_dir)["sessions"]) == 1

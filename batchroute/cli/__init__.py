@@ -34,6 +34,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("batchroute.cli.calibrate", "calibrate_command"),
     "init": ("batchroute.cli.init", "init_command"),
     "failures": ("batchroute.cli.failures", "failures_command"),
+    "runs": ("batchroute.cli.runs", "runs_command"),
 }
 
 

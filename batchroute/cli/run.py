@@ -27,6 +27,11 @@ __all__ = ["run_command"]
     "--fresh", is_flag=True, help="Start over in a new run directory instead of resuming."
 )
 @click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Use (and resume) this run directory instead of choosing one from output.dir.",
+)
+@click.option(
     "--max-cost",
     type=click.FloatRange(min=0, min_open=True),
     help="Stop sending once this many USD are spent or reserved (overrides budget.max_cost_usd).",
@@ -54,6 +59,7 @@ def run_command(
     job_file: Path,
     limit: int | None,
     fresh: bool,
+    run_dir: Path | None,
     max_cost: float | None,
     keep_failed: bool,
     dry_run: bool,
@@ -62,10 +68,15 @@ def run_command(
 ) -> None:
     """Run JOB_FILE: classify every row, send it to its tier's model, write results and reports.
 
-    Running the same job again on the same run directory resumes it: rows already answered are
-    not sent again. Exit codes: 0 ok, 1 some rows failed, 3 budget cap hit, 4 aborted,
-    5 interrupted, 6 bad job or input, 7 output error.
+    Running the job again resumes its newest unfinished run (whatever its date), or the run
+    directory --run-dir names: rows already answered are not sent again. --fresh starts a new
+    run. Exit codes: 0 ok, 1 some rows failed, 3 budget cap hit, 4 aborted, 5 interrupted,
+    6 bad job or input, 7 output error.
     """
+    if fresh and run_dir is not None:
+        raise click.UsageError(
+            "--fresh and --run-dir exclude each other: a named directory resumes"
+        )
     json_logs = log_format == "json"
     # A JSON log has no tables to drop: --quiet drops its progress events, never the run's end.
     configure_logging(log_format="json" if json_logs else "text", quiet=quiet and not json_logs)
@@ -80,6 +91,7 @@ def run_command(
         sys.exit(int(ExitCode.OK if fine else ExitCode.SOME_FAILED))
     options = RunOptions(
         fresh=fresh,
+        run_dir=run_dir,
         limit=limit,
         max_cost_usd=Decimal(str(max_cost)) if max_cost is not None else None,
         retry_failed=not keep_failed,

@@ -3,24 +3,23 @@
 The data flow is input → classify → dispatch → results → reports. The input is read in bounded
 batches; each batch is classified as a whole, rows already answered by an earlier session of the
 same run directory are dropped, and the rest are sent through the dispatcher with at most
-`run.max_in_flight` requests in flight. Finished rows are buffered and made durable as Parquet
-parts every `output.checkpoint_rows` rows or `output.checkpoint_seconds` seconds. A row keeps
-its in-flight slot until its part is written (half the slots waiting also triggers a flush), so
-requests in flight plus answers not yet durable never exceed `run.max_in_flight`: a crash at any
-instant re-buys at most that many rows. At the end the parts are assembled into results.parquet
-in input order and the reports are written.
+`run.max_in_flight` requests in flight. Each finished row goes to the session's journal
+(`store.journal`) in group commits: at once when the writer is idle, else at most every
+`output.commit_interval_ms`. A row keeps its in-flight slot until its commit is durable, so a
+crash at any instant re-buys at most the requests in flight plus the answers of the last commit
+interval. At the end the journal is compacted into Parquet parts, the parts are assembled into
+results.parquet in input order, and the reports are written.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
-import json
 import logging
 import os
+import shutil
 import signal
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -50,11 +49,13 @@ from batchroute.report import ReportSummary, write_reports
 from batchroute.report.terminal import forecast_overrun
 from batchroute.schema import ErrorType, Status
 from batchroute.store.assembly import assemble_results
-from batchroute.store.checkpoint import CheckpointStore, row_keys
+from batchroute.store.journal import Journal
+from batchroute.store.keys import row_keys, tier_contexts
 from batchroute.store.lock import RunLock
-from batchroute.store.manifest import RunManifest, read_manifest, write_manifest
+from batchroute.store.manifest import RunManifest, new_run_id, read_manifest, write_manifest
 from batchroute.store.outcomes import OutcomeBuffer, skipped_results
-from batchroute.store.rundir import atomic_file, resolve_run_dir
+from batchroute.store.parts import completed_keys
+from batchroute.store.rundir import PARTS_DIR, atomic_file, select_run_dir
 
 __all__ = ["RunOptions", "RunSummary", "run_job"]
 
@@ -74,6 +75,8 @@ class RunOptions:
     """What the command line may change about a run."""
 
     fresh: bool = False
+    run_dir: Path | None = None
+    """`--run-dir`: the run directory to use, instead of choosing one (see `select_run_dir`)."""
     limit: int | None = None
     max_cost_usd: Decimal | None = None
     retry_failed: bool = True
@@ -103,17 +106,11 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
     dataset = open_dataset(job)
     checked = dataset.check()  # file-level problems stop here, before a run dir exists
     job.check_api_keys()
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     run_id_var.set(run_id)
-    run_dir = resolve_run_dir(job, fresh=options.fresh, now=datetime.now(UTC))
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot create the run directory ({exc.strerror}); check output.dir in the job",
-            path=run_dir,
-        ) from None
-    with RunLock(run_dir, run_id=run_id) as lock:
+    choice = select_run_dir(job, run_dir=options.run_dir, fresh=options.fresh)
+    run_dir = choice.path
+    with _removed_unless_used(run_dir), RunLock(run_dir, run_id=run_id) as lock:
         run = _Run(
             job,
             options,
@@ -127,8 +124,11 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
         log_event(
             logger,
             "run_started",
-            f"run {run_id}: {run.total_rows} rows from {source} -> {run_dir}",
+            f"run {run_id}: {run.total_rows} rows from {source} -> {run_dir} "
+            f"({'resuming' if choice.resumes else 'starting'}: {choice.reason})",
             job=job.config.name,
+            resumes=choice.resumes,
+            run_dir_reason=choice.reason,
             job_path=str(job.path),
             input=str(source),
             rows=run.total_rows,
@@ -212,11 +212,11 @@ class _Run:
         cap = options.max_cost_usd if options.max_cost_usd is not None else cfg.budget.max_cost_usd
         self.budget = Budget(cap)
         self.buffer = OutcomeBuffer(metadata_columns=self.metadata_columns)
-        self.store = CheckpointStore(
+        self.journal = Journal(
             run_dir,
             session=run_id,
-            flush_rows=cfg.output.checkpoint_rows,
-            flush_seconds=cfg.output.checkpoint_seconds,
+            metadata_columns=self.metadata_columns,
+            part_rows=cfg.output.checkpoint_rows,
         )
         self.forecast = ForecastAccumulator(job, prices)
         self.rejects: list[pl.DataFrame] = []
@@ -226,10 +226,9 @@ class _Run:
         self.sent_rows = 0
         self.reused_rows = 0
         self._undurable = 0
-        """Answered rows whose in-flight slot is held until their part is written."""
-        self._flush_undurable = max(1, cfg.run.max_in_flight // 2)
+        """Answered rows whose in-flight slot is held until their journal commit is durable."""
         self.started_at = datetime.now(UTC)
-        self._contexts: dict[str, str] = {tier: _tier_context(job, tier) for tier in cfg.tiers}
+        self._contexts = tier_contexts(cfg)
         self._requested = {tier: cfg.tier(tier).model for tier in cfg.tiers}
         self._float_rates = {  # for the progress display only
             model: FloatRates.of(price)
@@ -241,19 +240,26 @@ class _Run:
 
     def execute(self, batches: _BatchSource, classify: _Classify) -> RunSummary:
         previous = read_manifest(self.run_dir)
-        done = self.store.completed_keys(retry_failed=self.options.retry_failed)
+        done = completed_keys(self.run_dir, retry_failed=self.options.retry_failed)
         write_manifest(self.run_dir, self._manifest(previous, finished=False))
         base_urls: dict[str, str] = {}
-        with ExitStack() as stack:
-            if self._uses_simulator():
-                from batchroute.sim import EmbeddedSimulator
+        try:
+            with ExitStack() as stack:
+                if self._uses_simulator():
+                    from batchroute.sim import EmbeddedSimulator
 
-                sim = stack.enter_context(EmbeddedSimulator(self.job.config.simulator))
-                base_urls["simulator"] = sim.base_url
-            with self.progress.live(run_id=self.run_id, total_rows=self.total_rows):
-                with _request_loop_gc():
-                    anyio.run(self._dispatch_all, batches, classify, done, base_urls)
-        self.store.close()
+                    sim = stack.enter_context(EmbeddedSimulator(self.job.config.simulator))
+                    base_urls["simulator"] = sim.base_url
+                with self.progress.live(run_id=self.run_id, total_rows=self.total_rows):
+                    with _request_loop_gc():
+                        anyio.run(self._dispatch_all, batches, classify, done, base_urls)
+        except BaseException:
+            self.journal.close()
+            if self.sent_rows == 0 and previous is not None:
+                # Nothing was sent (a missing key, a bad endpoint): the run is as it was.
+                write_manifest(self.run_dir, previous)
+            raise
+        self.journal.close()
         if self.hard_stop:
             summary = self._summary(counts={}, report=None)
             write_manifest(self.run_dir, self._manifest(previous, finished=True, summary=summary))
@@ -351,7 +357,7 @@ class _Run:
             row_keys(frame, context=self._contexts).alias("row_key"),
             pl.col("tier").replace_strict(self._requested, default=None).alias("model_requested"),
         )
-        self.store.add_index(frame.select("row_index", "row_key"))
+        self.journal.add_index(frame)
         self.forecast.add(frame)
         forecast = forecast_totals(self.forecast.frame()).cost_usd
         self.progress.forecast_usd = None if forecast is None else float(forecast)
@@ -421,7 +427,7 @@ class _Run:
         except BaseException:
             self._slots.release()
             raise
-        # The slot is released by the flush that makes this answer durable (see `_flush`).
+        # The slot is released by the commit that makes this answer durable (see `_flush`).
         self._undurable += 1
         if outcome.attempts:  # a row refused by the budget or an abort was never sent
             self.sent_rows += 1
@@ -432,11 +438,7 @@ class _Run:
             cost_usd=self._cost_estimate(outcome),
             attempts=outcome.attempt_records,
         )
-        if (
-            len(self.buffer) >= self.job.config.output.checkpoint_rows
-            or self._undurable >= self._flush_undurable
-        ):
-            self._flush_wanted.set()
+        self._flush_wanted.set()
 
     def _interrupted(self, context: tuple[Any, ...], message: str) -> None:
         """Settle a row that holds a slot but will get no answer: the run was stopped."""
@@ -490,20 +492,26 @@ class _Run:
     # -- durability ---------------------------------------------------------------------------
 
     async def _flush_periodically(self) -> None:
-        interval = self.job.config.output.checkpoint_seconds
+        """Group commit: at once when the writer is idle, else at most once an interval.
+
+        Answers that arrive while a commit is being synced wait for the rest of the interval
+        and go out together in the next one, so one fsync serves many rows.
+        """
+        interval = self.job.config.output.commit_interval_ms / 1000
         while True:
-            with anyio.move_on_after(interval):
-                await self._flush_wanted.wait()
+            await self._flush_wanted.wait()
             self._flush_wanted = anyio.Event()
+            started = anyio.current_time()
             await self._flush()
+            await anyio.sleep(max(0.0, started + interval - anyio.current_time()))
 
     async def _flush(self) -> None:
         if len(self.buffer) == 0:
             return
         results, attempts = self.buffer.take()
         held, self._undurable = self._undurable, 0
-        with anyio.CancelScope(shield=True):  # a part is written whole or not at all
-            await anyio.to_thread.run_sync(self.store.write, results, attempts)
+        with anyio.CancelScope(shield=True):  # a commit is written whole or not at all
+            await anyio.to_thread.run_sync(self.journal.commit, results, attempts)
         for _ in range(held):
             self._slots.release()
 
@@ -612,6 +620,29 @@ def _spend(report: ReportSummary) -> dict[str, Decimal]:
 
 
 @contextmanager
+def _removed_unless_used(run_dir: Path) -> Iterator[None]:
+    """Create the run directory; remove it again if the session fails before any row settles.
+
+    A run that never started (a missing key variable, a refused lock, a bad endpoint) so leaves
+    nothing for `runs` or `report` to stumble on. A directory that existed is left alone.
+    """
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create the run directory ({exc.strerror}); check output.dir in the job",
+            path=run_dir,
+        ) from None
+    try:
+        yield
+    except BaseException:
+        if created and not any((run_dir / PARTS_DIR).glob("results-*")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+@contextmanager
 def _request_loop_gc() -> Iterator[None]:
     """Garbage collection tuned for the request loop, restored afterwards.
 
@@ -630,15 +661,3 @@ def _request_loop_gc() -> Iterator[None]:
     finally:
         gc.set_threshold(*threshold)
         gc.unfreeze()
-
-
-def _tier_context(job: Job, tier: str) -> str:
-    """What, besides the row itself, determines a row's answer on this tier (for its key)."""
-    cfg = job.config
-    chain = cfg.chain(tier)
-    context = {
-        "chain": [cfg.api_model(model) for model in chain],
-        "base_urls": [cfg.endpoint_for(model).base_url for model in chain],
-        "request": cfg.tier_request(tier).body_fields(),
-    }
-    return json.dumps(context, sort_keys=True, separators=(",", ":"), default=str)

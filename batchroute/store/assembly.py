@@ -36,7 +36,7 @@ from batchroute.errors import OutputError
 from batchroute.pricing.costs import failed_costs, price_attempts, price_results
 from batchroute.pricing.prices import PriceTable
 from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA, ErrorType, Status
-from batchroute.store.checkpoint import (
+from batchroute.store.parts import (
     INDEX_COLUMNS,
     collect_parts,
     list_parts,
@@ -169,19 +169,16 @@ class _Assembly:
         self.spill = spill
         self.chunk_rows = chunk_rows
         self.where = where
-        # Passthrough metadata comes from the index, that is, from the current input; the
-        # records' own extra columns are the fallback for a runner that indexes no metadata.
+        # Passthrough metadata comes from the index alone, that is, from the current input: a
+        # reused record keeps only its answer, never the metadata it was written with.
         known = pl.Schema({**INDEX_COLUMNS, **RESULT_SCHEMA})
         self.index_extras = _extra_schema(index_paths, known)
-        self.record_extras = (
-            pl.Schema() if self.index_extras else _extra_schema(result_paths, known)
-        )
         metadata: dict[str, pl.DataType] = {
             name: pl.String() if dtype == pl.Null else dtype
-            for name, dtype in (self.index_extras or self.record_extras).items()
+            for name, dtype in self.index_extras.items()
         }
         self.out_schema = pl.Schema({**RESULT_SCHEMA, **metadata})
-        self.record_schema = pl.Schema({**RESULT_SCHEMA, **self.record_extras, "_out": pl.Int64()})
+        self.record_schema = pl.Schema({**RESULT_SCHEMA, "_out": pl.Int64()})
 
     def write(self, out: Path) -> dict[str, int]:
         counts = dict.fromkeys(Status.ALL, 0)

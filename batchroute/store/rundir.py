@@ -1,10 +1,11 @@
-"""The run directory: where a run's files live, and how each file lands there atomically.
+"""The run directory: which one a session uses, where a run's files live, and atomic files.
 
 The job's `output.dir` is a template with the fields `{name}` (the job's name), `{date}`
-(YYYY-MM-DD) and `{time}` (HHMMSS), resolved against the job's base directory. Running the same
-job again resolves to the same directory and resumes it; `--fresh` picks a new sibling
-(`<dir>.2`, `<dir>.3`, ...) instead. Without `--fresh` the latest sibling that holds a run is
-resumed, so a run started with `--fresh` is the one a plain rerun continues.
+(YYYY-MM-DD) and `{time}` (HHMMSS), resolved against the job's base directory. Which directory
+a session uses is `select_run_dir`'s rule: `--run-dir`, else a pinned `output.dir` (no date or
+time in it), else the newest unfinished run of the job whatever its date, else the template for
+now; `--fresh` picks a new directory (`<dir>.2`, `<dir>.3`, ... when `<dir>` holds a run).
+`find_runs` lists a job's runs from their manifests.
 
 Every file in a run directory is written through `atomic_file`: to `<name>.tmp` in the same
 directory, fsynced, renamed over the final name, and the directory fsynced. A `kill -9` at any
@@ -18,6 +19,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -26,6 +28,7 @@ from batchroute.errors import JobError, OutputError
 
 if TYPE_CHECKING:
     from batchroute.config import Job
+    from batchroute.store.manifest import RunManifest
 
 __all__ = [
     "LOCK_NAME",
@@ -35,9 +38,15 @@ __all__ = [
     "atomic_file",
     "fsync_dir",
     "holds_run",
+    "RunDirChoice",
+    "RunInfo",
+    "find_runs",
+    "is_pinned",
     "remove_tmp_files",
     "render_dir_template",
     "resolve_run_dir",
+    "runs_below",
+    "select_run_dir",
 ]
 
 MANIFEST_NAME = "run.json"
@@ -48,6 +57,8 @@ TMP_SUFFIX = ".tmp"
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _KNOWN_FIELDS = ("name", "date", "time")
 _SIBLING = re.compile(r"^(?P<base>.+)\.(?P<n>[0-9]+)$")
+_FINISHED_CODES = (0, 1)
+"""Exit codes of a session that settled every row: ok, and some rows failed."""
 
 
 def render_dir_template(
@@ -80,25 +91,158 @@ def holds_run(path: Path) -> bool:
     return any((path / entry).exists() for entry in (MANIFEST_NAME, LOCK_NAME, PARTS_DIR))
 
 
-def resolve_run_dir(job: Job, *, fresh: bool = False, now: datetime | None = None) -> Path:
-    """The run directory for this job; it is not created here.
+@dataclass(frozen=True, slots=True)
+class RunDirChoice:
+    """Which directory a run uses, and why (the runner says it on stderr)."""
 
-    `now` defaults to the local time, which is what a person reading `runs/<name>/<date>`
-    expects. With `fresh`, a directory that already holds a run is left alone and the next free
-    sibling `<dir>.N` is returned; without it, the latest sibling holding a run is resumed.
+    path: Path
+    reason: str
+    resumes: bool
+    """Whether the directory already holds a run that this session continues."""
+
+
+def is_pinned(template: str) -> bool:
+    """Whether an `output.dir` template names one directory whatever the time (no date/time)."""
+    return not any(field in template for field in ("{date}", "{time}"))
+
+
+def select_run_dir(
+    job: Job,
+    *,
+    run_dir: Path | None = None,
+    fresh: bool = False,
+    now: datetime | None = None,
+) -> RunDirChoice:
+    """The run directory for this session of the job; it is not created here.
+
+    1. `run_dir` (`--run-dir`) is used as given.
+    2. An `output.dir` without `{date}` or `{time}` names one directory, which every run uses.
+    3. Otherwise the newest unfinished run of the job (any directory the template matches at
+       any date or time, and their `.N` siblings) is resumed, so a run interrupted at 23:50 is
+       resumed at 00:10, and a run started with `--fresh` meanwhile cannot capture it.
+    4. With no unfinished run, the template for `now` is used: if it (or a `.N` sibling) holds
+       finished runs, the newest is resumed, so nothing is bought twice.
+
+    With `fresh`, rules 2 to 4 give way to a new directory: the template for `now`, or its next
+    free sibling `<dir>.N` when that holds a run. `now` defaults to the local time, which is
+    what a person reading `runs/<name>/<date>` expects.
     """
+    if run_dir is not None:
+        path = Path(run_dir).absolute()
+        return RunDirChoice(path, "named by --run-dir", resumes=holds_run(path))
     moment = now if now is not None else datetime.now().astimezone()
-    rendered = render_dir_template(
-        job.config.output.dir, name=job.name, now=moment, job_path=job.path
-    )
+    template = job.config.output.dir
+    rendered = render_dir_template(template, name=job.name, now=moment, job_path=job.path)
     base = job.resolve(Path(rendered))
+    if fresh:
+        path = _free_sibling(base)
+        return RunDirChoice(path, "a new run (--fresh)", resumes=False)
+    if is_pinned(template):
+        return RunDirChoice(base, "output.dir names this directory", resumes=holds_run(base))
+    unfinished = [run for run in find_runs(job) if not run.finished]
+    if unfinished:
+        newest = max(unfinished, key=lambda run: run.last_started)
+        return RunDirChoice(
+            newest.path, f"the newest unfinished run of {job.name} ({newest.status})", True
+        )
+    held = [_run_info(path) for path in _numbered_siblings(base).values() if holds_run(path)]
+    if not held:
+        return RunDirChoice(base, "a new run", resumes=False)
+    newest = max(held, key=lambda run: run.last_started)
+    return RunDirChoice(newest.path, "the newest run for this date, reusing its answers", True)
+
+
+def resolve_run_dir(job: Job, *, fresh: bool = False, now: datetime | None = None) -> Path:
+    """The run directory for this job (see `select_run_dir`)."""
+    return select_run_dir(job, fresh=fresh, now=now).path
+
+
+def _free_sibling(base: Path) -> Path:
     siblings = _numbered_siblings(base)
     latest = max((n for n, path in siblings.items() if holds_run(path)), default=None)
-    if latest is None:
-        return base
-    if not fresh:
-        return siblings[latest]
-    return base.with_name(f"{base.name}.{latest + 1}")
+    return base if latest is None else base.with_name(f"{base.name}.{latest + 1}")
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A run directory of a job, as `run.json` describes it."""
+
+    path: Path
+    manifest: RunManifest | None
+    problem: str | None = None
+    """Why the manifest could not be read, if it could not."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run settled every row: its last session ended ok or with failed rows."""
+        manifest = self.manifest
+        return manifest is not None and manifest.exit_code in _FINISHED_CODES
+
+    @property
+    def status(self) -> str:
+        """`running/crashed`, or how the last session ended (`ok`, `interrupted`, ...)."""
+        manifest = self.manifest
+        if manifest is None:
+            return "unreadable" if self.problem else "never started"
+        if manifest.finished_at is None:
+            return "running/crashed"
+        return manifest.exit_status or "unknown"
+
+    @property
+    def last_started(self) -> datetime:
+        """When the run's latest session started (the directory's time when unknown)."""
+        manifest = self.manifest
+        if manifest is not None and manifest.sessions:
+            return _aware(manifest.sessions[-1].started_at)
+        if manifest is not None:
+            return _aware(manifest.started_at)
+        return datetime.fromtimestamp(self.path.stat().st_mtime).astimezone()
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+def find_runs(job: Job) -> list[RunInfo]:
+    """Every directory holding a run of this job: what the template matches at any date and
+    time, and their `.N` siblings; oldest first."""
+    pattern = render_dir_template(
+        job.config.output.dir.replace("{date}", "*").replace("{time}", "*"),
+        name=job.name,
+        now=datetime.now(),
+        job_path=job.path,
+    )
+    full = job.resolve(Path(pattern))
+    anchor = Path(full.anchor)
+    parts = full.relative_to(anchor).parts
+    fixed = 0
+    while fixed < len(parts) and "*" not in parts[fixed]:
+        fixed += 1
+    root = anchor.joinpath(*parts[:fixed])
+    rest = "/".join(parts[fixed:])
+    if not rest:  # pinned: the directory and its siblings
+        candidates = set(_numbered_siblings(root).values())
+    else:
+        candidates = set(root.glob(rest)) | {
+            path for path in root.glob(rest + ".*") if _SIBLING.match(path.name)
+        }
+    runs = [_run_info(path) for path in candidates if path.is_dir() and holds_run(path)]
+    return sorted(runs, key=lambda run: (run.last_started, str(run.path)))
+
+
+def runs_below(folder: Path) -> list[RunInfo]:
+    """Every directory below `folder` holding a run manifest; oldest first."""
+    found = [_run_info(path.parent) for path in Path(folder).rglob(MANIFEST_NAME)]
+    return sorted(found, key=lambda run: (run.last_started, str(run.path)))
+
+
+def _run_info(path: Path) -> RunInfo:
+    from batchroute.store.manifest import read_manifest  # manifest imports this module
+
+    try:
+        return RunInfo(path, read_manifest(path))
+    except OutputError as exc:
+        return RunInfo(path, None, problem=str(exc))
 
 
 def _numbered_siblings(base: Path) -> dict[int, Path]:

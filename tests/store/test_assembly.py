@@ -12,7 +12,8 @@ from batchroute.errors import OutputError
 from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA, ErrorType, Status
 from batchroute.store import assembly as results
 from batchroute.store.assembly import assemble_results
-from batchroute.store.checkpoint import CheckpointStore
+from batchroute.store.journal import Journal
+from batchroute.store.parts import PartWriter, completed_keys
 
 
 def _index(keys: list[str], *, team: str = "data") -> pl.DataFrame:
@@ -36,6 +37,7 @@ def _records(rows: list[tuple[int, str]], status: str, tag: str) -> pl.DataFrame
             "status": [status] * len(rows),
             "content": [f"{tag}:{k}" for _, k in rows],
             "attempts": [1] * len(rows),
+            "team": [tag] * len(rows),  # a record carries the metadata it was answered with
         }
     )
 
@@ -60,19 +62,18 @@ def _session(
     flush_rows: int = 4,
     seed: int = 0,
 ) -> pl.Series:
-    """Run a fake session: index `keys`, skip what earlier sessions settled, record `settle`
-    (key -> status) in a shuffled completion order; return the keys it skipped as done."""
-    store = CheckpointStore(
-        run_dir, session=name, flush_rows=flush_rows, flush_seconds=None, metadata_columns=["team"]
-    )
-    done = store.completed_keys()
-    store.add_index(_index(keys, team=tag))
+    """Run a session as the runner does, through its journal: index `keys`, skip what earlier
+    sessions settled, commit `settle` (key -> status) in a shuffled completion order; return
+    the keys it skipped as done."""
+    journal = Journal(run_dir, session=name, metadata_columns=["team"], part_rows=flush_rows)
+    done = completed_keys(run_dir)
+    journal.add_index(_index(keys, team=tag))
     position = {k: i for i, k in enumerate(keys)}
     todo = [(position[k], k, s) for k, s in settle.items() if k not in done.to_list()]
     random.Random(seed).shuffle(todo)
     for i, key, status in todo:
-        store.add(_records([(i, key)], status, tag), _attempts([(i, key)], tag))
-    store.close()
+        journal.commit(_records([(i, key)], status, tag), _attempts([(i, key)], tag))
+    journal.close()
     return done
 
 
@@ -101,7 +102,7 @@ def test_resume_reuses_ok_rows_and_resends_failed_ones(tmp_path: Path) -> None:
 def test_failed_rows_stay_failed_when_not_retried(tmp_path: Path) -> None:
     keys = ["a", "b"]
     _session(tmp_path, "s1", keys, {"a": "failed", "b": "ok"}, tag="one")
-    store = CheckpointStore(tmp_path, session="s2")
+    store = PartWriter(tmp_path, session="s2")
     assert sorted(store.completed_keys(retry_failed=False).to_list()) == ["a", "b"]
     store.add_index(_index(keys))
     store.close()
@@ -143,7 +144,7 @@ def test_many_shuffled_sessions_give_each_row_exactly_once_with_its_best_record(
     rank = {Status.OK: 2, Status.FAILED: 1}
     for n in range(1, 5):
         tag = f"s{n}"
-        store = CheckpointStore(tmp_path, session=tag, flush_rows=7, flush_seconds=None)
+        store = PartWriter(tmp_path, session=tag, flush_rows=7)
         done = set(store.completed_keys().to_list())
         store.add_index(_index(keys))
         todo = [(i, k) for i, k in enumerate(keys) if k not in done and rng.random() < 0.7]
@@ -210,14 +211,15 @@ def test_attempts_hold_every_session_in_order(tmp_path: Path) -> None:
     assert sorted(attempts["row_key"].to_list()) == ["a", "b", "b", "c"]
 
 
-def test_metadata_falls_back_to_the_records_when_the_index_has_none(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, session="s1")
-    store.add_index(_index(["a"]).select("row_index", "row_key"))
-    store.add(_records([(0, "a")], Status.OK, "one").with_columns(pl.lit("ops").alias("team")))
-    store.close()
+def test_metadata_comes_from_the_index_never_from_the_reused_record(tmp_path: Path) -> None:
+    _session(tmp_path, "s1", ["a", "b"], {"a": "ok", "b": "ok"}, tag="one")
+    _session(tmp_path, "s2", ["b", "a"], {}, tag="two")  # reordered, metadata edited
     assemble_results(tmp_path)
     frame = pl.read_parquet(tmp_path / "results.parquet")
-    assert frame.select("id", "team", "line").row(0) == ("id-a", "ops", None)
+    assert frame.select("id", "line", "team", "content").rows() == [
+        ("id-b", 1, "two", "one:b"),
+        ("id-a", 2, "two", "one:a"),
+    ]
 
 
 def test_assembly_without_an_index_is_an_output_error(tmp_path: Path) -> None:

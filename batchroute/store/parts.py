@@ -1,6 +1,7 @@
-"""Durable progress: row identity keys, append-only Parquet parts, and what earlier sessions did.
+"""Parquet parts: the compacted, columnar form of a run's progress, and what earlier sessions did.
 
-A session appends three kinds of part to `<run_dir>/parts/`, each written atomically:
+A session's journal (`store.journal`) is compacted into three kinds of part in
+`<run_dir>/parts/`, each written atomically:
 
     results-<ordinal>-<session>-<seq>.parquet    result records (RESULT_SCHEMA, then metadata)
     attempts-<ordinal>-<session>-<seq>.parquet   attempt records (ATTEMPT_SCHEMA)
@@ -8,29 +9,26 @@ A session appends three kinds of part to `<run_dir>/parts/`, each written atomic
                                                  metadata of every row the session read
 
 `ordinal` numbers the sessions of a run (1, 2, ...), so file names sort in the order the
-records were made. Parts from a session that crashed are complete files and count like any
-other; a results part is committed before its attempts part, so a kill between the two loses
-neither (see `CheckpointStore._flush_locked`). A row is identified across sessions by its
-`row_key` (see `row_keys`): resume skips the keys an earlier session settled, and
-`results.assemble_results` joins the latest session's index to the best record of each key.
+records were made. A results part is committed before its attempts part, so a kill between the
+two loses neither (see `PartWriter._flush_locked`). A row is identified across sessions by
+its `row_key` (`store.keys`): resume skips the keys an earlier session settled
+(`completed_keys`), and `assembly.assemble_results` joins the latest session's index to the
+best record of each key.
 
-`add`, `write`, `flush` and `close` do blocking file I/O: call them outside the event loop
+`add` and `close` do blocking file I/O: call them outside the event loop
 (e.g. `anyio.to_thread`). `add_index` does none, short of a very large backlog.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
 import polars as pl
 
@@ -38,24 +36,17 @@ from batchroute.errors import OutputError
 from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA, Status
 from batchroute.store.rundir import PARTS_DIR, TMP_SUFFIX, atomic_file, fsync_dir, remove_tmp_files
 
-if TYPE_CHECKING:
-    from batchroute.config import JobConfig
-
 __all__ = [
     "INDEX_COLUMNS",
-    "KEY_VERSION",
-    "CheckpointStore",
+    "PartWriter",
     "PartFile",
     "collect_parts",
-    "key_contexts",
+    "completed_keys",
     "list_parts",
+    "next_ordinal",
     "part_rows",
-    "row_keys",
     "scan_parts",
 ]
-
-KEY_VERSION: Final = "br1"
-"""Mixed into every row key; bump it only to invalidate every old answer on purpose."""
 
 INDEX_COLUMNS: Final = pl.Schema(
     {"row_index": pl.Int64, "row_key": pl.String, "id": pl.String, "line": pl.Int64}
@@ -66,8 +57,8 @@ PartKind = Literal["results", "attempts", "index"]
 _PART_NAME = re.compile(
     r"^(?P<kind>results|attempts|index)-(?P<ordinal>[0-9]+)-(?P<session>.+)-(?P<seq>[0-9]+)\.parquet$"
 )
+_ANY_ORDINAL = re.compile(r"^(?:results|attempts|index|journal)-(?P<ordinal>[0-9]+)-")
 _SESSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_NULL = "~"
 _INDEX_FLUSH_ROWS = 100_000  # index rows held before they are written without results
 
 
@@ -103,119 +94,35 @@ def list_parts(run_dir: Path, kind: PartKind) -> list[PartFile]:
     return sorted(parts)
 
 
-def key_contexts(config: JobConfig) -> dict[str, str]:
-    """For each tier, the canonical JSON of what besides the row decides its answer.
+def next_ordinal(run_dir: Path) -> int:
+    """The number of the next session of a run: one more than any part or journal's."""
+    directory = Path(run_dir) / PARTS_DIR
+    if not directory.is_dir():
+        return 1
+    numbers = [
+        int(match.group("ordinal"))
+        for entry in directory.iterdir()
+        if (match := _ANY_ORDINAL.match(entry.name)) is not None
+    ]
+    return max(numbers, default=0) + 1
 
-    That is the model chain (job names and the names sent on the wire), each model's endpoint
-    base URL, and the tier's merged request body fields. Headers, limits and prices change no
-    answer and are left out, so editing them re-buys nothing.
+
+def completed_keys(run_dir: Path, *, retry_failed: bool = True) -> pl.Series:
+    """The row keys earlier sessions settled: status ok, and failed too unless retrying.
+
+    Reads only the `row_key` and `status` columns of the result parts.
     """
-    contexts: dict[str, str] = {}
-    for tier in config.tiers:
-        chain = config.chain(tier)
-        spec = {
-            "chain": [
-                {
-                    "model": model,
-                    "api_model": config.api_model(model),
-                    "base_url": config.endpoint_for(model).base_url,
-                }
-                for model in chain
-            ],
-            "request": config.tier_request(tier).body_fields(),
-        }
-        contexts[tier] = _canonical_json(spec)
-    return contexts
-
-
-def _canonical_json(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def _encoded(expr: pl.Expr) -> pl.Expr:
-    """A string field as `<byte length>:<text>`, or `~:` for null: unambiguous when joined."""
-    # No when/then: inside list.eval it costs twice as much as fill_null.
-    return pl.concat_str(
-        [expr.str.len_bytes().cast(pl.String).fill_null(_NULL), pl.lit(":"), expr.fill_null("")]
+    settled = [Status.OK] if retry_failed else [Status.OK, Status.FAILED]
+    paths = [part.path for part in list_parts(run_dir, "results")]
+    if not paths:
+        return pl.Series("row_key", [], dtype=pl.String)
+    query = (
+        scan_parts(paths)
+        .select("row_key", "status")
+        .filter(pl.col("status").is_in(settled))
+        .select(pl.col("row_key").unique())
     )
-
-
-def _string_column(frame: pl.DataFrame, name: str) -> pl.Expr:
-    if name not in frame.columns:
-        return pl.lit(None, dtype=pl.String)
-    return pl.col(name).cast(pl.String)
-
-
-def _messages_expr(frame: pl.DataFrame) -> pl.Expr:
-    """The chat as `[<turns>:` followed by each turn's encoded role and content."""
-    if "messages" not in frame.columns:
-        return pl.lit("[" + _NULL + ":")
-    messages = pl.col("messages")
-    turns = messages.list.eval(
-        pl.concat_str(
-            [
-                _encoded(pl.element().struct.field("role")),
-                _encoded(pl.element().struct.field("content")),
-            ]
-        )
-    ).list.join("")
-    return pl.concat_str(
-        [
-            pl.lit("["),
-            messages.list.len().cast(pl.String).fill_null(_NULL),
-            pl.lit(":"),
-            turns.fill_null(""),
-        ]
-    )
-
-
-def row_keys(frame: pl.DataFrame, *, context: Mapping[str, str]) -> pl.Series:
-    """The identity of each row: 32 hex characters that change when its answer could.
-
-    The key is blake2b-128 over a length-prefixed serialisation of the row's id, system prompt,
-    prompt, chat messages (each role and content) and the digest of its tier's `context` (see
-    `key_contexts`). It is stable across processes, platforms and versions: it is built only
-    from the bytes of those fields, never from polars' own hashing, which is seeded per build.
-    `frame` needs `id` and `tier`; `prompt`, `system_prompt` and `messages` are used when
-    present. Every tier of a valid row must be in `context`; invalid rows (never sent) whose
-    tier has none get a key without a context.
-    """
-    missing = [name for name in ("id", "tier") if name not in frame.columns]
-    if missing:
-        raise ValueError(f"row_keys needs the columns {missing}; the frame has {frame.columns}")
-    valid = frame.filter(pl.col("invalid_reason").is_null()) if "invalid_reason" in frame else frame
-    tiers = valid.get_column("tier").drop_nulls().unique().to_list()
-    unknown = sorted(str(tier) for tier in tiers if tier not in context)
-    if unknown:
-        raise ValueError(f"row_keys has no context for the tiers {unknown}")
-    digests = {
-        tier: hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
-        for tier, text in context.items()
-    }
-    context_digest = (
-        pl.col("tier")
-        .cast(pl.String)
-        .replace_strict(list(digests), list(digests.values()), default=None, return_dtype=pl.String)
-    )
-    material = frame.select(
-        pl.concat_str(
-            [
-                pl.lit(KEY_VERSION + "|"),
-                _encoded(_string_column(frame, "id")),
-                _encoded(_string_column(frame, "system_prompt")),
-                _encoded(_string_column(frame, "prompt")),
-                _messages_expr(frame),
-                _encoded(context_digest),
-            ]
-        )
-        .cast(pl.Binary)
-        .alias("material")
-    ).to_series()
-    # A stable cryptographic hash has no polars expression, so this one step runs per row; the
-    # serialisation above is vectorised and the loop only hashes bytes (about 1 us a row).
-    blake2b = hashlib.blake2b
-    keys = [blake2b(data, digest_size=16).hexdigest() for data in material.to_list()]
-    return pl.Series("row_key", keys, dtype=pl.String)
+    return collect_parts(query, where=Path(run_dir) / PARTS_DIR).to_series()
 
 
 def _conform(frame: pl.DataFrame, schema: pl.Schema, *, keep_extra: bool) -> pl.DataFrame:
@@ -229,18 +136,17 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema, *, keep_extra: bool) -> pl.
     return frame.select(columns)
 
 
-class CheckpointStore:
-    """The parts of one session: buffered in memory, flushed atomically every N rows or T s."""
+class PartWriter:
+    """The parts of one session: buffered in memory, written atomically every `flush_rows` rows."""
 
     def __init__(
         self,
         run_dir: Path,
         *,
         session: str,
-        flush_rows: int | None = 1000,
-        flush_seconds: float | None = 5.0,
-        metadata_columns: Sequence[str] = (),
-        clock: Callable[[], float] = time.monotonic,
+        flush_rows: int = 1000,
+        metadata_columns: Sequence[str] | None = (),
+        ordinal: int | None = None,
     ) -> None:
         if not _SESSION.match(session):
             raise ValueError(f"a session id must be safe in a file name, not {session!r}")
@@ -248,9 +154,8 @@ class CheckpointStore:
         self.parts_dir = self.run_dir / PARTS_DIR
         self.session = session
         self.flush_rows = flush_rows
-        self.flush_seconds = flush_seconds
-        self.metadata_columns = tuple(metadata_columns)
-        self._clock = clock
+        self.metadata_columns = tuple(metadata_columns) if metadata_columns is not None else None
+        """The passthrough columns an index keeps; None keeps every column it is given."""
         try:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
             _recover_parts(self.parts_dir)
@@ -258,8 +163,7 @@ class CheckpointStore:
             raise OutputError(
                 f"cannot prepare the parts directory ({exc.strerror})", path=self.parts_dir
             ) from None
-        earlier = [p.ordinal for kind in ("results", "attempts", "index") for p in self._list(kind)]
-        self.ordinal = max(earlier, default=0) + 1
+        self.ordinal = ordinal if ordinal is not None else next_ordinal(self.run_dir)
         """This session's number in the run: parts of later sessions win."""
         self._lock = threading.Lock()
         self._results: list[pl.DataFrame] = []
@@ -268,31 +172,14 @@ class CheckpointStore:
         self._buffered_rows = 0
         self._index_rows = 0
         self._seq = 0
-        self._last_flush = clock()
         self.rows_written = 0
         """Result rows made durable by this session so far."""
         self.parts_written = 0
         self._closed = False
 
-    def _list(self, kind: PartKind) -> list[PartFile]:
-        return list_parts(self.run_dir, kind)
-
     def completed_keys(self, *, retry_failed: bool = True) -> pl.Series:
-        """The row keys earlier sessions settled: status ok, and failed too unless retrying.
-
-        Reads only the `row_key` and `status` columns of the result parts.
-        """
-        settled = [Status.OK] if retry_failed else [Status.OK, Status.FAILED]
-        paths = [part.path for part in self._list("results")]
-        if not paths:
-            return pl.Series("row_key", [], dtype=pl.String)
-        query = (
-            scan_parts(paths)
-            .select("row_key", "status")
-            .filter(pl.col("status").is_in(settled))
-            .select(pl.col("row_key").unique())
-        )
-        return collect_parts(query, where=self.parts_dir).to_series()
+        """The row keys earlier sessions settled (see `completed_keys`)."""
+        return completed_keys(self.run_dir, retry_failed=retry_failed)
 
     def add_index(self, frame: pl.DataFrame) -> None:
         """Record the rows this session read, once per input batch, in input order.
@@ -302,7 +189,11 @@ class CheckpointStore:
         only once the session ends), so this does no file I/O unless a lot of index is waiting:
         it is safe to call from the event loop.
         """
-        keep = [*INDEX_COLUMNS, *(c for c in self.metadata_columns if c in frame.columns)]
+        metadata = frame.columns if self.metadata_columns is None else self.metadata_columns
+        keep = [
+            *INDEX_COLUMNS,
+            *(c for c in metadata if c in frame.columns and c not in INDEX_COLUMNS),
+        ]
         index = _conform(
             frame.select([c for c in keep if c in frame.columns]), INDEX_COLUMNS, keep_extra=True
         )
@@ -314,7 +205,7 @@ class CheckpointStore:
                 self._flush_locked()
 
     def add(self, results: pl.DataFrame, attempts: pl.DataFrame | None = None) -> None:
-        """Buffer settled rows and their attempts; flush a part when N rows or T s have passed."""
+        """Buffer settled rows and their attempts; write a part once `flush_rows` are buffered."""
         conformed = _conform(results, RESULT_SCHEMA, keep_extra=True)
         with self._lock:
             self._check_open()
@@ -332,25 +223,6 @@ class CheckpointStore:
         if attempts is not None and attempts.height:
             self._attempts.append(_conform(attempts, ATTEMPT_SCHEMA, keep_extra=False))
 
-    def write(self, results: pl.DataFrame, attempts: pl.DataFrame | None = None) -> None:
-        """Make these rows durable now, with whatever else is buffered (for callers that buffer
-        and time their own flushes)."""
-        with self._lock:
-            self._check_open()
-            self._add_locked(_conform(results, RESULT_SCHEMA, keep_extra=True), attempts)
-            self._flush_locked()
-
-    def flush_if_due(self) -> bool:
-        """Flush if N rows are buffered or T seconds passed since the last flush; call it from
-        a periodic tick so slow rows are made durable even when no new row arrives."""
-        with self._lock:
-            return self._flush_if_due_locked()
-
-    def flush(self) -> None:
-        """Write whatever is buffered as parts, now."""
-        with self._lock:
-            self._flush_locked()
-
     def close(self) -> None:
         """Flush what is buffered; the store takes no more rows."""
         with self._lock:
@@ -358,7 +230,7 @@ class CheckpointStore:
                 self._flush_locked()
                 self._closed = True
 
-    def __enter__(self) -> CheckpointStore:
+    def __enter__(self) -> PartWriter:
         return self
 
     def __exit__(
@@ -371,27 +243,18 @@ class CheckpointStore:
 
     def __repr__(self) -> str:
         return (
-            f"<CheckpointStore {str(self.run_dir)!r} session {self.ordinal} ({self.session}) "
+            f"<PartWriter {str(self.run_dir)!r} session {self.ordinal} ({self.session}) "
             f"[buffered: {self._buffered_rows}, written: {self.rows_written} rows in "
             f"{self.parts_written} parts{', closed' if self._closed else ''}]>"
         )
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this CheckpointStore is closed")
+            raise RuntimeError("this PartWriter is closed")
 
-    def _flush_if_due_locked(self) -> bool:
-        if not (self._buffered_rows or self._attempts):
-            return False
-        rows_due = self.flush_rows is not None and self._buffered_rows >= self.flush_rows
-        time_due = (
-            self.flush_seconds is not None
-            and self._clock() - self._last_flush >= self.flush_seconds
-        )
-        if rows_due or time_due:
+    def _flush_if_due_locked(self) -> None:
+        if self._buffered_rows >= self.flush_rows:
             self._flush_locked()
-            return True
-        return False
 
     def _flush_locked(self) -> None:
         if not (self._results or self._attempts or self._index):
@@ -419,7 +282,6 @@ class CheckpointStore:
         self.rows_written += self._buffered_rows
         self._buffered_rows = 0
         self._index_rows = 0
-        self._last_flush = self._clock()
 
     def _part_path(self, kind: str) -> Path:
         return self.parts_dir / f"{kind}-{self.ordinal:04d}-{self.session}-{self._seq:06d}.parquet"
