@@ -142,7 +142,7 @@ def rejection(model: str, body: Mapping[str, Any]) -> Rejection | None:
     rules = rules_for(model)
     if rules is None:
         return None
-    if rules.max_tokens_field != "max_tokens" and "max_tokens" in body:
+    if rules.max_tokens_field != "max_tokens" and body.get("max_tokens") is not None:
         return Rejection(
             "max_tokens",
             "unsupported_parameter",
@@ -159,7 +159,7 @@ def rejection(model: str, body: Mapping[str, Any]) -> Rejection | None:
                 f"Only the default ({_shown(default)}) value is supported.",
             )
     for param in sorted(rules.unsupported):
-        if param in body:
+        if body.get(param) is not None:
             return Rejection(
                 param,
                 "unsupported_parameter",

@@ -11,6 +11,7 @@ import math
 import random
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from batchroute.dispatch.client import RateLimitHint
@@ -212,8 +213,8 @@ def test_close_wakes_every_waiter_with_false() -> None:
         async with anyio.create_task_group() as group:
             for _ in range(5):
                 group.start_soon(one)
-            await anyio.sleep(0)
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
             limiter.close()
         results.append(await limiter.acquire(0))
         return results
