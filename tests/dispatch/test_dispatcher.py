@@ -84,12 +84,14 @@ class ScriptedServer:
         self.counts: Counter[str] = Counter()
         self.log: list[tuple[float, str, int | str]] = []
         self.keys: set[str] = set()
+        self.bodies: list[dict[str, Any]] = []
         self.base_url = ""
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = json.loads(await request.read())
         model = body["model"]
+        self.bodies.append(body)
         self.keys.add(request.headers.get("Authorization", ""))
         self.counts[model] += 1
         spec = self.scripts.get(model, always(OK))(self.counts[model])
