@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 
 from batchroute.config import load_job
+from batchroute.dispatch.params import check_job
 from batchroute.pricing.forecast import forecast_job, forecast_totals, write_plan
 from batchroute.pricing.prices import resolve_prices
 from batchroute.report.terminal import print_plan
@@ -35,4 +36,6 @@ def plan_command(job_file: Path, out_dir: Path, limit: int | None) -> None:
     path = write_plan(plan, out_dir)
     console = Console()
     print_plan(plan, forecast_totals(plan), console=console, invalid_rows=forecast.invalid_rows)
+    for note in check_job(job.config):  # what a known model rejects, and what run sends instead
+        click.echo(f"request: {note}")
     console.print(f"Wrote {path}")

@@ -14,6 +14,7 @@ from rich.table import Table
 from batchroute.classify import build_router
 from batchroute.config import Job, load_job
 from batchroute.dataset import DatasetSummary, open_dataset
+from batchroute.dispatch.params import check_job
 from batchroute.exitcodes import ExitCode
 from batchroute.pricing.prices import resolve_prices
 
@@ -118,6 +119,8 @@ def validate_command(job_file: Path) -> None:
     summary = survey.summary
     click.echo(f"{summary.path}: {_plural(survey.input_rows, 'row')} ({summary.format})")
     Console(highlight=False).print(_tier_table(survey, job=job))
+    for note in check_job(job.config):  # what a known model rejects, and what run sends instead
+        click.echo(f"request: {note}")
     if not survey.invalid and not survey.rejected:
         click.echo("ok: every row can be sent")
         return

@@ -170,13 +170,15 @@ def rejection(model: str, body: Mapping[str, Any]) -> Rejection | None:
 
 def check_job(config: JobConfig) -> list[str]:
     """Every request parameter a known model of the job rejects, and what batchroute does."""
-    notes: list[str] = []
+    tiers_by_change: dict[str, list[str]] = {}
     for tier in config.tiers:
         fields = config.tier_request(tier).body_fields()
         for model in config.chain(tier):
             _, changes = adapt_body(config.api_model(model), fields)
             for change in changes:
-                note = f"tiers.{tier} -> {model}: {change.message}"
-                if note not in notes:
-                    notes.append(note)
-    return notes
+                tiers = tiers_by_change.setdefault(change.message, [])
+                if tier not in tiers:
+                    tiers.append(tier)
+    return [
+        f"{message} (tiers: {', '.join(tiers)})" for message, tiers in tiers_by_change.items()
+    ]

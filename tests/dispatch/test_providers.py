@@ -117,7 +117,8 @@ def test_max_tokens_is_sent_as_the_field_a_reasoning_model_wants() -> None:
     notes = check_job(job.config)
     assert any("max_completion_tokens" in note for note in notes)
     assert any("temperature" in note and "gpt-5-mini" in note for note in notes)
-    assert not any("-> plain" in note for note in notes)
+    assert not any("plain" in note for note in notes)
+    assert len(notes) == 2  # one note per change, naming the tiers it applies to
 
 
 def test_a_strict_simulator_answers_a_reasoning_model_job_unchanged() -> None:
