@@ -96,6 +96,8 @@ class ModelLimiter:
         self._header_rpm: int | None = None
         self._header_tpm: int | None = None
         self._recent: deque[float] = deque(maxlen=_RECENT_SENDS)
+        self._unstamped = 0
+        """Entries of `_recent` taken but not yet marked `sending`, at its end."""
         self._streak = 0
         self.factor = 1.0
         """The share of the limit (or, unpaced, of max_concurrency) allowed now."""
@@ -170,9 +172,22 @@ class ModelLimiter:
             rate = token_limit * HEADROOM * self.factor
             self._token_tat = max(self._token_tat, now) + tokens / rate
         self._recent.append(now)
+        self._unstamped += 1
         self.in_flight += 1
         self.sent += 1
         return True
+
+    def sending(self) -> None:
+        """The request taken longest ago is leaving now: its place in the per-second log moves
+        from when it was allowed to when it really goes, so a task that resumed late does not
+        bunch with the next one on the wire."""
+        if self._unstamped <= 0:
+            return
+        recent = self._recent
+        index = len(recent) - self._unstamped
+        self._unstamped -= 1
+        if index >= 0:
+            recent[index] = max(recent[index], self._clock())
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -195,6 +210,7 @@ class ModelLimiter:
                 future.cancel()
             elif not future.cancelled() and future.result():
                 # Woken and cancelled in the same tick: the slot was taken but goes unused.
+                self.sending()
                 self.in_flight -= 1
                 self.settle(tokens, 0)
             raise

@@ -179,6 +179,4 @@ def check_job(config: JobConfig) -> list[str]:
                 tiers = tiers_by_change.setdefault(change.message, [])
                 if tier not in tiers:
                     tiers.append(tier)
-    return [
-        f"{message} (tiers: {', '.join(tiers)})" for message, tiers in tiers_by_change.items()
-    ]
+    return [f"{message} (tiers: {', '.join(tiers)})" for message, tiers in tiers_by_change.items()]

@@ -288,14 +288,17 @@ class RowWalk:
         try:
             # Checked after the wait: the run may have stopped or the model gone meanwhile.
             if fleet.abort is not None or fleet.stopping or model.unavailable is not None:
+                limiter.sending()  # the place goes unused; keep the log's order
                 limiter.settle(tokens, 0)
                 return None
             cost = model.reservation(self.row.prompt_tokens, self.plan.max_output_tokens)
             if not fleet.budget.reserve(cost):
+                limiter.sending()
                 limiter.settle(tokens, 0)
                 return None
             body = dict(self.plan.bodies[model.name])
             body["messages"] = self.row.messages
+            limiter.sending()
             started_at = _now()
             start = time.perf_counter()
             try:

@@ -247,3 +247,14 @@ def test_repr_shows_live_state() -> None:
     text = repr(limiter)
     assert "gpt-x" in text and "in flight: 0" in text and "pauses: 0" in text
     assert "factor: 1.00" in text
+
+
+def test_a_late_send_moves_its_place_in_the_per_second_log() -> None:
+    """A request allowed at t but leaving at t + 0.3 pushes the next one to t + 0.3 + span."""
+    clock = _Clock(10.0)
+    limiter = ModelLimiter("m", rpm=60, tpm=None, max_concurrency=10, clock=clock)
+    assert limiter.take(10.0, 0)
+    on_time = limiter.ready_at(10.0, 0)
+    clock.now = 10.3
+    limiter.sending()
+    assert limiter.ready_at(10.3, 0) == pytest.approx(on_time + 0.3)
