@@ -89,6 +89,9 @@ class RunSummary:
     sent_rows: int
     message: str | None = None
     report: ReportSummary | None = None
+    warnings: tuple[str, ...] = ()
+    """What the dispatcher warned about (a model gone for the run, fallback overrunning the
+    plan); each was also logged on stderr as it happened."""
 
 
 def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
@@ -165,6 +168,7 @@ class _Run:
         self.hard_stop = False
         self.sent_rows = 0
         self.reused_rows = 0
+        self.warnings: list[str] = []
         self._undurable = 0
         """Answered rows whose in-flight slot is held until their part is written."""
         self._flush_undurable = max(1, cfg.run.max_in_flight // 2)
@@ -234,8 +238,11 @@ class _Run:
             self._slots = anyio.Semaphore(self.job.config.run.max_in_flight, fast_acquire=True)
             watchers.start_soon(self._watch_signals, watchers)
             watchers.start_soon(self._flush_periodically)
-            with anyio.CancelScope() as self._run_scope:
-                await self._feed(dispatcher, batches, classify, done)
+            try:
+                with anyio.CancelScope() as self._run_scope:
+                    await self._feed(dispatcher, batches, classify, done)
+            finally:
+                self.warnings = list(dispatcher.warnings)
             # rows already in flight when the run had to stop still report how it ended
             if dispatcher.abort is not None:
                 self._stop(Status.SKIPPED_ABORTED, str(dispatcher.abort))
@@ -545,6 +552,7 @@ class _Run:
             sent_rows=self.sent_rows,
             message=message,
             report=report,
+            warnings=tuple(self.warnings),
         )
 
     def _manifest(

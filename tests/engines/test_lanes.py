@@ -17,7 +17,10 @@ import polars as pl
 from click.testing import CliRunner
 
 from batchroute.cli import main
+from batchroute.config import load_job
+from batchroute.engines.local import RunOptions, run_job
 from batchroute.exitcodes import ExitCode
+from batchroute.progress import Progress
 from batchroute.sim import EmbeddedSimulator, SimConfig
 
 JobFactory = Callable[..., Path]
@@ -104,3 +107,17 @@ def test_sigterm_sends_nothing_more_even_for_rows_waiting_on_a_limiter(
     results = pl.read_parquet("runs/t/results.parquet")
     counts = dict(results["status"].value_counts().iter_rows())
     assert counts == {"ok": 1, "skipped_interrupted": 7}
+
+
+def test_a_retired_model_is_loud_on_stderr_and_in_the_summary(make_job: JobFactory) -> None:
+    job = make_job(
+        _rows(["bulk"] * 4 + ["standard"] * 4), simulator={"models": {"small": {"not_found": True}}}
+    )
+    code, err = _run(job)
+    assert code == ExitCode.OK, err
+    assert "model small is gone for this run" in err
+    assert "bulk" in err
+    summary = run_job(
+        load_job(job), RunOptions(fresh=True), progress=Progress(live=False, enabled=False)
+    )
+    assert any("small is gone for this run" in warning for warning in summary.warnings)
