@@ -24,6 +24,7 @@ from batchroute.dispatch.limits import (
     TOKEN_TOLERANCE_S,
     ModelLimiter,
 )
+from batchroute.sim.limits import ModelLimiter as SimModelLimiter
 
 
 class _Clock:
@@ -75,6 +76,9 @@ def test_pacing_schedule_uses_95_percent_and_respects_quantised_windows(rpm: int
     rng = random.Random(rpm)
     arrivals = sorted(s + rng.uniform(0.0, 0.03) for s in stamps)
     assert _max_in_window(arrivals, 1.0) <= rpm // 60
+    # The simulator's own quantised windows, in the same virtual time, refuse none of them.
+    server = SimModelLimiter(rpm=rpm, tpm=None, window_s=60.0, per_second=True)
+    assert [t for t in arrivals if server.admit(0, t) is not None] == []
 
 
 def test_tpm_schedule_uses_95_percent_and_respects_quantised_windows() -> None:
