@@ -255,6 +255,8 @@ class RunConfig(_Section):
     """How long in-flight requests may finish after SIGTERM/SIGINT."""
     progress_interval_s: PositiveFloat = 5.0
     """When stderr is not a terminal, how often a progress line is logged."""
+    warn_overrun_pct: Annotated[float, Field(ge=0)] = 25.0
+    """Warn when fallback makes answered rows cost this much more than on their tiers' models."""
 
 
 class CacheConfig(_Section):

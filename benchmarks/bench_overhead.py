@@ -15,7 +15,8 @@ Every workload sends the same requests with the same number of worker tasks.
                       durable parts, assembly of results.parquet and the reports
 
 The figures that matter are (d)/(c), the dispatcher's overhead in steady state, and (f)/(e),
-the whole tool against the best plain loop as a whole process (target: at most 1.2 for both).
+the whole tool against the best plain loop as a whole process (targets: at most 1.2 for the
+dispatcher, and 1.15 for the whole process, issue 15).
 
     python benchmarks/bench_overhead.py            # 5,000 requests at concurrency 64 and 256
     python benchmarks/bench_overhead.py --quick    # 1,000 requests
@@ -217,7 +218,7 @@ def main() -> None:
                 ratio = results["batchroute"][0] / results["raw-post-proc"][0]
                 print(
                     f"c={concurrency:<4} batchroute run / raw-post process CPU: {ratio:.2f}x "
-                    f"(target <= 1.2); batchroute {results['batchroute'][1]:.0f} requests/s "
+                    f"(target <= 1.15); batchroute {results['batchroute'][1]:.0f} requests/s "
                     "(target >= 600)"
                 )
 

@@ -112,3 +112,11 @@ def test_tier_request_overrides_merge_params(tmp_path: Path) -> None:
         "max_tokens": 100,
     }
     assert not job.config.tier_request("standard").wants_json
+
+
+def test_warn_overrun_pct_is_validated_at_load(tmp_path: Path) -> None:
+    assert load_job(write(tmp_path, JOB)).config.run.warn_overrun_pct == 25
+    job = load_job(write(tmp_path, JOB + "run: {warn_overrun_pct: 50}\n"))
+    assert job.config.run.warn_overrun_pct == 50
+    with pytest.raises(JobError, match=r"run\.warn_overrun_pct"):
+        load_job(write(tmp_path, JOB + "run: {warn_overrun_pct: -5}\n"))

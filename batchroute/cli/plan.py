@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from batchroute.config import Job, load_job
+from batchroute.dispatch import params
 from batchroute.pricing.forecast import forecast_job, forecast_totals, write_plan
 from batchroute.pricing.prices import resolve_prices
 from batchroute.report.terminal import (
@@ -62,6 +63,8 @@ def show_plan(
     else:
         console = make_console()
         print_plan(plan, totals, console=console, invalid_rows=forecast.invalid_rows)
+        for note in params.check_job(job.config):  # what a known model rejects, and what run sends
+            click.echo(f"request: {note}")
         if path is not None:
             console.print(f"Wrote {path}")
 

@@ -14,6 +14,7 @@ from batchroute.classify import build_router
 from batchroute.cli.plan import FORMAT_OPTION
 from batchroute.config import Job, load_job
 from batchroute.dataset import DatasetSummary, open_dataset
+from batchroute.dispatch import params
 from batchroute.exitcodes import ExitCode
 from batchroute.pricing.prices import resolve_prices
 from batchroute.report.terminal import OutputFormat, frames_json, frames_tsv, make_console
@@ -168,6 +169,8 @@ def check_job(job: Job, *, output_format: OutputFormat = "text") -> bool:
         return fine
     click.echo(f"{summary.path}: {_plural(survey.input_rows, 'row')} ({summary.format})")
     make_console().print(_tier_table(survey, job=job))
+    for note in params.check_job(job.config):  # a known model's rejects, and what run sends
+        click.echo(f"request: {note}")
     if fine:
         click.echo("ok: every row can be sent")
         return True

@@ -4,8 +4,9 @@ This is the one place where openai's and httpx2's exceptions become batchroute's
 (`ErrorType`), like httpx's `map_httpcore_exceptions`. `send_chat` never raises for anything the
 endpoint or the network did: it returns a `Reply` that says what happened.
 
-Error messages are built from the status code, the error code and a fixed description, never
-from the SDK's message or the server's text, which can echo request data such as the API key.
+An error message says what failed in batchroute's words (status, code, a fixed description) and
+then in the provider's own: the body's `error.message` and `param`, which usually name the fix.
+The provider's text can echo the API key, so it is scrubbed (`scrub_secrets`) before it is kept.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "Reply",
     "make_client",
     "resolve_api_key",
+    "scrub_secrets",
     "send_chat",
     "translate_error",
 ]
@@ -48,6 +50,14 @@ _MAX_KEEPALIVE: Final = 512
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_KEY_LIKE = re.compile(
+    r"(?:\b(?:sk|pk|rk|key|api[_-]?key)-[A-Za-z0-9_\-*.]{4,})"
+    r"|(?:\bBearer\s+[^\s\"',]+)"
+    r"|(?:\b(?:api[_-]?key|key|token|secret)\s*[=:]\s*[^\s\"',]+)",
+    re.IGNORECASE,
+)
+MAX_PROVIDER_MESSAGE_CHARS: Final = 400
+"""How much of a provider's error message is kept."""
 
 
 def resolve_api_key(endpoint: EndpointConfig, *, name: str = "endpoint") -> str:
@@ -133,7 +143,7 @@ async def send_chat(client: openai.AsyncOpenAI, body: Mapping[str, Any]) -> Repl
         # runner sending one shape a million times does not need (issue 2, "Client overhead").
         response = await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
     except openai.APIError as exc:
-        return translate_error(exc)
+        return translate_error(exc, secret=client.api_key)
     headers = response.headers
     hint = parse_rate_limit_headers(headers) if "x-ratelimit-limit-requests" in headers else None
     try:
@@ -171,10 +181,14 @@ def parse_completion(data: Any) -> Completion:
     )
 
 
-def translate_error(exc: openai.APIError) -> Reply:
-    """Map an SDK exception onto the taxonomy, by type and status code, never by message text."""
+def translate_error(exc: openai.APIError, *, secret: str | None = None) -> Reply:
+    """Map an SDK exception onto the taxonomy, by type and status code, never by message text.
+
+    `secret` (the API key in use) is scrubbed from the provider's message, besides anything
+    that looks like a key.
+    """
     if isinstance(exc, openai.APIStatusError):
-        return _translate_status(exc)
+        return _translate_status(exc, secret=secret)
     if isinstance(exc, openai.APIConnectionError):
         # The aiohttp transport reports a dropped connection as a connect *timeout*; look at
         # the underlying cause to tell a real timeout from a closed connection.
@@ -193,7 +207,7 @@ def translate_error(exc: openai.APIError) -> Reply:
     )
 
 
-def _translate_status(exc: openai.APIStatusError) -> Reply:
+def _translate_status(exc: openai.APIStatusError, *, secret: str | None) -> Reply:
     status = exc.status_code
     code = _safe_word(exc.code) or _safe_word(exc.type)
     headers = exc.response.headers
@@ -218,18 +232,37 @@ def _translate_status(exc: openai.APIStatusError) -> Reply:
         error_type, what = ErrorType.CONTEXT_LENGTH, "the prompt exceeds the model's context"
     else:
         error_type, what = ErrorType.BAD_REQUEST, "the endpoint rejected the request"
-        param = _safe_word(exc.param)
-        if param:
-            what += f" (param {param})"
+    param = _safe_word(exc.param)
+    if param:
+        what += f" (param {param})"
     label = f"HTTP {status} {code}" if code else f"HTTP {status}"
+    message = f"{label}: {what}"
+    said = _provider_message(exc.body, secret=secret)
+    if said:
+        message += f": {said}"
     return Reply(
         status,
         error_type=error_type,
         error_code=code,
-        message=f"{label}: {what}",
+        message=message,
         retry_after_s=retry_after,
         hint=hint,
     )
+
+
+def _provider_message(body: object, *, secret: str | None) -> str | None:
+    """The body's `error.message`, scrubbed of keys and cut to a readable length."""
+    text = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return scrub_secrets(" ".join(text.split()), secret=secret)[:MAX_PROVIDER_MESSAGE_CHARS]
+
+
+def scrub_secrets(text: str, *, secret: str | None = None) -> str:
+    """`text` with the given secret, and anything that looks like a key, replaced by [redacted]."""
+    if secret and len(secret) >= 4:
+        text = text.replace(secret, "[redacted]")
+    return _KEY_LIKE.sub("[redacted]", text)
 
 
 def parse_retry_after(headers: httpx2.Headers | Mapping[str, str]) -> float | None:

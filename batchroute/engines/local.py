@@ -35,7 +35,7 @@ from batchroute.classify import build_router
 from batchroute.config import Job
 from batchroute.dataset import Batch, open_dataset
 from batchroute.dispatch.dispatcher import Dispatcher, RowOutcome, RowRequest
-from batchroute.engines.workers import WorkerPool
+from batchroute.engines.workers import Backlog, Lane, WorkerPool
 from batchroute.errors import OutputError
 from batchroute.exitcodes import ExitCode
 from batchroute.logs import log_event, run_id_var
@@ -97,6 +97,9 @@ class RunSummary:
     report: ReportSummary | None = None
     rejected_rows: int = 0
     """Input lines `on_invalid_row: skip` set aside in rejects.parquet."""
+    warnings: tuple[str, ...] = ()
+    """What the dispatcher warned about (a model gone for the run, fallback overrunning the
+    plan); each was also logged on stderr as it happened."""
 
 
 def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
@@ -225,6 +228,7 @@ class _Run:
         self.hard_stop = False
         self.sent_rows = 0
         self.reused_rows = 0
+        self.warnings: list[str] = []
         self._undurable = 0
         """Answered rows whose in-flight slot is held until their journal commit is durable."""
         self.started_at = datetime.now(UTC)
@@ -294,6 +298,7 @@ class _Run:
             anyio.create_task_group() as watchers,
         ):
             self._flush_wanted = anyio.Event()
+            self._dispatcher = dispatcher
             # fast_acquire: the feeder takes a free slot without yielding, so a batch's rows are
             # all handed to the dispatcher at once instead of one per event-loop turn.
             self._slots = anyio.Semaphore(self.job.config.run.max_in_flight, fast_acquire=True)
@@ -307,8 +312,11 @@ class _Run:
             if threading.current_thread() is threading.main_thread():
                 watchers.start_soon(self._watch_signals, watchers)
             watchers.start_soon(self._flush_periodically)
-            with anyio.CancelScope() as self._run_scope:
-                await self._feed(dispatcher, batches, classify, done)
+            try:
+                with anyio.CancelScope() as self._run_scope:
+                    await self._feed(dispatcher, batches, classify, done)
+            finally:
+                self.warnings = list(dispatcher.warnings)
             # rows already in flight when the run had to stop still report how it ended
             if dispatcher.abort is not None:
                 self._stop(Status.SKIPPED_ABORTED, str(dispatcher.abort))
@@ -324,31 +332,57 @@ class _Run:
         classify: _Classify,
         done: pl.Series,
     ) -> None:
+        cfg = self.job.config
         remaining = self.options.limit
-        source = iter(batches(batch_rows=self.job.config.run.batch_rows))
+        source = iter(batches(batch_rows=cfg.run.batch_rows))
         # As many senders as slots: a row that gets a slot always finds an idle sender.
         senders: WorkerPool[_Row] = WorkerPool(
-            self.job.config.run.max_in_flight, functools.partial(self._send, dispatcher)
+            cfg.run.max_in_flight, functools.partial(self._send, dispatcher)
         )
+        # One lane per tier, each with its own cap: a tier whose model is slow or paused holds
+        # at most its cap of the run's slots, never the slots the other tiers need.
+        self._lanes: dict[str, Lane] = {
+            tier: Lane(tier, capacity=self._lane_capacity(tier)) for tier in cfg.tiers
+        }
+        self._pending = Backlog(cfg.run.batch_rows)
+        """Rows queued on the lanes: the reader waits while a batch's worth is queued."""
         try:
             async with anyio.create_task_group() as in_flight:
                 self._in_flight_scope = in_flight.cancel_scope
                 senders.start(in_flight)
-                while remaining is None or remaining > 0:
-                    batch: Batch | None = await anyio.to_thread.run_sync(next, source, None)
-                    if batch is None:
-                        break
-                    rows = batch.rows if remaining is None else batch.rows.head(remaining)
-                    if remaining is not None:
-                        remaining -= rows.height
-                    if batch.rejects.height:
-                        self.rejects.append(batch.rejects)
-                    sendable = self._prepare(rows, classify, done)
-                    await self._send_batch(sendable, dispatcher, senders)
+                async with anyio.create_task_group() as pumps:
+                    for lane in self._lanes.values():
+                        pumps.start_soon(self._pump, lane, dispatcher, senders)
+                    while remaining is None or remaining > 0:
+                        batch: Batch | None = await anyio.to_thread.run_sync(next, source, None)
+                        if batch is None:
+                            break
+                        rows = batch.rows if remaining is None else batch.rows.head(remaining)
+                        if remaining is not None:
+                            remaining -= rows.height
+                        if batch.rejects.height:
+                            self.rejects.append(batch.rejects)
+                        sendable = self._prepare(rows, classify, done)
+                        await self._queue_batch(sendable)
+                    for lane in self._lanes.values():
+                        lane.close()
                 senders.close()
         finally:
-            for _, context in senders.drain():  # queued when the senders were cancelled
+            for request, context in senders.drain():  # queued when the senders were cancelled
+                self._lane_of(request.tier).release()
                 self._interrupted(context, "the run was stopped before this request was sent")
+
+    def _lane_of(self, tier: str) -> Lane:
+        # A tier the job does not map goes where unmatched rows go (`standard` is required).
+        return self._lanes.get(tier) or self._lanes["standard"]
+
+    def _lane_capacity(self, tier: str) -> int:
+        """A tier's share of the run's slots: its first model's concurrency, at most a fair
+        share of `run.max_in_flight` among the tiers."""
+        cfg = self.job.config
+        head = cfg.models[cfg.tier(tier).model]
+        fair = max(1, -(-cfg.run.max_in_flight // len(cfg.tiers)))
+        return min(head.max_concurrency, fair)
 
     def _prepare(self, rows: pl.DataFrame, classify: _Classify, done: pl.Series) -> pl.DataFrame:
         """Classify a batch, record it, settle invalid and already-answered rows; return others."""
@@ -383,13 +417,40 @@ class _Run:
             messages_tokens_expr(pl.col("messages")).alias("prompt_tokens")
         )
 
-    async def _send_batch(
+    async def _queue_batch(self, frame: pl.DataFrame) -> None:
+        """Queue a batch's rows on their tiers' lanes; wait while a batch's worth is queued."""
+        if frame.height == 0:
+            return
+        if self.stop_status is not None:
+            self._skip_rest(frame)
+            return
+        await self._pending.wait_below_capacity()
+        tiers = frame["tier"].replace_strict(
+            {tier: tier for tier in self._lanes}, default="standard", return_dtype=pl.String
+        )
+        for (tier,), part in (
+            frame.with_columns(lane=tiers)
+            .partition_by("lane", as_dict=True, include_key=False)
+            .items()
+        ):
+            self._pending.add(part.height)
+            self._lanes[str(tier)].put(part)
+
+    async def _pump(self, lane: Lane, dispatcher: Dispatcher, senders: WorkerPool[_Row]) -> None:
+        """Hand a lane's rows to the senders, one per free slot of the lane and of the run."""
+        while (frame := await lane.get()) is not None:
+            await self._send_frame(frame, lane, dispatcher, senders)
+
+    async def _send_frame(
         self,
         frame: pl.DataFrame,
+        lane: Lane,
         dispatcher: Dispatcher,
         senders: WorkerPool[_Row],
     ) -> None:
-        if frame.height == 0:
+        if self.stop_status is not None:
+            self._pending.remove(frame.height)
+            self._skip_rest(frame)
             return
         slots = self._slots
         contexts = self.buffer.contexts(frame).iter_rows()
@@ -397,6 +458,7 @@ class _Run:
         for position, (context, (row_id, row_index, row_key, tier, messages, tokens)) in enumerate(
             zip(contexts, requests.iter_rows(), strict=True)
         ):
+            await lane.acquire()
             await slots.acquire()
             if self.stop_status is None and dispatcher.abort is not None:
                 self._stop(Status.SKIPPED_ABORTED, str(dispatcher.abort))
@@ -404,8 +466,11 @@ class _Run:
                 self._stop(Status.SKIPPED_BUDGET, "the budget cap was reached")
             if self.stop_status is not None:
                 slots.release()
+                lane.release()
+                self._pending.remove(frame.height - position)
                 self._skip_rest(frame.slice(position))
                 return
+            self._pending.remove(1)
             request = RowRequest(
                 id=row_id,
                 row_index=row_index,
@@ -427,6 +492,8 @@ class _Run:
         except BaseException:
             self._slots.release()
             raise
+        finally:
+            self._lane_of(request.tier).release()
         # The slot is released by the commit that makes this answer durable (see `_flush`).
         self._undurable += 1
         if outcome.attempts:  # a row refused by the budget or an abort was never sent
@@ -523,6 +590,9 @@ class _Run:
                 name = signal.Signals(signum).name
                 if self.stop_status != Status.SKIPPED_INTERRUPTED:
                     self.stop_status = None  # an interrupt outranks a budget or abort stop
+                    # No new request leaves: rows waiting on a limiter or a backoff come back
+                    # skipped_interrupted at once; only requests already sent get the grace.
+                    self._dispatcher.stop()
                     self._stop(
                         Status.SKIPPED_INTERRUPTED,
                         f"{name} received; finishing in-flight requests "
@@ -583,6 +653,7 @@ class _Run:
             message=message,
             report=report,
             rejected_rows=self._rejected_rows,
+            warnings=tuple(self.warnings),
         )
 
     def _manifest(

@@ -1,4 +1,10 @@
-"""A fixed pool of tasks that handle queued items, instead of a task started for each item.
+"""How rows reach the senders: per-tier lanes, a bounded backlog, and a fixed pool of senders.
+
+`Lane`: one per tier, a queue of row frames and a cap on the tier's rows in flight, so a tier
+whose model is slow or paused never holds the run's slots that other tiers need. `Backlog`
+bounds the rows queued on all lanes together, so memory stays bounded when a tier lags.
+
+`WorkerPool`: a fixed pool of tasks that handle queued items, instead of a task per item.
 
 Starting a task under anyio costs about 40 µs of CPU (`TaskGroup.start_soon`: the coroutine, the
 asyncio task, anyio's handle and cancel scope), more than everything batchroute itself does for
@@ -18,8 +24,9 @@ from typing import Generic, TypeVar
 
 import anyio
 import anyio.abc
+import polars as pl
 
-__all__ = ["WorkerPool"]
+__all__ = ["Backlog", "Lane", "WorkerPool"]
 
 T = TypeVar("T")
 
@@ -72,3 +79,80 @@ class WorkerPool(Generic[T]):
             if not self._items:
                 return  # a closing permit: the queue is empty for good
             await self._handle(self._items.popleft())
+
+
+class Lane:
+    """One tier's queue of row frames, and its cap on rows in flight."""
+
+    def __init__(self, tier: str, *, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"a lane needs a capacity of at least one, not {capacity}")
+        self.tier = tier
+        self.capacity = capacity
+        self._slots = anyio.Semaphore(capacity, fast_acquire=True)
+        self._frames: deque[pl.DataFrame] = deque()
+        self._ready = anyio.Event()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        in_flight = self.capacity - self._slots.value
+        return (
+            f"<Lane {self.tier!r} [in flight: {in_flight}/{self.capacity}, "
+            f"frames queued: {len(self._frames)}, closed: {self._closed}]>"
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return self.capacity - self._slots.value
+
+    def put(self, frame: pl.DataFrame) -> None:
+        """Queue a frame of this tier's rows (never blocks)."""
+        self._frames.append(frame)
+        self._ready.set()
+
+    def close(self) -> None:
+        """No more frames: `get` returns None once the queue is empty."""
+        self._closed = True
+        self._ready.set()
+
+    async def get(self) -> pl.DataFrame | None:
+        """The next frame, waiting for one; None when the lane is closed and empty."""
+        while not self._frames:
+            if self._closed:
+                return None
+            self._ready = anyio.Event()
+            await self._ready.wait()
+        return self._frames.popleft()
+
+    async def acquire(self) -> None:
+        """Wait for one of the tier's in-flight places."""
+        await self._slots.acquire()
+
+    def release(self) -> None:
+        self._slots.release()
+
+
+class Backlog:
+    """A count of queued rows, with a wait for it to fall below a limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.rows = 0
+        self._fell = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Backlog [rows: {self.rows}, limit: {self.limit}]>"
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+
+    def remove(self, rows: int) -> None:
+        self.rows -= rows
+        if self.rows < self.limit:
+            self._fell.set()
+
+    async def wait_below_capacity(self) -> None:
+        """Return once fewer than `limit` rows are queued."""
+        while self.rows >= self.limit:
+            self._fell = anyio.Event()
+            await self._fell.wait()

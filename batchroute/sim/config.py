@@ -90,9 +90,24 @@ class SimConfig(_Section):
     require_api_key: str | None = None
     """When set, requests without `Authorization: Bearer <this>` answer 401."""
     default: SimModelConfig = SimModelConfig()
-    """Applies to any model not named in `models` (the simulator serves every model name)."""
+    """Applies to every model; a model's own section overrides only the keys it sets."""
     models: Mapping[str, SimModelConfig] = Field(default_factory=dict)
 
     def for_model(self, model: str) -> SimModelConfig:
-        """The settings that apply to one model name."""
-        return self.models.get(model, self.default)
+        """The settings that apply to one model name: `default`, with its own section on top."""
+        section = self.models.get(model)
+        if section is None:
+            return self.default
+        return _overlay(self.default, section)
+
+
+def _overlay(base: SimModelConfig, section: SimModelConfig) -> SimModelConfig:
+    """`base` with the keys `section` sets explicitly laid on top (`faults` key by key too)."""
+    data = base.model_dump()
+    for key in section.model_fields_set:
+        if key == "faults":
+            faults = section.faults
+            data["faults"].update(faults.model_dump(include=set(faults.model_fields_set)))
+        else:
+            data[key] = getattr(section, key)
+    return SimModelConfig.model_validate(data)

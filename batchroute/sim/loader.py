@@ -44,9 +44,11 @@ def load_sim_config(path: Path | str) -> SimConfig:
         raise JobError("a simulator config must be a YAML mapping of settings", path=path)
     prefix = ""
     if "simulator" in data:  # a job file: SimConfig itself has no `simulator` key
+        job_models = data.get("models")
         data, prefix = data["simulator"] or {}, "simulator."
         if not isinstance(data, Mapping):
             raise JobError("must be a mapping of simulator settings", path=path, key="simulator")
+        data = _with_job_models(data, job_models)
     try:
         return SimConfig.model_validate(data)
     except ValidationError as exc:
@@ -58,3 +60,18 @@ def load_sim_config(path: Path | str) -> SimConfig:
                 message = "is not a simulator setting; check its spelling and indentation"
             lines.append(f"{key}: {message}" if key else message)
         raise JobError("; ".join(lines), path=path) from None
+
+
+def _with_job_models(data: Mapping[str, object], job_models: object) -> Mapping[str, object]:
+    """The simulator section with every model of the job listed (`GET /v1/models` shows them).
+
+    A job's model without its own section gets an empty one, which inherits `default`.
+    """
+    models = data.get("models")
+    if not isinstance(job_models, Mapping) or not isinstance(models or {}, Mapping):
+        return data
+    listed: dict[object, object] = dict(models or {})  # type: ignore[call-overload]
+    for name, spec in job_models.items():
+        wire = spec.get("api_model") if isinstance(spec, Mapping) else None
+        listed.setdefault(wire or name, {})
+    return {**data, "models": listed}

@@ -1,10 +1,12 @@
 """The simulator's HTTP server: OpenAI's chat-completions and models endpoints on aiohttp.web.
 
 A request goes through the checks a provider makes, in the order a provider makes them: the key
-(401), the body (400), the model (404), the context window (400), an injected fault drawn from
-the server's seeded generator, the rpm/tpm windows (429), the model's latency, and then the
-answer, or the fault. Per-model settings are resolved once per model name, so the request path
-touches no pydantic; answers come from `answers`, bodies from `wire`, counts go to `stats`.
+(401), the body (400), the model (404), a parameter the model refuses (400, with OpenAI's own
+words, from the shipped table in `batchroute.dispatch.params`), the context window (400), an
+injected fault drawn from the server's seeded generator, the rpm/tpm windows (429), the
+model's latency, and then the answer, or the fault. Per-model settings are resolved once per
+model name, so the request path touches no pydantic; answers come from `answers`, bodies from
+`wire`, counts go to `stats`.
 
 Besides the API, `GET /sim/stats` returns the counts and `POST /sim/reset` zeroes them. How the
 app is hosted (in this loop, in a background thread, in its own process) is `hosting`'s concern.
@@ -19,11 +21,12 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
+from batchroute.dispatch.params import rejection
 from batchroute.pricing.tokens import CHARS_PER_TOKEN, count_message_tokens, count_text_tokens
 from batchroute.sim import wire
 from batchroute.sim.answers import answer_for, prompt_digest
@@ -118,7 +121,7 @@ class SimState:
 
     def listed_models(self) -> list[str]:
         """The models `GET /v1/models` lists: the configured ones that are not "retired"."""
-        return [name for name, m in self.config.models.items() if not m.not_found]
+        return [name for name in self.config.models if not self.config.for_model(name).not_found]
 
     def __repr__(self) -> str:
         return f"<SimState [models: {len(self._models)}, {self.stats!r}]>"
@@ -133,11 +136,22 @@ def _respond(
     return web.Response(body=body, status=status, headers=headers, content_type=_JSON)
 
 
-def _bad_request(message: str, *, param: str | None = None) -> web.Response:
+def _bad_request(
+    message: str, *, param: str | None = None, code: str | None = None
+) -> web.Response:
     return _respond(
-        wire.error_body(message, type="invalid_request_error", param=param, code=None),
+        wire.error_body(message, type="invalid_request_error", param=param, code=code),
         status=400,
     )
+
+
+def _parse_n(body: Mapping[str, Any]) -> int | str:
+    value = body.get("n", 1)
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
+        return f"Invalid 'n': expected an integer from 1 to 128, but got {json.dumps(value)}."
+    return value
 
 
 def _auth_failure(state: SimState, request: web.Request) -> web.Response | None:
@@ -213,6 +227,10 @@ async def _chat_completions(request: web.Request) -> web.Response:
     if isinstance(max_tokens, str):
         stats.count(stat_key, "400")
         return _bad_request(max_tokens, param="max_tokens")
+    n = _parse_n(body)
+    if isinstance(n, str):
+        stats.count(stat_key, "400")
+        return _bad_request(n, param="n", code="invalid_value")
     if body.get("stream"):
         stats.count(stat_key, "400")
         return _bad_request("the simulator does not stream; send stream: false", param="stream")
@@ -224,8 +242,13 @@ async def _chat_completions(request: web.Request) -> web.Response:
         headers = limiter.headers(time.monotonic()) if limiter is not None else None
         return _respond(wire.model_not_found_error(model_name), status=404, headers=headers)
 
+    refused = rejection(model_name, body)
+    if refused is not None:
+        stats.count(stat_key, "400")
+        return _bad_request(refused.message, param=refused.param, code=refused.code)
+
     prompt_tokens = count_message_tokens(messages)
-    reserved = prompt_tokens + (max_tokens or 0)
+    reserved = prompt_tokens + (max_tokens or 0) * n
     if model.context_window is not None and reserved > model.context_window:
         stats.count(stat_key, "400")
         headers = limiter.headers(time.monotonic()) if limiter is not None else None
@@ -287,7 +310,7 @@ async def _chat_completions(request: web.Request) -> web.Response:
         status = 500 if fault == "server_error" else 503
         return _respond(wire.server_error(status), status=status, headers=headers)
 
-    payload = _completion(state, model, body, messages, prompt_tokens, max_tokens, fault)
+    payload = _completion(state, model, body, messages, prompt_tokens, max_tokens, fault, n)
     if fault == "malformed":
         payload = payload[: len(payload) // 2]
     return _respond(payload, headers=headers)
@@ -317,39 +340,70 @@ def _completion(
     prompt_tokens: int,
     max_tokens: int | None,
     fault: str | None,
+    n: int = 1,
 ) -> bytes:
     state.serial += 1
     digest = prompt_digest(model.name, messages)
-    content: str | None
-    if fault == "content_filter":
-        content, finish_reason, completion_tokens = None, "content_filter", 0
-    else:
-        content = answer_for(digest, response_format=body.get("response_format"))
-        finish_reason = "stop"
-        mode = model.completion_tokens
-        if mode is None:
-            completion_tokens = count_text_tokens(content)
-            if max_tokens is not None and completion_tokens > max_tokens:
-                content = content[: max_tokens * CHARS_PER_TOKEN]
-                completion_tokens, finish_reason = max_tokens, "length"
-        elif mode == "max_tokens":
-            completion_tokens = max_tokens if max_tokens is not None else count_text_tokens(content)
-        elif max_tokens is not None and mode > max_tokens:
-            completion_tokens, finish_reason = max_tokens, "length"
-        else:
-            completion_tokens = mode
+    choices: list[tuple[str | None, str]] = []
+    completion_tokens = 0
+    for index in range(n):
+        # Choice 0 is the answer a request without `n` gets; the others differ, deterministically.
+        seed = digest if index == 0 else prompt_digest(f"{model.name}#{index}", messages)
+        content, finish_reason, tokens = _choice(model, body, seed, max_tokens, fault)
+        choices.append((content, finish_reason))
+        completion_tokens += tokens
     return wire.completion_body(
         completion_id=f"chatcmpl-{state.serial:08x}{digest[:10].hex()}",
         created=int(time.time()),
         model=model.name,
-        content=content,
-        finish_reason=finish_reason,
+        choices=choices,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         cached_tokens=math.floor(model.cached_fraction * prompt_tokens),
         reasoning_tokens=math.floor(model.reasoning_fraction * completion_tokens),
         system_fingerprint=model.fingerprint,
     )
+
+
+def _choice(
+    model: _ModelRuntime,
+    body: Mapping[str, Any],
+    digest: bytes,
+    max_tokens: int | None,
+    fault: str | None,
+) -> tuple[str | None, str, int]:
+    """One choice's content, finish reason and completion tokens."""
+    if fault == "content_filter":
+        return None, "content_filter", 0
+    content = answer_for(digest, response_format=body.get("response_format"))
+    finish_reason = "stop"
+    mode = model.completion_tokens
+    if mode is None:
+        completion_tokens = count_text_tokens(content)
+        if max_tokens is not None and completion_tokens > max_tokens:
+            content = content[: max_tokens * CHARS_PER_TOKEN]
+            completion_tokens, finish_reason = max_tokens, "length"
+    elif mode == "max_tokens":
+        completion_tokens = max_tokens if max_tokens is not None else count_text_tokens(content)
+    elif max_tokens is not None and mode > max_tokens:
+        completion_tokens, finish_reason = max_tokens, "length"
+    else:
+        completion_tokens = mode
+    return content, finish_reason, completion_tokens
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """An unknown route or method answers the API's JSON error body, not aiohttp's text."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        message = f"Invalid URL ({request.method} {request.path})"
+        body = wire.error_body(message, type="invalid_request_error", param=None, code=None)
+        status = 404 if isinstance(exc, web.HTTPNotFound) else 405
+        return _respond(body, status=status)
 
 
 async def _list_models(request: web.Request) -> web.Response:
@@ -388,7 +442,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
 def create_app(config: SimConfig | None = None) -> web.Application:
     """The simulator as an aiohttp application, with its own counts and generators."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
     app[SIM_STATE] = SimState(config or SimConfig())
     app.router.add_post("/v1/chat/completions", _chat_completions)
     app.router.add_get("/v1/models", _list_models)

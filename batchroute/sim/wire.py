@@ -35,15 +35,14 @@ def completion_body(
     completion_id: str,
     created: int,
     model: str,
-    content: str | None,
-    finish_reason: str,
+    choices: list[tuple[str | None, str]],
     prompt_tokens: int,
     completion_tokens: int,
     cached_tokens: int,
     reasoning_tokens: int,
     system_fingerprint: str,
 ) -> bytes:
-    """A `chat.completion` object with one choice, encoded as UTF-8 JSON."""
+    """A `chat.completion` object with a choice per (content, finish_reason), as UTF-8 JSON."""
     return _dumps(
         {
             "id": completion_id,
@@ -52,11 +51,12 @@ def completion_body(
             "model": model,
             "choices": [
                 {
-                    "index": 0,
+                    "index": index,
                     "message": {"role": "assistant", "content": content, "refusal": None},
                     "logprobs": None,
                     "finish_reason": finish_reason,
                 }
+                for index, (content, finish_reason) in enumerate(choices)
             ],
             "usage": {
                 "prompt_tokens": prompt_tokens,

@@ -227,3 +227,27 @@ def test_make_client_turns_sdk_retries_off() -> None:
             return client.max_retries
 
     assert anyio.run(main) == 0
+
+
+def test_error_message_carries_the_providers_words_scrubbed() -> None:
+    """The body's error.message and param reach the row's message, with any key removed."""
+    said = (
+        "Unsupported value: 'temperature' does not support 0 with this model. "
+        "Only the default (1) value is supported."
+    )
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"{said} (key {SECRET}, also sk-proj-abcd1234efgh)",
+                "type": "invalid_request_error",
+                "param": "temperature",
+                "code": "unsupported_value",
+            }
+        }
+    ).encode()
+    reply = _status(400, body)
+    assert reply.error_type == ErrorType.BAD_REQUEST
+    assert reply.message is not None
+    assert said in reply.message
+    assert "param temperature" in reply.message and "unsupported_value" in reply.message
+    assert SECRET not in reply.message and "sk-proj-abcd" not in reply.message

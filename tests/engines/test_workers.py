@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import anyio
 import anyio.lowlevel
+import polars as pl
 import pytest
 
-from batchroute.engines.workers import WorkerPool
+from batchroute.engines.workers import Backlog, Lane, WorkerPool
 
 
 def test_every_item_is_handled_once_and_the_workers_end_when_closed() -> None:
@@ -110,3 +111,49 @@ def test_a_closed_pool_refuses_items_and_a_pool_needs_a_worker() -> None:
             WorkerPool(0, handle)
 
     anyio.run(main)
+
+
+def test_lane_hands_out_frames_in_order_and_caps_its_rows_in_flight() -> None:
+    async def main() -> tuple[list[int], bool, pl.DataFrame | None]:
+        lane = Lane("complex", capacity=2)
+        lane.put(pl.DataFrame({"x": [1]}))
+        lane.put(pl.DataFrame({"x": [2]}))
+        lane.close()
+        got: list[int] = []
+        while (frame := await lane.get()) is not None:
+            got.append(int(frame["x"][0]))
+        await lane.acquire()
+        await lane.acquire()
+        blocked = True
+        with anyio.move_on_after(0.01):
+            await lane.acquire()
+            blocked = False
+        lane.release()
+        return got, blocked, await lane.get()
+
+    got, blocked, last = anyio.run(main)
+    assert got == [1, 2]
+    assert blocked, "a third row waits while two are in flight"
+    assert last is None
+
+
+def test_backlog_waits_until_it_falls_below_its_limit() -> None:
+    async def main() -> list[str]:
+        backlog = Backlog(3)
+        backlog.add(5)
+        events: list[str] = []
+
+        async def reader() -> None:
+            await backlog.wait_below_capacity()
+            events.append(f"read at {backlog.rows}")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(reader)
+            await anyio.lowlevel.checkpoint()
+            backlog.remove(2)
+            events.append("removed 2")
+            await anyio.lowlevel.checkpoint()
+            backlog.remove(1)
+        return events
+
+    assert anyio.run(main) == ["removed 2", "read at 2"]

@@ -1,0 +1,63 @@
+"""What goes into the dispatcher and what comes out: a row's request, its attempts, its outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+__all__ = ["AttemptRecord", "RowOutcome", "RowRequest"]
+
+
+@dataclass(slots=True)
+class RowRequest:
+    """One row, classified and ready to send."""
+
+    id: str
+    row_index: int
+    row_key: str
+    tier: str
+    messages: list[dict[str, str]]
+    prompt_tokens: int
+    """The prompt's size from `batchroute.pricing.tokens`, for limits, budget and context checks."""
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """One HTTP attempt, as attempts.parquet records it (the costs module adds the cost)."""
+
+    model: str
+    attempt: int
+    status_code: int | None
+    error_type: str | None
+    action: str
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+    latency_ms: float
+    started_at: datetime
+
+
+@dataclass(slots=True)
+class RowOutcome:
+    """What happened to one row: its answer or the reason it has none, and every attempt."""
+
+    status: str
+    model_requested: str
+    model_used: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+    fallback_depth: int = 0
+    content: str | None = None
+    finish_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    failed_input_tokens: int = 0
+    failed_output_tokens: int = 0
+    latency_ms: float | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempt_records: list[AttemptRecord] = field(default_factory=list)

@@ -1,0 +1,398 @@
+"""A row's way through its chain: send, read the reply, ask the policy, retry or fall back.
+
+`RowWalk.run` never raises for a row-level problem. It calls each model of the row's chain at
+most once in turn, within `retry.max_attempts_per_row` HTTP attempts, and returns a `RowOutcome`
+with one `AttemptRecord` per attempt. What to do after each reply is `policy.decide`'s; the side
+effects on the shared fleet (a 429 slows the model, a 404 retires it, a 401 aborts the run) are
+made here, through the fleet's public methods.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from batchroute.config import JobConfig, RetryConfig
+from batchroute.dispatch.client import Completion, Reply, send_chat
+from batchroute.dispatch.fleet import Fleet, ModelState
+from batchroute.dispatch.params import adapt_body
+from batchroute.dispatch.policy import Action, Ending, RowState, decide, is_retryable
+from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
+from batchroute.schema import ErrorType, Status
+
+__all__ = ["DEFAULT_MAX_OUTPUT_TOKENS", "RowWalk", "TierPlan", "plan_tiers"]
+
+DEFAULT_MAX_OUTPUT_TOKENS: Final = 1024
+"""The output limit the budget assumes when the job sets no max_tokens."""
+
+# Errors after which the endpoint may have done (and billed) the work: the budget keeps them at
+# their expected cost rather than assuming they were free.
+_MAYBE_BILLED: Final = frozenset({ErrorType.TIMEOUT, ErrorType.MALFORMED_RESPONSE})
+
+
+@dataclass(frozen=True, slots=True)
+class TierPlan:
+    """A tier's chain and request, resolved once per run."""
+
+    chain: tuple[str, ...]
+    bodies: dict[str, dict[str, Any]]
+    """Per model: the request body without its messages, as that model accepts it."""
+    wants_json: bool
+    max_tokens: int
+    max_output_tokens: int
+    """The output limit the budget reserves for: max_tokens, else the default."""
+
+
+def plan_tiers(config: JobConfig) -> dict[str, TierPlan]:
+    """Each tier's chain and per-model request bodies (see `params.adapt_body`)."""
+    plans: dict[str, TierPlan] = {}
+    for tier in config.tiers:
+        request = config.tier_request(tier)
+        chain = config.chain(tier)
+        fields = request.body_fields()
+        bodies = {}
+        for model in chain:
+            api_model = config.api_model(model)
+            body, _ = adapt_body(api_model, fields)
+            bodies[model] = {"model": api_model, **body}
+        plans[tier] = TierPlan(
+            chain=chain,
+            bodies=bodies,
+            wants_json=request.wants_json,
+            max_tokens=request.max_tokens or 0,
+            max_output_tokens=request.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS,
+        )
+    return plans
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _is_json(text: str | None) -> bool:
+    if text is None:
+        return False
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+class RowWalk:
+    """The state of one row's walk down its chain."""
+
+    __slots__ = (
+        "attempts",
+        "context_blocked",
+        "fleet",
+        "last_message",
+        "last_type",
+        "outcome",
+        "plan",
+        "retry",
+        "row",
+    )
+
+    def __init__(self, fleet: Fleet, plan: TierPlan, row: RowRequest) -> None:
+        self.fleet = fleet
+        self.plan = plan
+        self.row = row
+        self.retry: RetryConfig = fleet.config.retry
+        self.outcome = RowOutcome(
+            status=Status.FAILED, model_requested=plan.chain[0], started_at=_now()
+        )
+        self.attempts = 0
+        self.context_blocked = False
+        self.last_type: str | None = None
+        self.last_message: str | None = None
+
+    async def run(self) -> RowOutcome:
+        """Walk the chain until an answer or an ending; never raises for a row's problem."""
+        position = self._next_model(0)
+        while position is not None:
+            self.outcome.fallback_depth = position
+            model = self.fleet.models[self.plan.chain[position]]
+            outcome = await self._try_model(model)
+            if outcome is not None:
+                return outcome
+            position = self._next_model(position + 1)
+        return self._stopped() or self._end(Ending.NO_MODEL_LEFT)
+
+    # -- endings -------------------------------------------------------------------------------
+
+    def _finish(self, status: str, error_type: str | None, message: str | None) -> RowOutcome:
+        outcome = self.outcome
+        outcome.status = status
+        outcome.error_type = error_type
+        outcome.error_message = message
+        outcome.attempts = self.attempts
+        outcome.finished_at = _now()
+        return outcome
+
+    def _end(self, ending: str) -> RowOutcome:
+        """The failed outcome for a policy ending (built here once, for every path)."""
+        if ending == Ending.ATTEMPTS_EXHAUSTED:
+            return self._finish(
+                Status.FAILED,
+                ErrorType.ATTEMPTS_EXHAUSTED,
+                f"the row's {self.retry.max_attempts_per_row} attempts ran out; "
+                f"last: {self.last_message}",
+            )
+        if ending == Ending.NO_MODEL_LEFT:
+            chain = " -> ".join(self.plan.chain)
+            if self.last_type is None:
+                return self._finish(
+                    Status.FAILED,
+                    ErrorType.NO_MODEL_AVAILABLE,
+                    f"no model of the chain {chain} is available "
+                    "(all answered 404 model not found)",
+                )
+            return self._finish(
+                Status.FAILED,
+                self.last_type,
+                f"{self.last_message}; no model left in the chain {chain} "
+                f"after {self.attempts} attempt(s)",
+            )
+        return self._finish(Status.FAILED, self.last_type, self.last_message)
+
+    def _stopped(self) -> RowOutcome | None:
+        """The outcome if the run aborted, is stopping, or is out of budget; else None."""
+        fleet = self.fleet
+        records = self.outcome.attempt_records
+        last = (
+            records[-1]
+            if records and records[-1].action in (Action.RETRY, Action.FALLBACK)
+            else None
+        )
+        tried = (
+            f" after {self.attempts} attempt(s); last: {self.last_message}" if self.attempts else ""
+        )
+        if fleet.abort is not None:
+            if last is not None:
+                last.action = Action.ABORT
+            if self.attempts == 0:
+                return self._finish(
+                    Status.SKIPPED_ABORTED, ErrorType.ABORTED, "not sent: the run aborted"
+                )
+            return self._finish(Status.FAILED, ErrorType.ABORTED, f"the run aborted{tried}")
+        if fleet.stopping:
+            if last is not None:
+                last.action = Action.FAIL
+            return self._finish(
+                Status.SKIPPED_INTERRUPTED,
+                ErrorType.INTERRUPTED,
+                f"not sent: the run was stopped{tried}",
+            )
+        if fleet.budget.exhausted:
+            if last is not None:
+                last.action = Action.FAIL
+            return self._finish(
+                Status.SKIPPED_BUDGET,
+                ErrorType.BUDGET,
+                f"not sent: the budget cap was reached{tried and ' (' + tried.strip() + ')'}",
+            )
+        return None
+
+    # -- the chain -------------------------------------------------------------------------------
+
+    def _next_model(self, position: int) -> int | None:
+        """The index of the first model from `position` on that this row may still call."""
+        chain = self.plan.chain
+        models = self.fleet.models
+        needed = self.row.prompt_tokens + self.plan.max_tokens
+        while position < len(chain):
+            model = models[chain[position]]
+            fits = (
+                not self.context_blocked
+                or model.context_window is None
+                or model.context_window >= needed
+            )
+            if model.unavailable is None and fits:
+                return position
+            position += 1
+        return None
+
+    async def _try_model(self, model: ModelState) -> RowOutcome | None:
+        """Attempt one model until the row ends (an outcome) or must move on (None)."""
+        fleet = self.fleet
+        tokens = self.row.prompt_tokens + self.plan.max_tokens
+        retries = 0
+        while True:
+            stopped = self._stopped()
+            if stopped is not None:
+                return stopped
+            if model.unavailable is not None:
+                return None  # another row found it gone while this one waited
+            if self.attempts >= self.retry.max_attempts_per_row:
+                return self._end(Ending.ATTEMPTS_EXHAUSTED)
+            # The first request to an endpoint, then to each model, goes alone: a bad key or a
+            # retired model then costs one request, not a whole concurrency's worth.
+            probes = (model.endpoint_probe, model.probe)
+            held = [probe for probe in probes if not probe.open and await probe.enter()]
+            try:
+                sent = await self._send(model, tokens)
+            finally:
+                for probe in held:
+                    probe.finish()
+            if sent is None:
+                continue  # not sent: the loop's checks say why
+            reply, record, cost = sent
+            error_type, message = self._read(model, reply, record, tokens, cost)
+            if error_type is None:
+                assert reply.completion is not None
+                return self._succeed(model, reply.completion, record.latency_ms)
+            self.last_type = error_type
+            self.last_message = f"{message} [{model.name}]"
+            if error_type == ErrorType.MODEL_NOT_FOUND:
+                fleet.mark_unavailable(model, message)
+            elif error_type == ErrorType.CONTEXT_LENGTH:
+                self.context_blocked = True
+            elif error_type == ErrorType.AUTH:
+                fleet.abort_for_auth(model, reply.status_code)
+            if is_retryable(error_type):
+                retries += 1
+            position = self.plan.chain.index(model.name)
+            decision = decide(
+                error_type,
+                RowState(
+                    attempts=self.attempts,
+                    max_attempts=self.retry.max_attempts_per_row,
+                    retries_here=retries,
+                    max_retries_per_model=self.retry.max_retries_per_model,
+                    has_next_model=self._next_model(position + 1) is not None,
+                ),
+            )
+            record.action = decision.action
+            if fleet.abort is not None and decision.action != Action.RETRY:
+                record.action = Action.ABORT
+                return self._end(Ending.ERROR)
+            if decision.ending is not None:
+                return self._end(decision.ending)
+            if decision.action == Action.FALLBACK:
+                return None
+            await fleet.sleep(self._backoff(retries, reply))
+
+    async def _send(
+        self, model: ModelState, tokens: int
+    ) -> tuple[Reply, AttemptRecord, float] | None:
+        """One paced, budgeted HTTP attempt; None if it was not sent after the wait."""
+        fleet = self.fleet
+        limiter = model.limiter
+        if not await limiter.acquire(tokens):
+            return None  # the fleet is stopping
+        try:
+            # Checked after the wait: the run may have stopped or the model gone meanwhile.
+            if fleet.abort is not None or fleet.stopping or model.unavailable is not None:
+                limiter.sending()  # the place goes unused; keep the log's order
+                limiter.settle(tokens, 0)
+                return None
+            cost = model.reservation(self.row.prompt_tokens, self.plan.max_output_tokens)
+            if not fleet.budget.reserve(cost):
+                limiter.sending()
+                limiter.settle(tokens, 0)
+                return None
+            body = dict(self.plan.bodies[model.name])
+            body["messages"] = self.row.messages
+            limiter.sending()
+            started_at = _now()
+            start = time.perf_counter()
+            try:
+                reply = await send_chat(model.client, body)
+            except BaseException:
+                fleet.budget.settle(cost, cost)
+                raise
+            fleet.attempts_sent += 1
+        finally:
+            limiter.release()
+        self.attempts += 1
+        record = AttemptRecord(
+            model=model.name,
+            attempt=self.attempts,
+            status_code=reply.status_code,
+            error_type=reply.error_type,
+            action=Action.OK,
+            input_tokens=None,
+            output_tokens=None,
+            cached_tokens=None,
+            reasoning_tokens=None,
+            latency_ms=(time.perf_counter() - start) * 1000.0,
+            started_at=started_at,
+        )
+        self.outcome.attempt_records.append(record)
+        return reply, record, cost
+
+    def _read(
+        self, model: ModelState, reply: Reply, record: AttemptRecord, tokens: int, cost: float
+    ) -> tuple[str | None, str]:
+        """Settle limits and budget for a reply; its error type (None: an answer) and message."""
+        limiter = model.limiter
+        budget = self.fleet.budget
+        if reply.hint is not None:
+            limiter.follow_headers(reply.hint)
+        completion = reply.completion
+        if completion is None:
+            error_type = reply.error_type or ErrorType.MALFORMED_RESPONSE
+            limiter.settle(tokens, tokens if error_type in _MAYBE_BILLED else 0)
+            budget.settle(cost, cost if error_type in _MAYBE_BILLED else 0.0)
+            if error_type == ErrorType.RATE_LIMITED:
+                limiter.rate_limited(reply.retry_after_s)
+            elif reply.status_code is not None:
+                limiter.answered()
+            return error_type, reply.message or error_type
+        limiter.answered()
+        if completion.has_usage:
+            record.input_tokens = completion.input_tokens
+            record.output_tokens = completion.output_tokens
+            record.cached_tokens = completion.cached_tokens
+            record.reasoning_tokens = completion.reasoning_tokens
+            limiter.settle(tokens, self._charged_tokens(completion))
+            budget.settle(cost, model.actual_cost(completion))
+        else:
+            budget.settle(cost, cost)
+        if completion.finish_reason == "content_filter":
+            error_type = ErrorType.CONTENT_FILTER
+            message = f"HTTP {reply.status_code}: the answer was withheld (content_filter)"
+        elif self.plan.wants_json and not _is_json(completion.content):
+            error_type = ErrorType.INVALID_JSON
+            message = f"HTTP {reply.status_code}: JSON was asked for, the answer is not JSON"
+        else:
+            return None, ""
+        record.error_type = error_type
+        self.outcome.failed_input_tokens += completion.input_tokens
+        self.outcome.failed_output_tokens += completion.output_tokens
+        return error_type, message
+
+    def _backoff(self, retries: int, reply: Reply) -> float:
+        """Full-jitter exponential backoff; a retry-after (a 429's too) is honoured as a minimum."""
+        retry = self.retry
+        ceiling = min(retry.backoff_max_s, retry.backoff_initial_s * 2 ** (retries - 1))
+        delay = random.uniform(0.0, ceiling)
+        if reply.retry_after_s is not None:
+            delay = max(delay, min(reply.retry_after_s, retry.backoff_max_s))
+        return delay
+
+    def _charged_tokens(self, completion: Completion) -> int:
+        """The tokens the endpoint counts against TPM: the reported prompt plus max_tokens.
+
+        Providers reserve `max_tokens` at request time (OpenAI does, and so does the simulator),
+        so only the prompt estimate is corrected with usage, unless the output was larger.
+        """
+        return completion.input_tokens + max(completion.output_tokens, self.plan.max_tokens)
+
+    def _succeed(self, model: ModelState, completion: Completion, latency_ms: float) -> RowOutcome:
+        outcome = self.outcome
+        outcome.model_used = model.name
+        outcome.content = completion.content
+        outcome.finish_reason = completion.finish_reason
+        outcome.input_tokens = completion.input_tokens
+        outcome.output_tokens = completion.output_tokens
+        outcome.cached_tokens = completion.cached_tokens
+        outcome.reasoning_tokens = completion.reasoning_tokens
+        outcome.latency_ms = latency_ms
+        self.fleet.count_answer(self.fleet.models[self.plan.chain[0]], model, completion)
+        return self._finish(Status.OK, None, None)
