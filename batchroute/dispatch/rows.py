@@ -18,7 +18,10 @@ class RowRequest:
     tier: str
     messages: list[dict[str, str]]
     prompt_tokens: int
-    """The prompt's size from `batchroute.pricing.tokens`, for limits, budget and context checks."""
+    """The prompt's size from `batchroute.pricing.tokens`, for limits and context checks."""
+    prompt_token_bound: int | None = None
+    """A true upper bound on the prompt's tokens (`pricing.tokens.message_token_bound`), which
+    the budget reserves for; without one it reserves for `prompt_tokens`, an estimate."""
 
 
 @dataclass(slots=True)

@@ -22,12 +22,10 @@ from batchroute.dispatch.fleet import Fleet, ModelState
 from batchroute.dispatch.params import adapt_body
 from batchroute.dispatch.policy import Action, Ending, RowState, decide, is_retryable
 from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
+from batchroute.pricing.budget import reserved_output_tokens
 from batchroute.schema import ErrorType, Status
 
-__all__ = ["DEFAULT_MAX_OUTPUT_TOKENS", "RowWalk", "TierPlan", "plan_tiers"]
-
-DEFAULT_MAX_OUTPUT_TOKENS: Final = 1024
-"""The output limit the budget assumes when the job sets no max_tokens."""
+__all__ = ["RowWalk", "TierPlan", "plan_tiers"]
 
 # Errors after which the endpoint may have done (and billed) the work: the budget keeps them at
 # their expected cost rather than assuming they were free.
@@ -43,8 +41,8 @@ class TierPlan:
     """Per model: the request body without its messages, as that model accepts it."""
     wants_json: bool
     max_tokens: int
-    max_output_tokens: int
-    """The output limit the budget reserves for: max_tokens, else the default."""
+    reserved_output_tokens: dict[str, int]
+    """Per model: the output tokens the budget reserves for (`pricing.budget`)."""
 
 
 def plan_tiers(config: JobConfig) -> dict[str, TierPlan]:
@@ -64,7 +62,15 @@ def plan_tiers(config: JobConfig) -> dict[str, TierPlan]:
             bodies=bodies,
             wants_json=request.wants_json,
             max_tokens=request.max_tokens or 0,
-            max_output_tokens=request.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS,
+            reserved_output_tokens={
+                model: reserved_output_tokens(
+                    body,
+                    context_window=config.models[model].context_window
+                    if model in config.models
+                    else None,
+                )
+                for model, body in bodies.items()
+            },
         )
     return plans
 
@@ -291,7 +297,11 @@ class RowWalk:
                 limiter.sending()  # the place goes unused; keep the log's order
                 limiter.settle(tokens, 0)
                 return None
-            cost = model.reservation(self.row.prompt_tokens, self.plan.max_output_tokens)
+            row = self.row
+            cost = model.reservation(
+                row.prompt_token_bound if row.prompt_token_bound is not None else row.prompt_tokens,
+                self.plan.reserved_output_tokens[model.name],
+            )
             if not fleet.budget.reserve(cost):
                 limiter.sending()
                 limiter.settle(tokens, 0)

@@ -43,7 +43,7 @@ from batchroute.pricing.budget import Budget
 from batchroute.pricing.costs import FloatRates
 from batchroute.pricing.forecast import ForecastAccumulator, forecast_totals, write_plan
 from batchroute.pricing.prices import PriceTable, resolve_prices
-from batchroute.pricing.tokens import messages_tokens_expr
+from batchroute.pricing.tokens import messages_token_bound_expr, messages_tokens_expr
 from batchroute.progress import Progress
 from batchroute.report import ReportSummary, write_reports
 from batchroute.report.terminal import forecast_overrun
@@ -414,7 +414,8 @@ class _Run:
             self.reused_rows += reused.height
             self.progress.settled(reused["tier"], status="reused")
         return valid.filter(~answered).with_columns(
-            messages_tokens_expr(pl.col("messages")).alias("prompt_tokens")
+            messages_tokens_expr(pl.col("messages")).alias("prompt_tokens"),
+            messages_token_bound_expr(pl.col("messages")).alias("prompt_token_bound"),
         )
 
     async def _queue_batch(self, frame: pl.DataFrame) -> None:
@@ -454,10 +455,13 @@ class _Run:
             return
         slots = self._slots
         contexts = self.buffer.contexts(frame).iter_rows()
-        requests = frame.select("id", "row_index", "row_key", "tier", "messages", "prompt_tokens")
-        for position, (context, (row_id, row_index, row_key, tier, messages, tokens)) in enumerate(
-            zip(contexts, requests.iter_rows(), strict=True)
-        ):
+        requests = frame.select(
+            "id", "row_index", "row_key", "tier", "messages", "prompt_tokens", "prompt_token_bound"
+        )
+        for position, (
+            context,
+            (row_id, row_index, row_key, tier, messages, tokens, bound),
+        ) in enumerate(zip(contexts, requests.iter_rows(), strict=True)):
             await lane.acquire()
             await slots.acquire()
             if self.stop_status is None and dispatcher.abort is not None:
@@ -478,6 +482,7 @@ class _Run:
                 tier=tier,
                 messages=messages,
                 prompt_tokens=tokens,
+                prompt_token_bound=bound,
             )
             self.progress.sent(tier)
             senders.put((request, context))

@@ -24,7 +24,7 @@ from batchroute.errors import RunAbortedError
 from batchroute.pricing.budget import Budget
 from batchroute.pricing.costs import usage_cost
 from batchroute.pricing.prices import resolve_prices
-from batchroute.pricing.tokens import count_message_tokens
+from batchroute.pricing.tokens import count_message_tokens, message_token_bound
 from batchroute.schema import ErrorType, Status
 from batchroute.sim import FaultRates, LocalSimulator, SimConfig, SimModelConfig
 
@@ -655,6 +655,36 @@ def test_budget_cap_holds_at_every_price_component(
     )
     assert budget.exhausted
     assert Counter(o.status for o in outcomes)[Status.OK] > 0
+    assert spent <= cap
+
+
+def test_budget_cap_holds_when_the_provider_counts_more_prompt_tokens_than_estimated() -> None:
+    """The reservation uses the prompt's byte bound: a tokenizer that counts every byte of a
+    non-ASCII prompt (far above the characters / 4 estimate) still cannot pass the cap."""
+    text = "東京の天気を要約してください。" * 20
+    messages = [{"role": "user", "content": text}]
+    bound = message_token_bound(messages)
+    answer = _answer()
+    answer["usage"] = {"prompt_tokens": bound, "completion_tokens": 64, "total_tokens": bound + 64}
+    job = make_job(models={"a": {"max_concurrency": 8}, "b": {}})
+    price = resolve_prices(job).get("a")
+    assert price is not None
+    cap = Decimal("0.01")
+    budget = Budget(cap)
+    rows = [
+        RowRequest(str(i), i, f"k{i}", "standard", messages, count_message_tokens(messages), bound)
+        for i in range(40)
+    ]
+    outcomes, _, _ = scripted({"a": always((200, answer, {}))}, job, rows, budget=budget)
+    spent = sum(
+        (
+            usage_cost(price, input_tokens=r.input_tokens or 0, output_tokens=r.output_tokens or 0)
+            for o in outcomes
+            for r in o.attempt_records
+        ),
+        Decimal(0),
+    )
+    assert budget.exhausted and any(o.status == Status.OK for o in outcomes)
     assert spent <= cap
 
 

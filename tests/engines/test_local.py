@@ -11,9 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
+import pytest
 from click.testing import CliRunner
 
 from batchroute.cli import main
+from batchroute.dispatch import Dispatcher, RowOutcome, RowRequest
+from batchroute.pricing.tokens import message_token_bound
 from batchroute.schema import RESULT_SCHEMA
 from tests.conftest import sample_rows
 
@@ -143,3 +146,25 @@ def test_a_run_leaves_garbage_collection_as_it_found_it(make_job: JobFactory) ->
     assert code == 0, err
     assert gc.get_threshold() == threshold
     assert gc.get_freeze_count() == frozen
+
+
+def test_each_request_carries_its_prompts_byte_bound_for_the_budget(
+    make_job: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner hands the dispatcher a true bound on each prompt's tokens to reserve for."""
+    seen: list[RowRequest] = []
+    dispatch = Dispatcher.dispatch
+
+    async def recording(self: Dispatcher, row: RowRequest) -> RowOutcome:
+        seen.append(row)
+        return await dispatch(self, row)
+
+    monkeypatch.setattr(Dispatcher, "dispatch", recording)
+    job = make_job(sample_rows(12))
+    assert run_cli("run", str(job))[0] == 0
+    assert len(seen) == 12
+    assert all(row.prompt_token_bound == message_token_bound(row.messages) for row in seen)
+    assert all(
+        row.prompt_token_bound is not None and row.prompt_token_bound >= row.prompt_tokens
+        for row in seen
+    )
