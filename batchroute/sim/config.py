@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["FaultRates", "SimConfig", "SimModelConfig"]
+__all__ = ["BATCH_ENDINGS", "FaultRates", "SimBatchConfig", "SimConfig", "SimModelConfig"]
 
 Rate = Annotated[float, Field(ge=0, le=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -83,6 +83,28 @@ class SimModelConfig(_Section):
     faults: FaultRates = FaultRates()
 
 
+BATCH_ENDINGS = ("completed", "expired", "cancelled", "failed", "all_lines_failed")
+"""How a simulated batch may end: as asked, past its window, cancelled by the provider, refused
+at validation, or completed with every line an error (and so no output file)."""
+
+BatchEnding = Literal["completed", "expired", "cancelled", "failed", "all_lines_failed"]
+
+
+class SimBatchConfig(_Section):
+    """The Batch API's clock and its injected endings (`sim/batches.py`)."""
+
+    completion_s: Annotated[float, Field(ge=0)] = 1.0
+    """Seconds from creation to the end of a batch: the 24 h window, squeezed."""
+    endings: tuple[BatchEnding, ...] = ()
+    """How successive batches end, in creation order; past the list, `completed`."""
+    done_fraction: Rate = 0.5
+    """For an `expired` or `cancelled` batch, the share of its lines answered before it ended."""
+    line_error_rate: Rate = 0.0
+    """The probability, per line, of an error line (status `line_error_status`) in the error
+    file; drawn from the seeded generator."""
+    line_error_status: Annotated[int, Field(ge=400, le=599)] = 500
+
+
 class SimConfig(_Section):
     """The whole simulator: defaults for every model, and overrides per model."""
 
@@ -92,6 +114,8 @@ class SimConfig(_Section):
     default: SimModelConfig = SimModelConfig()
     """Applies to every model; a model's own section overrides only the keys it sets."""
     models: Mapping[str, SimModelConfig] = Field(default_factory=dict)
+    batch: SimBatchConfig = SimBatchConfig()
+    """The `/v1/files` and `/v1/batches` endpoints' clock and endings."""
 
     def for_model(self, model: str) -> SimModelConfig:
         """The settings that apply to one model name: `default`, with its own section on top."""

@@ -448,6 +448,9 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _get_model)
     app.router.add_get("/sim/stats", _stats)
+    from batchroute.sim.batches import add_batch_routes  # it reads SIM_STATE from this module
+
+    add_batch_routes(app)
     app.router.add_post("/sim/reset", _reset)
     app.on_shutdown.append(_on_shutdown)
     return app
