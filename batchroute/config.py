@@ -25,6 +25,7 @@ from batchroute.sim.config import SimConfig
 __all__ = [
     "SIMULATOR_URL",
     "TIERS",
+    "BatchConfig",
     "BudgetConfig",
     "CacheConfig",
     "ClassifierConfig",
@@ -52,6 +53,7 @@ SIMULATOR_URL = "simulator"
 """`endpoint.base_url: simulator` starts the embedded OpenAI-compatible simulator."""
 
 Tier = Literal["complex", "standard", "structured", "bulk"]
+Mode = Literal["batch", "online"]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Price = Annotated[Decimal, Field(ge=0)]
@@ -147,6 +149,8 @@ class TierConfig(_Section):
 
     model: str
     request: RequestConfig | None = None
+    mode: Mode | None = None
+    """`batch` sends the tier through the Batch API (half price, within 24 h); default: the job's."""
 
 
 class ModelConfig(_Section):
@@ -165,6 +169,8 @@ class ModelConfig(_Section):
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
     max_concurrency: PositiveInt = 64
+    batch_max_enqueued_tokens: PositiveInt | None = None
+    """The provider's limit on prompt tokens enqueued in open batches for this model."""
 
 
 class SignalOverride(_Section):
@@ -274,6 +280,20 @@ class CacheConfig(_Section):
     """Past this, the least recently used answers are evicted."""
 
 
+class BatchConfig(_Section):
+    """How batch-mode tiers use the Batch API (README: "Batch mode")."""
+
+    deadline_h: PositiveFloat | None = None
+    """Hours after a row was first submitted; past it, a row whose batch expired or was
+    cancelled goes online instead of into a new batch. None: no deadline."""
+    max_resubmits: Annotated[int, Field(ge=0)] = 2
+    """How often a row left unanswered (expired, cancelled, a retryable line error) is
+    submitted again; after that it goes online."""
+    poll_initial_s: PositiveFloat = 1.0
+    """The first wait between polls of open batches; it doubles up to `poll_max_s`."""
+    poll_max_s: PositiveFloat = 60.0
+
+
 class JobConfig(_Section):
     """A whole job file."""
 
@@ -283,6 +303,9 @@ class JobConfig(_Section):
     endpoints: Mapping[str, EndpointConfig] = Field(default_factory=dict)
     request: RequestConfig = RequestConfig()
     tiers: Mapping[Tier, str | TierConfig]
+    mode: Mode = "online"
+    """The default of every tier's `mode`."""
+    batch: BatchConfig = BatchConfig()
     models: Mapping[str, ModelConfig] = Field(default_factory=dict)
     baseline_model: str | None = None
     routing: RoutingConfig = RoutingConfig()
@@ -337,6 +360,10 @@ class JobConfig(_Section):
         """The tier's settings, with the short form `tier: model` expanded."""
         spec = self.tiers[tier]  # type: ignore[index]
         return TierConfig(model=spec) if isinstance(spec, str) else spec
+
+    def tier_mode(self, tier: str) -> str:
+        """`batch` or `online`: the tier's own mode, else the job's."""
+        return self.tier(tier).mode or self.mode
 
     def tier_request(self, tier: str) -> RequestConfig:
         """The request settings for one tier: the job's, with the tier's overrides on top."""

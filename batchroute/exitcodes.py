@@ -28,3 +28,5 @@ class ExitCode(IntEnum):
     """A run directory or report could not be written or read."""
     GATE = 8
     """A quality gate failed (eval-classifier below --min-accuracy, calibrate missed target)."""
+    SUBMITTED = 9
+    """`run --no-wait` submitted batches (or found them still open): run again later to collect."""

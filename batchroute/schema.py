@@ -124,6 +124,7 @@ RESULT_SCHEMA: Final = _schema(
         "latency_ms": pl.Float64,
         "started_at": _TIME,
         "finished_at": _TIME,
+        "batch": pl.Boolean,
     }
 )
 """results.parquet, before the passthrough metadata columns, which follow in input order."""
@@ -146,6 +147,7 @@ ATTEMPT_SCHEMA: Final = _schema(
         "priced": pl.Boolean,
         "latency_ms": pl.Float64,
         "started_at": _TIME,
+        "batch": pl.Boolean,
     }
 )
 """attempts.parquet: one row per HTTP attempt. `action` is what followed: ok, retry, fallback,

@@ -33,9 +33,11 @@ __all__ = [
     "RateLimitHint",
     "Reply",
     "make_client",
+    "parse_completion",
     "resolve_api_key",
     "scrub_secrets",
     "send_chat",
+    "status_error_type",
     "translate_error",
 ]
 
@@ -205,6 +207,29 @@ def translate_error(exc: openai.APIError, *, secret: str | None = None) -> Reply
         error_type=ErrorType.MALFORMED_RESPONSE,
         message=f"the response could not be read ({type(exc).__name__})",
     )
+
+
+def status_error_type(status: int, code: str | None) -> str:
+    """The taxonomy's error type for an HTTP error status (and the body's `code`).
+
+    For replies that arrive as data rather than as an SDK exception: the Batch API's error
+    lines. `_translate_status` classifies the online replies the same way.
+    """
+    if status == 429:
+        return ErrorType.RATE_LIMITED
+    if status in (401, 403):
+        return ErrorType.AUTH
+    if status == 404:
+        return ErrorType.MODEL_NOT_FOUND
+    if status == 408:
+        return ErrorType.TIMEOUT
+    if status == 409:
+        return ErrorType.CONFLICT
+    if status >= 500:
+        return ErrorType.SERVER_ERROR
+    if code == "context_length_exceeded":
+        return ErrorType.CONTEXT_LENGTH
+    return ErrorType.BAD_REQUEST
 
 
 def _translate_status(exc: openai.APIStatusError, *, secret: str | None) -> Reply:

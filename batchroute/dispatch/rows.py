@@ -39,6 +39,8 @@ class AttemptRecord:
     reasoning_tokens: int | None
     latency_ms: float
     started_at: datetime
+    batch: bool = False
+    """Sent through the Batch API (priced at batch rates), not online."""
 
 
 @dataclass(slots=True)
@@ -64,3 +66,5 @@ class RowOutcome:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempt_records: list[AttemptRecord] = field(default_factory=list)
+    batch: bool = False
+    """Answered through the Batch API (priced at batch rates)."""

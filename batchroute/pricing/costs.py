@@ -13,7 +13,7 @@ An unpriced model's cost is null with `priced` false, never $0.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -169,13 +169,24 @@ def rate_literals(price: ModelPrice | None) -> list[pl.Expr]:
     return [pl.lit(value, dtype=COST_DTYPE) for value in values]
 
 
-def model_rates(model: pl.Expr, prices: PriceTable) -> list[pl.Expr]:
+def model_rates(
+    model: pl.Expr, prices: PriceTable, *, batch: pl.Expr | None = None
+) -> list[pl.Expr]:
     """The four per-1M rates of each row's model (null for an unpriced one), for `usage_cost_expr`.
 
-    A `replace_strict` per rate rather than a join: the frame's other columns (answers, often
-    most of its bytes) are never copied.
+    Where `batch` is true, the row went through the Batch API and gets the model's batch rates
+    (`ModelPrice.batch_price`). A `replace_strict` per rate rather than a join: the frame's other
+    columns (answers, often most of its bytes) are never copied.
     """
-    rows = prices.prices
+    online = _rates(model, prices.prices)
+    if batch is None:
+        return online
+    batched = _rates(model, {m: p.batch_price() for m, p in prices.prices.items()})
+    flag = batch.fill_null(False)
+    return [pl.when(flag).then(b).otherwise(o) for b, o in zip(batched, online, strict=True)]
+
+
+def _rates(model: pl.Expr, rows: Mapping[str, ModelPrice]) -> list[pl.Expr]:
     rates = (
         {m: p.input_per_mtok for m, p in rows.items()},
         {m: p.cached_rate for m, p in rows.items()},
@@ -187,13 +198,14 @@ def model_rates(model: pl.Expr, prices: PriceTable) -> list[pl.Expr]:
     ]
 
 
-def _cost_of(model: str, prices: PriceTable) -> pl.Expr:
+def _cost_of(model: str, prices: PriceTable, *, batch: bool = True) -> pl.Expr:
+    """The usage's cost on the row's model; at batch rates where its `batch` column is true."""
     return usage_cost_expr(
         input_tokens=pl.col("input_tokens"),
         output_tokens=pl.col("output_tokens"),
         cached_tokens=pl.col("cached_tokens"),
         reasoning_tokens=pl.col("reasoning_tokens"),
-        rates=model_rates(pl.col(model), prices),
+        rates=model_rates(pl.col(model), prices, batch=pl.col("batch") if batch else None),
     )
 
 
@@ -203,8 +215,9 @@ def _is_priced(model: str, prices: PriceTable) -> pl.Expr:
 
 def price_attempts(attempts: pl.LazyFrame, prices: PriceTable) -> pl.LazyFrame:
     """Fill attempts' `cost_usd` and `priced` from their usage on their model."""
+    batch = "batch" in attempts.collect_schema().names()  # runs before batch mode have none
     return attempts.with_columns(
-        cost_usd=pl.when(_is_priced("model", prices)).then(_cost_of("model", prices)),
+        cost_usd=pl.when(_is_priced("model", prices)).then(_cost_of("model", prices, batch=batch)),
         priced=_is_priced("model", prices),
     )
 
@@ -225,7 +238,7 @@ def failed_costs(priced_attempts: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _result_costs(
-    prices: PriceTable, *, failed_cost: pl.Expr, failed_priced: pl.Expr
+    prices: PriceTable, *, failed_cost: pl.Expr, failed_priced: pl.Expr, batch: bool = True
 ) -> dict[str, pl.Expr]:
     """A result row's cost columns, given its failed attempts' summed cost and whether priced."""
     is_ok = pl.col("status") == "ok"
@@ -233,7 +246,7 @@ def _result_costs(
         "cost_usd": pl.when(~is_ok)
         .then(pl.lit(0, dtype=COST_DTYPE))
         .when(_is_priced("model_used", prices))
-        .then(_cost_of("model_used", prices)),
+        .then(_cost_of("model_used", prices, batch=batch)),
         "failed_cost_usd": pl.when(failed_priced).then(failed_cost.fill_null(0).cast(COST_DTYPE)),
         "priced": (~is_ok | _is_priced("model_used", prices)) & failed_priced,
     }
@@ -257,6 +270,7 @@ def price_results(results: pl.DataFrame, failed: pl.DataFrame, prices: PriceTabl
             prices,
             failed_cost=pl.lit(per_row["_failed_cost"]),
             failed_priced=pl.lit(per_row["_failed_priced"].fill_null(True)),
+            batch="batch" in results.columns,
         )
     )
 
@@ -276,6 +290,7 @@ def reprice_results(
                 prices,
                 failed_cost=pl.col("_failed_cost"),
                 failed_priced=pl.col("_failed_priced").fill_null(True),
+                batch="batch" in results.collect_schema().names(),
             )
         )
         .drop("_failed_cost", "_failed_priced")

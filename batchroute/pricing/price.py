@@ -34,8 +34,12 @@ class ModelPrice:
     cached_input_per_mtok: Decimal | None = None
     reasoning_per_mtok: Decimal | None = None
     batch_discount: Decimal = Decimal(0)
-    """The provider's discount on its asynchronous batch API, as a fraction; informational."""
+    """The provider's discount on its asynchronous Batch API, as a fraction (0.5: half price)."""
     context_window: int | None = None
+    batch_input_per_mtok: Decimal | None = None
+    """The Batch API's own input price; without it, the input price less `batch_discount`."""
+    batch_output_per_mtok: Decimal | None = None
+    """The Batch API's own output price; without it, the output price less `batch_discount`."""
 
     @property
     def cached_rate(self) -> Decimal:
@@ -51,9 +55,46 @@ class ModelPrice:
         """The price of a reasoning token per 1M: its own, or the output price."""
         return self.output_per_mtok if self.reasoning_per_mtok is None else self.reasoning_per_mtok
 
+    def batch_price(self) -> ModelPrice:
+        """The price of the same tokens sent through the Batch API.
+
+        Explicit batch prices win; otherwise each rate is discounted by `batch_discount`,
+        quantized to six places like every price, so batch costs stay exact in `COST_DTYPE`.
+        """
+        keep = Decimal(1) - self.batch_discount
+
+        def discounted(rate: Decimal | None) -> Decimal | None:
+            return None if rate is None else (rate * keep).quantize(QUANTUM)
+
+        input_rate = self.batch_input_per_mtok
+        output_rate = self.batch_output_per_mtok
+        cached = discounted(self.cached_input_per_mtok)
+        if input_rate is not None and self.cached_input_per_mtok is None:
+            cached = None  # a cached token then costs the batch input price
+        return ModelPrice(
+            input_per_mtok=input_rate if input_rate is not None else discounted(self.input_per_mtok),  # type: ignore[arg-type]
+            output_per_mtok=output_rate if output_rate is not None else discounted(self.output_per_mtok),  # type: ignore[arg-type]
+            cached_input_per_mtok=cached,
+            reasoning_per_mtok=discounted(self.reasoning_per_mtok)
+            if output_rate is None
+            else None,
+            context_window=self.context_window,
+        )
+
     def canonical(self) -> dict[str, str | int | None]:
-        """The price as JSON-ready values, decimals as fixed-point strings (for hashing)."""
-        return {
+        """The price as JSON-ready values, decimals as fixed-point strings (for hashing).
+
+        The batch prices appear only when set, so tables without them keep their hashes.
+        """
+        explicit = {
+            name: _text(value)
+            for name, value in (
+                ("batch_input_per_mtok", self.batch_input_per_mtok),
+                ("batch_output_per_mtok", self.batch_output_per_mtok),
+            )
+            if value is not None
+        }
+        return explicit | {
             "input_per_mtok": _text(self.input_per_mtok),
             "output_per_mtok": _text(self.output_per_mtok),
             "cached_input_per_mtok": _text(self.cached_input_per_mtok),

@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 _DEFAULT_TABLE = "prices.json"
+_BATCH_FIELDS = ("batch_input_per_mtok", "batch_output_per_mtok")
+"""A price entry's Batch API prices; without them, `batch_discount` applies."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def _to_window(value: Any, *, where: str) -> int | None:
 def _parse_entry(entry: Any, *, where: str) -> ModelPrice:
     if not isinstance(entry, Mapping):
         raise ValueError(f"{where}: must be a mapping of price fields")
-    known = {*PRICE_FIELDS, "batch_discount", "context_window", "provider"}
+    known = {*PRICE_FIELDS, *_BATCH_FIELDS, "batch_discount", "context_window", "provider"}
     unknown = sorted(set(entry) - known)
     if unknown:
         raise ValueError(f"{where}.{unknown[0]}: is not a price field ({', '.join(sorted(known))})")
@@ -106,7 +108,7 @@ def _parse_entry(entry: Any, *, where: str) -> ModelPrice:
             raise ValueError(f"{where}.{required}: is required")
     optional = {
         name: to_price(entry[name], where=f"{where}.{name}")
-        for name in ("cached_input_per_mtok", "reasoning_per_mtok")
+        for name in ("cached_input_per_mtok", "reasoning_per_mtok", *_BATCH_FIELDS)
         if entry.get(name) is not None
     }
     discount = to_price(entry.get("batch_discount", 0), where=f"{where}.batch_discount")
@@ -226,6 +228,8 @@ def resolve_prices(job: Job) -> PriceTable:
         prices[name] = ModelPrice(
             **quantized,
             batch_discount=base.batch_discount if base is not None else Decimal(0),
+            batch_input_per_mtok=base.batch_input_per_mtok if base is not None else None,
+            batch_output_per_mtok=base.batch_output_per_mtok if base is not None else None,
             context_window=model.context_window
             or (base.context_window if base is not None else None),
         )

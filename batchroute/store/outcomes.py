@@ -51,6 +51,7 @@ _attempt_values = attrgetter(
     "reasoning_tokens",
     "latency_ms",
     "started_at",
+    "batch",
 )
 """The values of an AttemptRecord, in ATTEMPT_SCHEMA's order after the row's own columns."""
 
@@ -81,6 +82,7 @@ def _outcome_values(outcome: RowOutcome) -> tuple[Any, ...]:
         outcome.latency_ms,
         outcome.started_at,
         outcome.finished_at,
+        outcome.batch,
     )
 
 
@@ -127,7 +129,7 @@ class OutcomeBuffer:
         self._rows.append(
             context
             + (None, status, error_type, message, 0, 0, None, None)
-            + (0, 0, 0, 0, 0, 0, None, None, None, None, None, now)
+            + (0, 0, 0, 0, 0, 0, None, None, None, None, None, now, False)
         )
 
     def add_frame(self, frame: pl.DataFrame) -> None:
@@ -197,5 +199,6 @@ def skipped_results(
         pl.lit(None, pl.Float64).alias("latency_ms"),
         pl.lit(None, RESULT_SCHEMA["started_at"]).alias("started_at"),
         pl.lit(now, RESULT_SCHEMA["finished_at"]).alias("finished_at"),
+        pl.lit(False).alias("batch"),
         *metadata_columns,
     )
