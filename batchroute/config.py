@@ -150,7 +150,7 @@ class TierConfig(_Section):
     model: str
     request: RequestConfig | None = None
     mode: Mode | None = None
-    """`batch` sends the tier through the Batch API (half price, within 24 h); default: the job's."""
+    """`batch` sends the tier through the Batch API (cheaper, within 24 h); default: the job's."""
 
 
 class ModelConfig(_Section):
@@ -164,6 +164,11 @@ class ModelConfig(_Section):
     output_per_mtok: Price | None = None
     cached_input_per_mtok: Price | None = None
     reasoning_per_mtok: Price | None = None
+    batch_discount: Annotated[Decimal, Field(ge=0, le=1)] | None = None
+    """The Batch API's discount as a fraction (0.5: half price), over the price table's."""
+    batch_input_per_mtok: Price | None = None
+    batch_output_per_mtok: Price | None = None
+    """The Batch API's own prices, when they are not a plain discount."""
     context_window: PositiveInt | None = None
     fallback: str | None = None
     rpm: PositiveInt | None = None

@@ -54,6 +54,13 @@ __all__ = ["run_command"]
     help="json: every stderr line is a JSON event (run_started, progress, warning, "
     "rows_rejected, run_finished) and stdout stays empty.",
 )
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Batch-mode tiers: wait for the Batch API and collect (default), or submit and exit 9; "
+    "a later run collects.",
+)
 @click.option("--quiet", is_flag=True, help="Only warnings and the closing lines; no tables.")
 def run_command(
     job_file: Path,
@@ -64,6 +71,7 @@ def run_command(
     keep_failed: bool,
     dry_run: bool,
     log_format: str,
+    wait: bool,
     quiet: bool,
 ) -> None:
     """Run JOB_FILE: classify every row, send it to its tier's model, write results and reports.
@@ -71,7 +79,7 @@ def run_command(
     Running the job again resumes its newest unfinished run (whatever its date), or the run
     directory --run-dir names: rows already answered are not sent again. --fresh starts a new
     run. Exit codes: 0 ok, 1 some rows failed, 3 budget cap hit, 4 aborted, 5 interrupted,
-    6 bad job or input, 7 output error.
+    6 bad job or input, 7 output error, 9 batches submitted (run again to collect).
     """
     if fresh and run_dir is not None:
         raise click.UsageError(
@@ -95,6 +103,7 @@ def run_command(
         limit=limit,
         max_cost_usd=Decimal(str(max_cost)) if max_cost is not None else None,
         retry_failed=not keep_failed,
+        wait=wait,
     )
     console = make_console(stderr=True)
     progress = Progress(

@@ -34,6 +34,7 @@ import polars as pl
 from batchroute.classify import build_router
 from batchroute.config import Job
 from batchroute.dataset import Batch, open_dataset
+from batchroute.dispatch.batch import BatchRunner
 from batchroute.dispatch.dispatcher import Dispatcher, RowOutcome, RowRequest
 from batchroute.engines.workers import Backlog, Lane, WorkerPool
 from batchroute.errors import OutputError
@@ -80,6 +81,8 @@ class RunOptions:
     limit: int | None = None
     max_cost_usd: Decimal | None = None
     retry_failed: bool = True
+    wait: bool = True
+    """`--no-wait`: submit batch-mode rows and end with `ExitCode.SUBMITTED` instead of waiting."""
 
 
 @dataclass(slots=True)
@@ -233,6 +236,11 @@ class _Run:
         """Answered rows whose in-flight slot is held until their journal commit is durable."""
         self.started_at = datetime.now(UTC)
         self._contexts = tier_contexts(cfg)
+        self.batch = (
+            BatchRunner(job, run_dir=run_dir, prices=prices, budget=self.budget)
+            if any(cfg.tier_mode(tier) == "batch" for tier in cfg.tiers)
+            else None
+        )
         self._requested = {tier: cfg.tier(tier).model for tier in cfg.tiers}
         self._float_rates = {  # for the progress display only
             model: FloatRates.of(price)
@@ -264,6 +272,10 @@ class _Run:
                 write_manifest(self.run_dir, previous)
             raise
         self.journal.close()
+        if self._batches_left():
+            summary = self._summary(counts={}, report=None)
+            write_manifest(self.run_dir, self._manifest(previous, finished=False))
+            return summary
         if self.hard_stop:
             summary = self._summary(counts={}, report=None)
             write_manifest(self.run_dir, self._manifest(previous, finished=True, summary=summary))
@@ -298,6 +310,7 @@ class _Run:
             anyio.create_task_group() as watchers,
         ):
             self._flush_wanted = anyio.Event()
+            self._flush_lock = anyio.Lock()
             self._dispatcher = dispatcher
             # fast_acquire: the feeder takes a free slot without yielding, so a batch's rows are
             # all handed to the dispatcher at once instead of one per event-loop turn.
@@ -315,6 +328,15 @@ class _Run:
             try:
                 with anyio.CancelScope() as self._run_scope:
                     await self._feed(dispatcher, batches, classify, done)
+                    if self.batch is not None and self.stop_status is None:
+                        await self.batch.finish(
+                            dispatcher,
+                            wait=self.options.wait,
+                            settle=self._settle_batch_row,
+                            flush=self._flush,
+                            stopping=lambda: self.stop_status is not None,
+                            context_columns=self.buffer.context_columns,
+                        )
             finally:
                 self.warnings = list(dispatcher.warnings)
             # rows already in flight when the run had to stop still report how it ended
@@ -425,6 +447,13 @@ class _Run:
         if self.stop_status is not None:
             self._skip_rest(frame)
             return
+        if self.batch is not None:  # batch-mode tiers wait for the Batch API, not a lane
+            held = pl.col("tier").is_in(list(self.batch.tiers))
+            self.buffer.contexts(frame.head(0))
+            self.batch.hold(frame.filter(held), self.buffer.context_columns)
+            frame = frame.filter(~held)
+            if frame.height == 0:
+                return
         await self._pending.wait_below_capacity()
         tiers = frame["tier"].replace_strict(
             {tier: tier for tier in self._lanes}, default="standard", return_dtype=pl.String
@@ -512,6 +541,27 @@ class _Run:
         )
         self._flush_wanted.set()
 
+    def _settle_batch_row(self, context: tuple[Any, ...], outcome: RowOutcome) -> None:
+        """A batch-mode row's outcome (collected, or sent online after the Batch API)."""
+        if outcome.attempts:
+            self.sent_rows += 1
+        self.buffer.add(context, outcome)
+        self.progress.finished(
+            str(context[4]),
+            status=outcome.status,
+            cost_usd=self._cost_estimate(outcome),
+            attempts=outcome.attempt_records,
+        )
+
+    def _batches_left(self) -> bool:
+        """Whether batches are still open at the Batch API: the run is submitted, not finished."""
+        return (
+            self.batch is not None
+            and self.batch.open_left > 0
+            and not self.hard_stop
+            and self.stop_status is None
+        )
+
     def _interrupted(self, context: tuple[Any, ...], message: str) -> None:
         """Settle a row that holds a slot but will get no answer: the run was stopped."""
         self._slots.release()
@@ -583,7 +633,8 @@ class _Run:
         results, attempts = self.buffer.take()
         held, self._undurable = self._undurable, 0
         with anyio.CancelScope(shield=True):  # a commit is written whole or not at all
-            await anyio.to_thread.run_sync(self.journal.commit, results, attempts)
+            async with self._flush_lock:  # batch collection commits beside the periodic flush
+                await anyio.to_thread.run_sync(self.journal.commit, results, attempts)
         for _ in range(held):
             self._slots.release()
 
@@ -637,7 +688,12 @@ class _Run:
         return sum(frame.height for frame in self.rejects)
 
     def _summary(self, *, counts: dict[str, int], report: ReportSummary | None) -> RunSummary:
-        if self.hard_stop or self.stop_status == Status.SKIPPED_INTERRUPTED:
+        if self._batches_left():
+            code, message = (
+                ExitCode.SUBMITTED,
+                "batches are open at the Batch API; run again later to collect",
+            )
+        elif self.hard_stop or self.stop_status == Status.SKIPPED_INTERRUPTED:
             code, message = ExitCode.INTERRUPTED, self.stop_message
         elif self.stop_status == Status.SKIPPED_ABORTED:
             code, message = ExitCode.ABORTED, self.stop_message

@@ -72,12 +72,14 @@ class ModelPrice:
         if input_rate is not None and self.cached_input_per_mtok is None:
             cached = None  # a cached token then costs the batch input price
         return ModelPrice(
-            input_per_mtok=input_rate if input_rate is not None else discounted(self.input_per_mtok),  # type: ignore[arg-type]
-            output_per_mtok=output_rate if output_rate is not None else discounted(self.output_per_mtok),  # type: ignore[arg-type]
+            input_per_mtok=input_rate
+            if input_rate is not None
+            else discounted(self.input_per_mtok),  # type: ignore[arg-type]
+            output_per_mtok=output_rate
+            if output_rate is not None
+            else discounted(self.output_per_mtok),  # type: ignore[arg-type]
             cached_input_per_mtok=cached,
-            reasoning_per_mtok=discounted(self.reasoning_per_mtok)
-            if output_rate is None
-            else None,
+            reasoning_per_mtok=discounted(self.reasoning_per_mtok) if output_rate is None else None,
             context_window=self.context_window,
         )
 

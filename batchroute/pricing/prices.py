@@ -187,6 +187,20 @@ def _lookup(table: Mapping[str, ModelPrice], names: tuple[str, ...]) -> ModelPri
     return None
 
 
+def _batch_fields(model: Any, base: ModelPrice | None) -> dict[str, Any]:
+    """A model's Batch API price fields: the job's `models.X` fields over the table's."""
+    fields: dict[str, Any] = {
+        "batch_discount": base.batch_discount if base is not None else Decimal(0),
+        "batch_input_per_mtok": base.batch_input_per_mtok if base is not None else None,
+        "batch_output_per_mtok": base.batch_output_per_mtok if base is not None else None,
+    }
+    for name in fields:
+        value = getattr(model, name)
+        if value is not None:
+            fields[name] = Decimal(value).quantize(QUANTUM)
+    return fields
+
+
 def resolve_prices(job: Job) -> PriceTable:
     """Every model of the job priced, with the source and hash; `PriceError` if one has none."""
     config = job.config
@@ -227,9 +241,7 @@ def resolve_prices(job: Job) -> PriceTable:
         }
         prices[name] = ModelPrice(
             **quantized,
-            batch_discount=base.batch_discount if base is not None else Decimal(0),
-            batch_input_per_mtok=base.batch_input_per_mtok if base is not None else None,
-            batch_output_per_mtok=base.batch_output_per_mtok if base is not None else None,
+            **_batch_fields(model, base),
             context_window=model.context_window
             or (base.context_window if base is not None else None),
         )

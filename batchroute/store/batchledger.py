@@ -93,7 +93,9 @@ class BatchLedger:
 
     def next_name(self) -> str:
         """A name sorting after every recorded submission's."""
-        names = [path.stem for path in self.directory.glob("*.json")] if self.directory.is_dir() else []
+        names = (
+            [path.stem for path in self.directory.glob("*.json")] if self.directory.is_dir() else []
+        )
         return f"{max((int(n) for n in names if n.isdigit()), default=0) + 1:06d}"
 
     def record(self, submission: Submission) -> None:
