@@ -27,6 +27,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, Final
 
 import anyio
@@ -39,6 +40,7 @@ from batchroute.dispatch.dispatcher import Dispatcher
 from batchroute.dispatch.policy import RESPONSES, Action, is_retryable
 from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
 from batchroute.dispatch.walk import plan_tiers
+from batchroute.errors import JobError
 from batchroute.logs import log_event
 from batchroute.pricing.budget import Budget
 from batchroute.pricing.costs import FloatRates
@@ -46,7 +48,14 @@ from batchroute.pricing.prices import PriceTable
 from batchroute.schema import ErrorType, Status
 from batchroute.store.batchledger import BatchLedger, Submission, SubmissionState
 
-__all__ = ["MAX_FILE_BYTES", "MAX_FILE_REQUESTS", "BatchRunner"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "MAX_FILE_REQUESTS",
+    "BatchRunner",
+    "check_no_wait",
+    "request_lines",
+    "split_files",
+]
 
 MAX_FILE_REQUESTS: Final = 50_000
 """The Batch API's limit on requests in one input file."""
@@ -117,6 +126,26 @@ def split_files(
     if max_tokens is not None:
         keys.append(window("tokens", max_tokens))
     return frame.select(pl.struct(keys).rle_id().alias("file")).to_series()
+
+
+def check_no_wait(job: Job) -> None:
+    """`--no-wait` leaves batches open for a later run: the endpoint must outlive this one.
+
+    The embedded simulator ends with the run; rehearse `--no-wait` against `batchroute sim`.
+    """
+    cfg = job.config
+    embedded = [
+        tier
+        for tier in cfg.tiers
+        if cfg.tier_mode(tier) == "batch" and cfg.endpoint_for(cfg.tier(tier).model).is_simulator
+    ]
+    if embedded:
+        raise JobError(
+            f"--no-wait leaves batches open for a later run, but tier {embedded[0]} is served "
+            "by the embedded simulator, which ends with this run; start `batchroute sim` and "
+            "set endpoint.base_url to its URL, or run without --no-wait",
+            path=job.path,
+        )
 
 
 class BatchRunner:
@@ -385,8 +414,17 @@ class BatchRunner:
         changed = False
         for name, (sub, reserved) in list(self._open.items()):
             assert sub.batch_id is not None
+            batch: Any
             try:
                 batch = await self._client(sub.model).batches.retrieve(sub.batch_id)
+            except openai.NotFoundError:
+                # The provider no longer knows the batch: its rows were never answered.
+                logger.warning(
+                    "batch %s is gone from the endpoint; its rows go again", sub.batch_id
+                )
+                batch = SimpleNamespace(
+                    id=sub.batch_id, status="expired", output_file_id=None, error_file_id=None
+                )
             except openai.APIError as exc:
                 said = scrub_secrets(str(exc), secret=self._client(sub.model).api_key)[:200]
                 logger.warning(

@@ -34,7 +34,7 @@ import polars as pl
 from batchroute.classify import build_router
 from batchroute.config import Job
 from batchroute.dataset import Batch, open_dataset
-from batchroute.dispatch.batch import BatchRunner
+from batchroute.dispatch.batch import BatchRunner, check_no_wait
 from batchroute.dispatch.dispatcher import Dispatcher, RowOutcome, RowRequest
 from batchroute.engines.workers import Backlog, Lane, WorkerPool
 from batchroute.errors import OutputError
@@ -112,6 +112,8 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
     dataset = open_dataset(job)
     checked = dataset.check()  # file-level problems stop here, before a run dir exists
     job.check_api_keys()
+    if not options.wait:
+        check_no_wait(job)
     run_id = new_run_id()
     run_id_var.set(run_id)
     choice = select_run_dir(job, run_dir=options.run_dir, fresh=options.fresh)

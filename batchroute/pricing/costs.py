@@ -25,6 +25,7 @@ from batchroute.schema import COST_DTYPE
 
 __all__ = [
     "FloatRates",
+    "batch_saving",
     "failed_costs",
     "model_rates",
     "price_attempts",
@@ -307,3 +308,25 @@ def price_outcomes(
     priced_attempts = price_attempts(attempts.lazy(), prices).collect()
     failed = failed_costs(priced_attempts.lazy()).collect()
     return price_results(results, failed, prices), priced_attempts.select(attempts.columns)
+
+
+def batch_saving(results: pl.LazyFrame, prices: PriceTable) -> tuple[Decimal | None, int]:
+    """What the rows answered through the Batch API saved against online prices, and their count.
+
+    Their reported usage priced at the model's online rates, less what it cost at batch rates
+    (`cost_usd`); None if one of them is unpriced. A run before batch mode has no `batch` column.
+    """
+    if "batch" not in results.collect_schema().names():
+        return Decimal(0), 0
+    batched = results.filter(pl.col("batch").fill_null(False) & (pl.col("status") == "ok"))
+    totals = batched.select(
+        online=_cost_of("model_used", prices, batch=False).sum(),
+        actual=pl.col("cost_usd").sum(),
+        unpriced=(~_is_priced("model_used", prices)).sum(),
+        rows=pl.len(),
+    ).collect()
+    rows = int(totals["rows"][0])
+    if int(totals["unpriced"][0]):
+        return None, rows
+    online, actual = totals["online"][0], totals["actual"][0]
+    return (online or Decimal(0)) - (actual or Decimal(0)), rows

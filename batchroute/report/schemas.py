@@ -150,12 +150,16 @@ SAVINGS_SCHEMA: Final = pl.Schema(
         **SUPERSEDED_COLUMNS,
         "run_id": pl.String,
         "repriced": pl.Boolean,
+        "batch_rows": pl.Int64,
+        "batch_saving_usd": COST_DTYPE,
     }
 )
 """savings.parquet: one row. The counterfactuals (`baseline_cost_usd`, `strongest_cost_usd`)
 price the tokens of the answers kept, those `actual_cost_usd` prices as routed. The savings are
 counted on total spend: `savings_vs_*_usd` = counterfactual − `total_cost_usd`, where the total
-is `actual_cost_usd` + `failed_cost_usd` + `superseded_cost_usd`."""
+is `actual_cost_usd` + `failed_cost_usd` + `superseded_cost_usd`. `batch_saving_usd` is what the
+`batch_rows` answered through the Batch API saved against their models' online prices (a part of
+the saving beside routing's, already in `total_cost_usd`)."""
 
 MODEL_ATTEMPTS_SCHEMA: Final = pl.Schema(
     {

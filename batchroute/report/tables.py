@@ -20,6 +20,7 @@ import polars as pl
 from batchroute.config import TIERS, Job
 from batchroute.errors import OutputError
 from batchroute.pricing.costs import (
+    batch_saving,
     model_rates,
     price_attempts,
     rate_literals,
@@ -569,6 +570,7 @@ def _savings(
     total: Decimal = totals["total_cost_usd"]
     saved_baseline = None if baseline_cost is None or total is None else baseline_cost - total
     saved_strongest = None if strongest_cost is None or total is None else strongest_cost - total
+    batch_saved, batch_rows = batch_saving(pl.scan_parquet(run_dir / "results.parquet"), prices)
     forecast_cost: Decimal | None = None
     if plan is not None and plan.height and bool(plan["priced"].all()):
         forecast_cost = Decimal(plan["forecast_cost_usd"].sum())
@@ -604,6 +606,8 @@ def _savings(
                 "superseded_rows": totals["superseded_rows"],
                 "run_id": info.run_id,
                 "repriced": info.repriced,
+                "batch_rows": batch_rows,
+                "batch_saving_usd": batch_saved,
             }
         ],
         schema=SAVINGS_SCHEMA,
