@@ -154,3 +154,20 @@ def test_a_run_directory_held_by_a_live_process(make_job: Callable[..., Path]) -
         code, _, err = run(str(job))
     assert code == ExitCode.BAD_INPUT and "another run holds the run directory" in documented(code)
     assert str(os.getpid()) in err
+
+
+def test_submitted_collect_later(make_job: Callable[..., Path]) -> None:
+    from batchroute.sim import EmbeddedSimulator
+    from batchroute.sim.config import SimConfig
+
+    rows = sample_rows(5)
+    for row in rows:
+        row["tier"] = "bulk"
+    with EmbeddedSimulator(SimConfig.model_validate({"batch": {"completion_s": 60}})) as sim:
+        job = make_job(
+            rows,
+            endpoint={"base_url": sim.base_url, "api_key_env": None},
+            tiers={"standard": "mid", "bulk": {"model": "small", "mode": "batch"}},
+        )
+        code, _, _ = run(str(job), "--no-wait")
+    assert code == ExitCode.SUBMITTED == 9 and "collect later" in documented(code)

@@ -172,11 +172,13 @@ class ForecastAccumulator:
             "cached_tokens": pl.lit(0, dtype=pl.Int64),
             "reasoning_tokens": pl.lit(0, dtype=pl.Int64),
         }
+        config = self.job.config
+        batched = pl.col("tier").is_in([t for t in config.tiers if config.tier_mode(t) == "batch"])
         return (
             counts.with_columns(
                 share=pl.col("rows") / max(total_rows, 1),
-                forecast_cost_usd=usage_cost_expr(
-                    **tokens, rates=model_rates(pl.col("model"), self.prices)
+                forecast_cost_usd=usage_cost_expr(  # batch-mode tiers at batch prices
+                    **tokens, rates=model_rates(pl.col("model"), self.prices, batch=batched)
                 ),
                 priced=pl.col("model").is_in(list(self.prices.prices)),
                 baseline_model=pl.lit(baseline),

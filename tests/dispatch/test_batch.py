@@ -334,3 +334,17 @@ def test_files_split_at_the_request_byte_and_token_limits() -> None:
     assert sizes.max() * 100 <= 1_050 and sizes.sum() == 1000
     by_tokens = split_files(lines, tokens, max_tokens=95)
     assert pl.DataFrame({"f": by_tokens}).group_by("f").len()["len"].max() * 10 <= 95
+
+
+def test_plan_forecasts_batch_tiers_at_batch_prices(
+    make_job: Callable[..., Path], tmp_path: Path
+) -> None:
+    rows = bulk_rows(10, online=2)
+    online = CliRunner().invoke(main, ["plan", str(make_job(rows)), "--out", "online"])
+    batched = CliRunner().invoke(main, ["plan", str(make_job(rows, **batch_job())), "--out", "b"])
+    assert online.exit_code == batched.exit_code == 0, batched.output
+    by_tier = {
+        name: pl.read_parquet(tmp_path / name / "plan.parquet").filter(pl.col("tier") == "bulk")
+        for name in ("online", "b")
+    }
+    assert by_tier["b"]["forecast_cost_usd"][0] * 2 == by_tier["online"]["forecast_cost_usd"][0]
