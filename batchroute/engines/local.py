@@ -548,6 +548,7 @@ class _Run:
         if outcome.attempts:
             self.sent_rows += 1
         self.buffer.add(context, outcome)
+        self.progress.sent(str(context[4]))
         self.progress.finished(
             str(context[4]),
             status=outcome.status,

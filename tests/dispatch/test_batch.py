@@ -348,3 +348,14 @@ def test_plan_forecasts_batch_tiers_at_batch_prices(
         for name in ("online", "b")
     }
     assert by_tier["b"]["forecast_cost_usd"][0] * 2 == by_tier["online"]["forecast_cost_usd"][0]
+
+
+def test_the_budget_reserves_before_submitting(
+    make_job: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A cap below one file's worst case at batch prices submits nothing."""
+    job = make_job(bulk_rows(10, online=0), **batch_job(budget={"max_cost_usd": 0.0000001}))
+    assert run(str(job)) == ExitCode.BUDGET
+    res, _ = results(tmp_path)
+    assert (res["status"] == "skipped_budget").all()
+    assert BatchLedger(tmp_path / "runs" / "t").all() == []
