@@ -2,8 +2,9 @@
 
 `BatchRunner` takes the rows of `mode: batch` tiers while the input is read, and once it is read
 submits them through the official client (`files.create(purpose="batch")`, `batches.create`),
-polls (`batches.retrieve`, with backoff), and collects (`files.content` of the output and the
-error file), mapping every line back to its row by `custom_id`, which is the row key. Request
+polls (`batches.retrieve`, with backoff; `batches.cancel` past `batch.deadline_h`), and collects
+(`files.content` of the output and the error file), mapping every line back to its row by
+`custom_id`, which is the row key. Request
 bodies are the online path's (`walk.plan_tiers`, so `params.adapt_body` shaped them).
 
 Every submission is written to the run directory's ledger (`store.batchledger`) before waiting
@@ -432,6 +433,8 @@ class BatchRunner:
                 )
                 continue
             if batch.status not in _TERMINAL:
+                if batch.status != "cancelling" and self._past_deadline(sub):
+                    await self._cancel(sub)
                 continue
             sub.status = batch.status
             await self._collect(sub, batch, reserved)
@@ -574,15 +577,39 @@ class BatchRunner:
         outcome.error_type, outcome.error_message = error_type, message
         return outcome
 
+    def _past_deadline(self, sub: Submission) -> bool:
+        """Whether `batch.deadline_h` has passed since the rows were first submitted."""
+        hours = self.config.batch.deadline_h
+        first = datetime.fromisoformat(sub.first_submitted_at)
+        return hours is not None and _now() > first + timedelta(hours=hours)
+
+    async def _cancel(self, sub: Submission) -> None:
+        """Cancel a batch still running past the deadline: its unanswered rows go online."""
+        assert sub.batch_id is not None
+        client = self._client(sub.model)
+        try:
+            await client.batches.cancel(sub.batch_id)
+        except openai.APIError as exc:
+            said = scrub_secrets(str(exc), secret=client.api_key)[:200]
+            logger.warning("cancelling batch %s failed (%s)", sub.batch_id, said)
+            return
+        log_event(
+            logger,
+            "warning",
+            f"batch {sub.batch_id} is past batch.deadline_h; cancelled it, and its unanswered "
+            "rows go online once it has stopped",
+            level=logging.WARNING,
+            reason="batch_deadline",
+            batch_id=sub.batch_id,
+        )
+
     def _retry_or_online(self, sub: Submission, keys: list[str]) -> None:
         """Resubmit rows the batch left unanswered, or past the limits send them online."""
         if not keys:
             return
         batch_cfg = self.config.batch
         first = datetime.fromisoformat(sub.first_submitted_at)
-        past_deadline = batch_cfg.deadline_h is not None and _now() > first + timedelta(
-            hours=batch_cfg.deadline_h
-        )
+        past_deadline = self._past_deadline(sub)
         history = self._history
         again = [
             key

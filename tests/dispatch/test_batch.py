@@ -359,3 +359,17 @@ def test_the_budget_reserves_before_submitting(
     res, _ = results(tmp_path)
     assert (res["status"] == "skipped_budget").all()
     assert BatchLedger(tmp_path / "runs" / "t").all() == []
+
+
+def test_a_batch_running_past_the_deadline_is_cancelled_and_the_rest_goes_online(
+    make_job: Callable[..., Path], tmp_path: Path
+) -> None:
+    job = make_job(
+        bulk_rows(10),
+        **batch_job(sim_batch={"completion_s": 600}, batch={"deadline_h": 1e-9}),
+    )
+    assert run(str(job)) == ExitCode.OK
+    res, _ = results(tmp_path)
+    assert (res["status"] == "ok").all()
+    assert res["batch"].sum() == 5 and res.filter(~pl.col("batch")).height == 5
+    assert [s.status for s in BatchLedger(tmp_path / "runs" / "t").all()] == ["cancelled"]
