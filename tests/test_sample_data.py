@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
 EXAMPLES = ROOT / "jobs" / "examples"
 EXAMPLE_NAMES = ["openai", "openrouter", "litellm-proxy", "ollama", "vllm"]
+REHEARSAL_NAMES = ["batch"]
+"""Examples that rehearse a feature offline on the simulator, rather than name a real endpoint."""
 COLUMNS = ["id", "prompt", "team", "source", "tier", "json_output"]
 
 
@@ -101,7 +103,24 @@ def test_example_job_parses_and_loads(name: str, monkeypatch: pytest.MonkeyPatch
 
 
 def test_examples_cover_every_example_file() -> None:
-    assert sorted(p.stem for p in EXAMPLES.glob("*.yaml")) == sorted(EXAMPLE_NAMES)
+    assert sorted(p.stem for p in EXAMPLES.glob("*.yaml")) == sorted(
+        EXAMPLE_NAMES + REHEARSAL_NAMES
+    )
+
+
+def test_batch_example_rehearses_the_bulk_tier_in_batch_mode_offline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(ROOT)
+    config = load_job(EXAMPLES / "batch.yaml").config
+    assert config.endpoint.is_simulator
+    modes = {tier: config.tier_mode(tier) for tier in config.tiers}
+    assert modes == {
+        "complex": "online",
+        "standard": "online",
+        "structured": "online",
+        "bulk": "batch",
+    }
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
