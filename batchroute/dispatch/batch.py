@@ -36,7 +36,12 @@ import openai
 import polars as pl
 
 from batchroute.config import Job
-from batchroute.dispatch.client import parse_completion, scrub_secrets, status_error_type
+from batchroute.dispatch.client import (
+    Completion,
+    parse_completion,
+    scrub_secrets,
+    status_error_type,
+)
 from batchroute.dispatch.dispatcher import Dispatcher
 from batchroute.dispatch.policy import RESPONSES, Action, is_retryable
 from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
@@ -72,6 +77,45 @@ _REQUEST_COLUMNS: Final = ("messages", "prompt_tokens", "prompt_token_bound")
 logger = logging.getLogger("batchroute")
 
 Settle = Callable[[tuple[Any, ...], RowOutcome], None]
+
+
+_COLLECT_FLUSH_ROWS: Final = 5_000
+"""Collected answers are committed to the journal this many lines at a time."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """What a row needs of one output or error line (the rest of the line is dropped)."""
+
+    status: int | None
+    """The line's HTTP status; None for a line the batch never ran (expired, cancelled)."""
+    completion: Completion | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+def _read_line(raw: str) -> tuple[str, _Line]:
+    """A line of an output or error file: its custom_id, and what the row needs of it."""
+    item = json.loads(raw)
+    custom_id = str(item.get("custom_id"))
+    response = item.get("response")
+    if not isinstance(response, dict):
+        return custom_id, _Line(None)
+    status = int(response.get("status_code") or 0)
+    body = response.get("body")
+    if status == 200:
+        try:
+            return custom_id, _Line(status, completion=parse_completion(body))
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return custom_id, _Line(status)
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    said = error.get("message") if isinstance(error, dict) else None
+    return custom_id, _Line(
+        status,
+        code=code if isinstance(code, str) else None,
+        message=said if isinstance(said, str) else None,
+    )
 
 
 @dataclass(slots=True)
@@ -210,6 +254,7 @@ class BatchRunner:
         self._positions = {key: i for i, key in enumerate(rows["row_key"])} if rows.height else {}
         self._contexts = rows.select(context_columns) if rows.height else rows
         self._settle = settle
+        self._flush = flush
         self._dispatcher = dispatcher
         earlier = self.ledger.uncollected()
         known = {key for sub in earlier for key in sub.row_keys}
@@ -444,14 +489,15 @@ class BatchRunner:
 
     async def _collect(self, sub: Submission, batch: Any, reserved: float) -> None:
         client = self._client(sub.model)
-        lines: dict[str, dict[str, Any]] = {}
+        lines: dict[str, _Line] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:  # a batch whose every line failed has no output file
-                content = await client.files.content(file_id)
-                for raw in content.content.splitlines():
-                    if raw.strip():
-                        item = json.loads(raw)
-                        lines[str(item.get("custom_id"))] = item
+                # streamed, each line cut to what the row needs: memory stays near the answers
+                async with client.files.with_streaming_response.content(file_id) as response:
+                    async for raw in response.iter_lines():
+                        if raw.strip():
+                            custom_id, line = _read_line(raw)
+                            lines[custom_id] = line
         validation = _validation_error(batch) if batch.status == "failed" else None
         spent = 0.0
         resubmit: list[str] = []
@@ -480,6 +526,8 @@ class BatchRunner:
                 )
             if outcome is not None:
                 self._settle_row(key, outcome)
+                if number % _COLLECT_FLUSH_ROWS == 0:
+                    await self._flush()  # bounded: answers go to the journal as they are read
             elif error_type is not None:
                 resubmit.append(key)
         self.budget.settle(reserved, spent)
@@ -490,7 +538,7 @@ class BatchRunner:
     def _line_outcome(
         self,
         sub: Submission,
-        line: dict[str, Any] | None,
+        line: _Line | None,
         *,
         number: int,
         validation: tuple[int | None, str] | None,
@@ -524,17 +572,14 @@ class BatchRunner:
             record.error_type, record.action = ErrorType.BAD_REQUEST, Action.FAIL
             text = f"batch {batch_id} failed validation at {where}: {message}"
             return self._failed(sub, ErrorType.BAD_REQUEST, text), None
-        response = (line or {}).get("response")
-        if not response:
+        if line is None or line.status is None:
             record.error_type, record.action = _UNANSWERED, Action.RETRY
             return None, _UNANSWERED
-        status = int(response.get("status_code") or 0)
-        body = response.get("body") or {}
+        status = line.status
         record.status_code = status
         if status == 200:
-            try:
-                completion = parse_completion(body)
-            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            completion = line.completion
+            if completion is None:
                 record.error_type, record.action = ErrorType.MALFORMED_RESPONSE, Action.RETRY
                 return None, ErrorType.MALFORMED_RESPONSE
             record.input_tokens = completion.input_tokens
@@ -555,10 +600,9 @@ class BatchRunner:
             outcome.latency_ms = latency_ms
             outcome.batch = True
             return outcome, None
-        error = body.get("error") if isinstance(body, dict) else None
-        code = error.get("code") if isinstance(error, dict) else None
-        said = error.get("message") if isinstance(error, dict) else None
-        error_type = status_error_type(status, code if isinstance(code, str) else None)
+        key = self._client(sub.model).api_key
+        said = scrub_secrets(line.message, secret=key) if line.message else None
+        error_type = status_error_type(status, line.code)
         record.error_type = error_type
         response_kind = RESPONSES.get(error_type)
         if is_retryable(error_type) or response_kind == "fall back":
