@@ -373,3 +373,21 @@ def test_a_batch_running_past_the_deadline_is_cancelled_and_the_rest_goes_online
     assert (res["status"] == "ok").all()
     assert res["batch"].sum() == 5 and res.filter(~pl.col("batch")).height == 5
     assert [s.status for s in BatchLedger(tmp_path / "runs" / "t").all()] == ["cancelled"]
+
+
+def test_a_crash_between_create_and_record_finds_the_batch_by_its_file(
+    make_job: Callable[..., Path],
+    tmp_path: Path,
+    provider: EmbeddedSimulator,
+    sim_counts: Callable[[Any], dict[str, Any]],
+) -> None:
+    """The ledger said `uploaded` when the process died: the batch exists all the same."""
+    job = provider_job(make_job, provider, 6)
+    assert run(str(job), "--no-wait") == ExitCode.SUBMITTED
+    ledger = BatchLedger(tmp_path / "runs" / "t")
+    (record,) = ledger.all()
+    record.state, record.batch_id = "uploaded", None
+    ledger.record(record)
+    assert run(str(job)) == ExitCode.OK
+    assert sim_counts(provider.base_url)["batches_created"] == 1
+    assert results(tmp_path)[0].filter(pl.col("batch")).height == 6
