@@ -207,6 +207,12 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
         f"{format_usd(s['failed_cost_usd'])}. Savings are counted on total spend, against the "
         "answers kept priced on one model."
     )
+    if s.get("batch_rows"):  # reports of runs before batch mode have no such column
+        console.print(
+            f"Batch mode: {s['batch_rows']:,} rows answered through the Batch API saved "
+            f"{format_usd(s['batch_saving_usd'])} against online prices, beside routing's "
+            "saving above (and already in it)."
+        )
     if s["repriced"]:
         console.print(
             f"Repriced: every figure was priced again from the recorded usage with "

@@ -21,6 +21,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -386,8 +387,23 @@ async def _stats(request: web.Request) -> web.Response:
     return _json(request.app[BATCHES].stats())
 
 
+@web.middleware
+async def _keyed(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """`/v1/files` and `/v1/batches` refuse a missing or wrong key, as the API does (401)."""
+    if request.path.startswith(("/v1/files", "/v1/batches")):
+        from batchroute.sim.server import _auth_failure
+
+        denied = _auth_failure(_state(request), request)
+        if denied is not None:
+            return denied
+    return await handler(request)
+
+
 def add_batch_routes(app: web.Application) -> None:
     """Register `/v1/files`, `/v1/batches` and `/sim/batch-stats` on the simulator's app."""
+    app.middlewares.append(_keyed)
     add_file_routes(app)
     app[BATCHES] = BatchRegistry()
     app.router.add_post("/v1/batches", _create)

@@ -105,6 +105,13 @@ def test_batch_tier_answered_at_the_batch_price(
         + bulk["output_tokens"].cast(pl.Decimal(38, 12)) * Decimal("1.1")
     ).sum() / 1_000_000
     assert savings["batch_saving_usd"][0] == online_cost - bulk["cost_usd"].sum()
+    assert savings["batch_rows"][0] == 12
+
+
+def test_the_terminal_report_shows_batch_modes_saving(make_job: Callable[..., Path]) -> None:
+    result = CliRunner().invoke(main, ["run", str(make_job(bulk_rows(4), **batch_job()))])
+    assert result.exit_code == ExitCode.OK
+    assert "Batch mode: 4 rows answered through the Batch API saved $" in result.stdout
 
 
 def test_answers_map_back_by_custom_id_not_line_order(
