@@ -278,6 +278,33 @@ class BatchRunner:
             await _sleep_unless(delay, stopping)
             delay = min(delay * 2, self.config.batch.poll_max_s)
         self.open_left = len(self._open) + len(self._queue)
+        if stopping():
+            self._settle_stopped()
+            await flush()
+
+    def _settle_stopped(self) -> None:
+        """The run was stopped while batches were open: say where each waiting row is."""
+        for sub, _ in self._open.values():
+            for key in sub.row_keys:
+                if key in self._positions:
+                    self._settle_row(
+                        key,
+                        self._unsent(
+                            sub,
+                            f"submitted in batch {sub.batch_id}, still open when the run was "
+                            "stopped; rerun the same command to collect it",
+                        ),
+                    )
+        for item in self._queue:
+            for key in item.rows["row_key"]:
+                self._settle_row(
+                    key, self._unsent(item.submission, "not sent: the run was stopped")
+                )
+
+    def _unsent(self, sub: Submission, message: str) -> RowOutcome:
+        outcome = self._outcome(sub, Status.SKIPPED_INTERRUPTED)
+        outcome.error_type, outcome.error_message = ErrorType.INTERRUPTED, message
+        return outcome
 
     def _log_progress(self, delay: float) -> None:
         open_rows = sum(len(sub.row_keys) for sub, _ in self._open.values())

@@ -275,12 +275,16 @@ def test_no_wait_submits_then_a_later_run_collects(
     }
 
 
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_while_waiting_the_rerun_resubmits_nothing(
     make_job: Callable[..., Path],
     tmp_path: Path,
     provider: EmbeddedSimulator,
     sim_counts: Callable[[Any], dict[str, Any]],
+    how: signal.Signals,
 ) -> None:
+    """SIGKILL: a crash while waiting. SIGTERM: a clean stop (exit 5, the batch rows are
+    skipped_interrupted). Either way the rerun polls the same batch."""
     job = provider_job(make_job, provider, 8)
     process = subprocess.Popen(
         [sys.executable, "-m", "batchroute", "run", str(job), "--quiet"],
@@ -294,8 +298,16 @@ def test_killed_while_waiting_the_rerun_resubmits_nothing(
     while not any(s.state == "open" for s in ledger.all()):
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)  # no grace, no cleanup: a crash while waiting
-    process.wait()
+    process.send_signal(how)
+    code = process.wait()
+    if how == signal.SIGTERM:
+        assert code == ExitCode.INTERRUPTED
+        stopped = pl.read_parquet(tmp_path / "runs" / "t" / "results.parquet")
+        assert stopped.filter(pl.col("tier") == "bulk")["status"].unique().to_list() == [
+            "skipped_interrupted"
+        ]
+        waiting = stopped.filter(pl.col("tier") == "bulk")["error_message"]
+        assert waiting.str.contains("rerun the same command to collect it").all()
     assert sim_counts(provider.base_url)["batches_created"] == 1
     assert run(str(job)) == ExitCode.OK
     res, _ = results(tmp_path)
