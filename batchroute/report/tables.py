@@ -459,7 +459,8 @@ def _build(
 
     plan = read_plan(run_dir)
     if plan is not None and info.repriced:
-        plan = _reprice_plan(plan, prices)
+        batched = [t for t in config.tiers if config.tier_mode(t) == "batch"]
+        plan = _reprice_plan(plan, prices, batch_tiers=batched)
     forecast = (
         plan.select("tier", forecast_rows="rows", forecast_cost_usd="forecast_cost_usd")
         if plan is not None
@@ -521,8 +522,11 @@ def _build(
     )
 
 
-def _reprice_plan(plan: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
-    """The plan's forecast priced again, from its tokens, with these prices."""
+def _reprice_plan(
+    plan: pl.DataFrame, prices: PriceTable, *, batch_tiers: list[str]
+) -> pl.DataFrame:
+    """The plan's forecast priced again, from its tokens, with these prices (batch-mode tiers
+    at batch prices, as `plan` forecast them)."""
     tokens = {
         "input_tokens": pl.col("input_tokens"),
         "output_tokens": pl.col("output_tokens"),
@@ -530,7 +534,10 @@ def _reprice_plan(plan: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
         "reasoning_tokens": pl.lit(0, dtype=pl.Int64),
     }
     return plan.with_columns(
-        forecast_cost_usd=usage_cost_expr(**tokens, rates=model_rates(pl.col("model"), prices)),
+        forecast_cost_usd=usage_cost_expr(
+            **tokens,
+            rates=model_rates(pl.col("model"), prices, batch=pl.col("tier").is_in(batch_tiers)),
+        ),
         priced=pl.col("model").is_in(list(prices.prices)),
     )
 
