@@ -459,7 +459,7 @@ def _build(
 
     plan = read_plan(run_dir)
     if plan is not None and info.repriced:
-        batched = [t for t in config.tiers if config.tier_mode(t) == "batch"]
+        batched = [str(t) for t in config.tiers if config.tier_mode(t) == "batch"]
         plan = _reprice_plan(plan, prices, batch_tiers=batched)
     forecast = (
         plan.select("tier", forecast_rows="rows", forecast_cost_usd="forecast_cost_usd")
