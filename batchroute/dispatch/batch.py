@@ -22,7 +22,6 @@ begins, so a rerun polls what an earlier session submitted and submits no row tw
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,12 +35,17 @@ import openai
 import polars as pl
 
 from batchroute.config import Job
-from batchroute.dispatch.client import (
-    Completion,
-    parse_completion,
-    scrub_secrets,
-    status_error_type,
+from batchroute.dispatch.batchfiles import (
+    ENDPOINT,
+    MAX_FILE_BYTES,
+    MAX_FILE_REQUESTS,
+    Line,
+    read_line,
+    request_lines,
+    split_files,
+    validation_error,
 )
+from batchroute.dispatch.client import scrub_secrets, status_error_type
 from batchroute.dispatch.dispatcher import Dispatcher
 from batchroute.dispatch.policy import RESPONSES, Action, is_retryable
 from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
@@ -63,12 +67,6 @@ __all__ = [
     "split_files",
 ]
 
-MAX_FILE_REQUESTS: Final = 50_000
-"""The Batch API's limit on requests in one input file."""
-MAX_FILE_BYTES: Final = 200 * 1024 * 1024
-"""The Batch API's limit on one input file's size."""
-
-_ENDPOINT: Final = "/v1/chat/completions"
 _TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
 _UNANSWERED: Final = "unanswered"
 """A line the batch never ran (expired, cancelled): resubmitted like a retryable error."""
@@ -83,41 +81,6 @@ _COLLECT_FLUSH_ROWS: Final = 5_000
 """Collected answers are committed to the journal this many lines at a time."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Line:
-    """What a row needs of one output or error line (the rest of the line is dropped)."""
-
-    status: int | None
-    """The line's HTTP status; None for a line the batch never ran (expired, cancelled)."""
-    completion: Completion | None = None
-    code: str | None = None
-    message: str | None = None
-
-
-def _read_line(raw: str) -> tuple[str, _Line]:
-    """A line of an output or error file: its custom_id, and what the row needs of it."""
-    item = json.loads(raw)
-    custom_id = str(item.get("custom_id"))
-    response = item.get("response")
-    if not isinstance(response, dict):
-        return custom_id, _Line(None)
-    status = int(response.get("status_code") or 0)
-    body = response.get("body")
-    if status == 200:
-        try:
-            return custom_id, _Line(status, completion=parse_completion(body))
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            return custom_id, _Line(status)
-    error = body.get("error") if isinstance(body, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    said = error.get("message") if isinstance(error, dict) else None
-    return custom_id, _Line(
-        status,
-        code=code if isinstance(code, str) else None,
-        message=said if isinstance(said, str) else None,
-    )
-
-
 @dataclass(slots=True)
 class _Queued:
     """A file of rows waiting to be submitted (or resubmitted)."""
@@ -129,48 +92,6 @@ class _Queued:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def request_lines(rows: pl.DataFrame, body: dict[str, Any]) -> pl.Series:
-    """Each row's line of a Batch API input file (vectorised): `custom_id` is the row key."""
-    fixed = json.dumps(body, ensure_ascii=False, separators=(",", ":"))[:-1]
-    head = pl.struct(pl.col("row_key").alias("custom_id")).struct.json_encode().str.head(-1)
-    messages = pl.struct("messages").struct.json_encode().str.slice(len('{"messages":'))
-    return rows.select(
-        pl.concat_str(
-            head,
-            pl.lit(f',"method":"POST","url":"{_ENDPOINT}","body":{fixed},"messages":'),
-            messages,
-            pl.lit("}"),
-        ).alias("line")
-    ).to_series()
-
-
-def split_files(
-    lines: pl.Series,
-    tokens: pl.Series,
-    *,
-    max_requests: int = MAX_FILE_REQUESTS,
-    max_bytes: int = MAX_FILE_BYTES,
-    max_tokens: int | None = None,
-) -> pl.Series:
-    """A file number per line, so that no file passes the request, byte or token limit.
-
-    Vectorised: each limit cuts the running total into windows a line's largest size below the
-    limit wide, so a window never holds more than the limit; a file is a run of lines sharing
-    all three windows.
-    """
-    frame = pl.DataFrame({"bytes": lines.str.len_bytes() + 1, "tokens": tokens.cast(pl.Int64)})
-
-    def window(column: str, limit: int) -> pl.Expr:
-        largest = frame[column].max()
-        width = max(1, limit - (largest if isinstance(largest, int) else 0))
-        return (pl.col(column).cum_sum() - pl.col(column)) // width
-
-    keys = [pl.int_range(pl.len()) // max_requests, window("bytes", max_bytes)]
-    if max_tokens is not None:
-        keys.append(window("tokens", max_tokens))
-    return frame.select(pl.struct(keys).rle_id().alias("file")).to_series()
 
 
 def check_no_wait(job: Job) -> None:
@@ -422,7 +343,7 @@ class BatchRunner:
         assert sub.input_file_id is not None
         batch = await self._client(sub.model).batches.create(
             input_file_id=sub.input_file_id,
-            endpoint=_ENDPOINT,
+            endpoint=ENDPOINT,
             completion_window="24h",
             metadata={"batchroute_submission": sub.name},
         )
@@ -516,16 +437,16 @@ class BatchRunner:
 
     async def _collect(self, sub: Submission, batch: Any, reserved: float) -> None:
         client = self._client(sub.model)
-        lines: dict[str, _Line] = {}
+        lines: dict[str, Line] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:  # a batch whose every line failed has no output file
                 # streamed, each line cut to what the row needs: memory stays near the answers
                 async with client.files.with_streaming_response.content(file_id) as response:
                     async for raw in response.iter_lines():
                         if raw.strip():
-                            custom_id, line = _read_line(raw)
+                            custom_id, line = read_line(raw)
                             lines[custom_id] = line
-        validation = _validation_error(batch) if batch.status == "failed" else None
+        validation = validation_error(batch) if batch.status == "failed" else None
         spent = 0.0
         resubmit: list[str] = []
         submitted_at = datetime.fromisoformat(sub.submitted_at or sub.first_submitted_at)
@@ -565,7 +486,7 @@ class BatchRunner:
     def _line_outcome(
         self,
         sub: Submission,
-        line: _Line | None,
+        line: Line | None,
         *,
         number: int,
         validation: tuple[int | None, str] | None,
@@ -759,13 +680,3 @@ async def _sleep_unless(delay: float, stopping: Callable[[], bool]) -> None:
 
 def _key_of(sub: Submission, number: int) -> str:
     return sub.row_keys[number - 1]
-
-
-def _validation_error(batch: Any) -> tuple[int | None, str]:
-    """The first validation error of a failed batch: (its line, its words)."""
-    errors = getattr(batch, "errors", None)
-    data = getattr(errors, "data", None) or []
-    if not data:
-        return None, "the batch failed without an error list"
-    first = data[0]
-    return first.line, f"{first.code or 'invalid'}: {first.message or ''}".strip()

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchroute.cli import main
-from batchroute.dispatch.batch import request_lines, split_files
+from batchroute.dispatch.batchfiles import request_lines, split_files
 from batchroute.exitcodes import ExitCode
 from batchroute.sim import EmbeddedSimulator
 from batchroute.sim.config import SimConfig
