@@ -9,7 +9,7 @@ import pytest
 from batchroute.config import Job, parse_job
 from batchroute.errors import OutputError
 from batchroute.pricing.costs import price_outcomes
-from batchroute.pricing.forecast import ForecastAccumulator, write_plan
+from batchroute.pricing.forecast import ForecastAccumulator
 from batchroute.pricing.prices import resolve_prices
 from batchroute.report import load_summary, write_reports
 from batchroute.report.schemas import (
@@ -20,6 +20,7 @@ from batchroute.report.schemas import (
 )
 from batchroute.report.trend import DAILY_SCHEMA, daily_totals, read_runs
 from batchroute.schema import ATTEMPT_SCHEMA, INPUT_SCHEMA, RESULT_SCHEMA
+from batchroute.store.plan import write_plan
 
 MODELS = {
     "claude-opus-4-7": {

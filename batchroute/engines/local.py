@@ -41,7 +41,7 @@ from batchroute.exitcodes import ExitCode
 from batchroute.logs import log_event, run_id_var
 from batchroute.pricing.budget import Budget
 from batchroute.pricing.costs import FloatRates
-from batchroute.pricing.forecast import ForecastAccumulator, forecast_totals, write_plan
+from batchroute.pricing.forecast import ForecastAccumulator, forecast_totals
 from batchroute.pricing.prices import PriceTable, resolve_prices
 from batchroute.pricing.tokens import messages_token_bound_expr, messages_tokens_expr
 from batchroute.progress import Progress
@@ -55,6 +55,7 @@ from batchroute.store.lock import RunLock
 from batchroute.store.manifest import RunManifest, new_run_id, read_manifest, write_manifest
 from batchroute.store.outcomes import OutcomeBuffer, skipped_results
 from batchroute.store.parts import completed_keys
+from batchroute.store.plan import write_plan
 from batchroute.store.rundir import PARTS_DIR, atomic_file, select_run_dir
 
 __all__ = ["RunOptions", "RunSummary", "run_job"]

@@ -27,7 +27,7 @@ from batchroute.pricing.costs import (
     usage_cost,
     usage_cost_expr,
 )
-from batchroute.pricing.forecast import baseline_model, read_plan
+from batchroute.pricing.forecast import baseline_model
 from batchroute.pricing.prices import PriceTable
 from batchroute.report.schemas import (
     COST_REPORT_SCHEMA,
@@ -42,6 +42,7 @@ from batchroute.report.schemas import (
 )
 from batchroute.schema import COST_DTYPE, Status
 from batchroute.store.manifest import read_manifest
+from batchroute.store.plan import read_plan
 
 __all__ = [
     "ReportSummary",
