@@ -256,7 +256,7 @@ class RunConfig(_Section):
     progress_interval_s: PositiveFloat = 5.0
     """When stderr is not a terminal, how often a progress line is logged."""
     warn_overrun_pct: Annotated[float, Field(ge=0)] = 25.0
-    """Warn when fallback makes answered rows cost this much more than on their tiers' models."""
+    """Warn when spend passes the forecast (plan.parquet) by more than this percentage of it."""
 
 
 class CacheConfig(_Section):

@@ -44,6 +44,7 @@ __all__ = [
     "forecast_by_tier",
     "forecast_totals",
     "input_tokens_expr",
+    "is_overrun",
     "prompt_tokens_expr",
     "tier_output_tokens",
     "tier_prices",
@@ -230,6 +231,14 @@ def forecast_totals(plan: pl.DataFrame) -> ForecastTotals:
         baseline_cost_usd=totals[4],
         unpriced=unpriced,
     )
+
+
+def is_overrun(
+    spent_usd: float | Decimal, forecast_usd: float | Decimal, *, threshold_pct: float
+) -> bool:
+    """Whether spend passed a positive forecast by more than `threshold_pct` percent of it."""
+    forecast = float(forecast_usd)
+    return forecast > 0 and float(spent_usd) > forecast * (1 + threshold_pct / 100)
 
 
 def prompt_tokens_expr(job: Job) -> pl.Expr:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, cast
 import polars as pl
 
 from batchroute.errors import OutputError
+from batchroute.report.alerts import forecast_overrun, recorded_warnings
 from batchroute.report.tables import ReportSummary
-from batchroute.report.terminal import forecast_overrun, format_usd
+from batchroute.report.terminal import format_usd
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -328,6 +329,7 @@ def render_run_html(summary: ReportSummary) -> str:
     overrun = forecast_overrun(summary)
     if overrun:
         warnings.append(f"Over the forecast: {overrun}.")
+    warnings.extend(f"Warned during the run: {w}." for w in recorded_warnings(summary.run_dir))
     if s["budget_hit"]:
         warnings.append("The budget cap was hit: the rows not sent are marked skipped_budget.")
     if s["unpriced"]:

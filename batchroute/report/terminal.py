@@ -17,7 +17,6 @@ from batchroute.report.tables import ReportSummary
 
 __all__ = [
     "OutputFormat",
-    "forecast_overrun",
     "format_usd",
     "frames_json",
     "frames_tsv",
@@ -72,24 +71,6 @@ def format_usd(value: Decimal | None) -> str:
         return "unpriced"
     shown = value.quantize(_CENT_FRACTION, rounding=ROUND_HALF_EVEN)
     return f"-${-shown:,}" if shown < 0 else f"${shown:,}"
-
-
-def forecast_overrun(summary: ReportSummary) -> str | None:
-    """A sentence when a run spent more than its forecast (fallbacks, retries); else None."""
-    s = summary.savings.row(0, named=True)
-    forecast, spent = s["forecast_cost_usd"], s["total_cost_usd"]
-    if forecast is None or spent is None or spent <= forecast:
-        return None
-    text = (
-        f"spend {format_usd(spent)} passed the forecast {format_usd(forecast)} "
-        f"by {format_usd(spent - forecast)}"
-    )
-    fallbacks = summary.cost_totals["fallback_rows"][0] or 0
-    if fallbacks:
-        text += f"; {fallbacks:,} rows were answered by a fallback model"
-    if s["failed_cost_usd"]:
-        text += f"; failed attempts cost {format_usd(s['failed_cost_usd'])}"
-    return text
 
 
 def _pct(value: float | None) -> str:
