@@ -100,6 +100,25 @@ def test_bom_crlf_and_blank_lines_keep_line_numbers(tmp_path: Path) -> None:
     assert rows["prompt"][2] == "Refactor the retry loop."
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{a}\n{b}\n{c}\n{a2}\n{b2}\n", [1, 2, 3, 4, 5]),  # one record a line
+        ("\n{a}\n\n{b}\n{c}\n\n\n{a2}\n{b2}\n", [2, 4, 5, 8, 9]),  # empty lines between
+    ],
+)
+def test_line_numbers_are_the_file_lines_in_every_batch(
+    tmp_path: Path, text: str, expected: list[int]
+) -> None:
+    """The polars-only read numbers lines as the file does, a batch at a time."""
+    records = {k: json.dumps({"id": k, "prompt": f"say {k}"}) for k in ("a", "b", "c", "a2", "b2")}
+    path = tmp_path / "p.jsonl"
+    path.write_text(text.format(**records), encoding="utf-8")
+    rows, _ = read_all(dataset_job(path, id_column="id"), batch_rows=2)
+    assert rows["id"].to_list() == ["a", "b", "c", "a2", "b2"]
+    assert rows["line"].to_list() == expected
+
+
 @pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
 def test_compressed_jsonl_is_inferred_from_the_extension(tmp_path: Path, suffix: str) -> None:
     body = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
