@@ -18,7 +18,7 @@ from batchroute.cli.plan import FORMAT_OPTION
 from batchroute.config import Job, load_job
 from batchroute.errors import OutputError
 from batchroute.pricing.prices import resolve_prices
-from batchroute.report.alerts import recorded_warnings
+from batchroute.report.notes import recorded_warnings
 from batchroute.report.tables import ReportSummary, load_summary, write_reports
 from batchroute.report.terminal import (
     OutputFormat,

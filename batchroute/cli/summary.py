@@ -49,7 +49,7 @@ def print_run_summary(summary: RunSummary, *, console: Console, tables: bool = T
             f"({summary.message or 'see run.json'})"
         )
     if summary.report is not None:
-        from batchroute.report.alerts import forecast_overrun
+        from batchroute.report.notes import forecast_overrun
 
         overrun = forecast_overrun(summary.report)
         if overrun:

@@ -46,7 +46,7 @@ from batchroute.pricing.prices import PriceTable, resolve_prices
 from batchroute.pricing.tokens import messages_token_bound_expr, messages_tokens_expr
 from batchroute.progress import Progress
 from batchroute.report import ReportSummary, write_reports
-from batchroute.report.alerts import overrun_warning
+from batchroute.report.notes import overrun_warning
 from batchroute.schema import ErrorType, Status
 from batchroute.store.assembly import assemble_results
 from batchroute.store.journal import Journal

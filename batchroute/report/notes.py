@@ -1,6 +1,8 @@
-"""What a run must tell its operator beyond the figures: spend past the forecast, and the
-warnings the run recorded in `run.json` (a tier's model gone for the run, a fallback pushing
-spend past the forecast by more than `run.warn_overrun_pct`).
+"""The sentences a report says beside its figures, one wording for the terminal, the HTML page
+and the run's closing summary: money in dollars (`format_usd`), what the total spend is made of,
+what limits the figures (a budget stop, unpriced models), spend past the forecast, and the
+warnings the run recorded in `run.json` (a tier's model gone for the run, spend past the
+forecast by more than `run.warn_overrun_pct`).
 
 The engine judges the overrun at the end of a run with these functions; the terminal summary,
 `batchroute report` and the HTML page read the warnings back from `run.json`.
@@ -8,15 +10,57 @@ The engine judges the overrun at the end of a run with these functions; the term
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
+from typing import Any
 
 from batchroute.errors import OutputError
 from batchroute.pricing.forecast import is_overrun
 from batchroute.report.tables import ReportSummary
-from batchroute.report.terminal import format_usd
 from batchroute.store.manifest import read_manifest
 
-__all__ = ["forecast_overrun", "overrun_warning", "recorded_warnings"]
+__all__ = [
+    "caveats",
+    "forecast_overrun",
+    "format_usd",
+    "overrun_warning",
+    "recorded_warnings",
+    "spend_breakdown",
+]
+
+_CENT_FRACTION = Decimal("0.0001")
+
+
+def format_usd(value: Decimal | None) -> str:
+    """Dollars to four places for display ("unpriced" for a null cost); the data keeps twelve."""
+    if value is None:
+        return "unpriced"
+    shown = value.quantize(_CENT_FRACTION, rounding=ROUND_HALF_EVEN)
+    return f"-${-shown:,}" if shown < 0 else f"${shown:,}"
+
+
+def spend_breakdown(savings: Mapping[str, Any]) -> str:
+    """What the total spend is made of, from a savings row."""
+    return (
+        f"Total spend {format_usd(savings['total_cost_usd'])} = answers kept "
+        f"{format_usd(savings['actual_cost_usd'])} + answers superseded by a rerun "
+        f"{format_usd(savings['superseded_cost_usd'])} + failed attempts "
+        f"{format_usd(savings['failed_cost_usd'])}."
+    )
+
+
+def caveats(savings: Mapping[str, Any]) -> list[str]:
+    """What limits a report's figures, from a savings row: a budget stop, unpriced models."""
+    notes = []
+    if savings["budget_hit"]:
+        notes.append("The budget cap was hit: the rows not sent are marked skipped_budget.")
+    if savings["unpriced"]:
+        notes.append(
+            "Some rows ran on unpriced models: their costs are blank, "
+            "and totals cover the priced rows only."
+        )
+    return notes
 
 
 def forecast_overrun(summary: ReportSummary) -> str | None:
