@@ -170,7 +170,7 @@ async def run_async(
 
 def plan(job: Job | Path | str, *, limit: int | None = None) -> pl.DataFrame:
     """Forecast a job offline, as `batchroute plan` does: one row per tier (plan.parquet's)."""
-    from batchroute.pricing.forecast import forecast_job
+    from batchroute.engines.forecast import forecast_job
     from batchroute.pricing.prices import resolve_prices
 
     loaded = _job(job)

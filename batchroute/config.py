@@ -267,7 +267,7 @@ class RunConfig(_Section):
     progress_interval_s: PositiveFloat = 5.0
     """When stderr is not a terminal, how often a progress line is logged."""
     warn_overrun_pct: Annotated[float, Field(ge=0)] = 25.0
-    """Warn when fallback makes answered rows cost this much more than on their tiers' models."""
+    """Warn when spend passes the forecast (plan.parquet) by more than this percentage of it."""
 
 
 class CacheConfig(_Section):
@@ -325,8 +325,9 @@ class JobConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _tier_models_are_models(cls, data: Any) -> Any:
-        """A tier may name a model with no `models:` entry: it gets the defaults (and a price
-        from a price file or the shipped table, or a `PriceError` when prices are resolved)."""
+        """A tier or a fallback may name a model with no `models:` entry: it gets the defaults
+        (and a price from a price file or the shipped table, or a `PriceError` when prices are
+        resolved)."""
         if not isinstance(data, Mapping):
             return data
         tiers, models = data.get("tiers"), data.get("models", {})
@@ -335,7 +336,8 @@ class JobConfig(_Section):
         named = [
             spec.get("model") if isinstance(spec, Mapping) else spec for spec in tiers.values()
         ]
-        missing = [m for m in named if isinstance(m, str) and m not in models]
+        named += [spec.get("fallback") for spec in models.values() if isinstance(spec, Mapping)]
+        missing = [m for m in dict.fromkeys(named) if isinstance(m, str) and m not in models]
         if not missing:
             return data
         return {**data, "models": {**models, **{m: {} for m in missing}}}

@@ -7,8 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 import yaml
+
+from batchroute.config import Job, parse_job
+from batchroute.dataset import open_dataset
+from batchroute.errors import DatasetError
+from batchroute.exitcodes import ExitCode
 
 PROMPTS = [
     ("Refactor this payment service to remove the race condition in the retry loop.", None),
@@ -84,3 +90,29 @@ def make_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., P
         return job_path
 
     return make
+
+
+def dataset_job(path: Path, **input_settings: Any) -> Job:
+    """A minimal job reading `path` with the given `input:` settings."""
+    data = {
+        "name": "t",
+        "input": {"path": str(path), **input_settings},
+        "tiers": {"standard": "m"},
+        "models": {"m": {"input_per_mtok": 1, "output_per_mtok": 1}},
+    }
+    job_path = path.parent / "job.yaml"
+    return Job(parse_job(data, path=job_path), path=job_path, text_sha256="0" * 64)
+
+
+def read_all(job: Job, batch_rows: int = 10_000) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every batch of the job's input: its rows, and its rejects."""
+    batches = list(open_dataset(job).batches(batch_rows=batch_rows))
+    return pl.concat([b.rows for b in batches]), pl.concat([b.rejects for b in batches])
+
+
+def dataset_error(job: Job) -> DatasetError:
+    """The error checking the job's input raises (a bad-input one, exit 6)."""
+    with pytest.raises(DatasetError) as info:
+        open_dataset(job).check()
+    assert info.value.exit_code == ExitCode.BAD_INPUT
+    return info.value

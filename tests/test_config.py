@@ -43,14 +43,24 @@ def test_fallback_cycle_is_legal_and_chain_visits_each_model_once(tmp_path: Path
     assert job.config.chain("bulk") == ("small", "mid", "big")
 
 
-def test_fallback_to_unknown_model_names_the_key_path(tmp_path: Path) -> None:
+def test_fallback_to_unknown_model_is_refused_for_want_of_a_price(tmp_path: Path) -> None:
     path = write(tmp_path, JOB.replace("25, fallback: mid}", "25, fallback: gpt-9}"))
-    with pytest.raises(JobError) as err:
-        load_job(path)
+    job = load_job(path)  # a fallback, like a tier, may name a model with no models: entry
+    assert job.config.chain("complex") == ("big", "gpt-9")
+    with pytest.raises(PriceError) as err:
+        resolve_prices(job)
     message = str(err.value)
-    assert str(path) in message
-    assert "models.big.fallback names 'gpt-9', which is not a model in this job" in message
+    assert str(path) in message and "no price for 'gpt-9'" in message
     assert err.value.exit_code == 6
+
+
+def test_a_fallback_may_name_a_model_only_the_shipped_table_prices(tmp_path: Path) -> None:
+    path = write(tmp_path, JOB.replace("25, fallback: mid}", "25, fallback: deepseek-chat}"))
+    job = load_job(path)
+    assert job.config.chain("complex") == ("big", "deepseek-chat")
+    assert job.config.models["deepseek-chat"].fallback is None
+    price = resolve_prices(job).get("deepseek-chat")
+    assert price is not None and price.output_per_mtok > 0
 
 
 def test_unknown_key_is_refused_with_its_path(tmp_path: Path) -> None:

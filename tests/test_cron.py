@@ -25,8 +25,9 @@ import pytest
 import yaml
 
 from batchroute.config import load_job
+from batchroute.engines.forecast import forecast_job
 from batchroute.exitcodes import ExitCode
-from batchroute.pricing.forecast import forecast_job, forecast_totals
+from batchroute.pricing.forecast import forecast_totals
 from batchroute.pricing.prices import resolve_prices
 from batchroute.sim import SimConfig, SimulatorProcess
 from tests.conftest import job_dict, sample_rows

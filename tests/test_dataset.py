@@ -11,40 +11,15 @@ import polars as pl
 import pytest
 import zstandard
 
-from batchroute.config import Job, parse_job
 from batchroute.dataset import REJECT_SCHEMA, Batch, open_dataset
 from batchroute.errors import DatasetError
-from batchroute.exitcodes import ExitCode
 from batchroute.schema import INPUT_SCHEMA
-
-
-def dataset_job(path: Path, **input_settings: Any) -> Job:
-    """A minimal job reading `path` with the given `input:` settings."""
-    data = {
-        "name": "t",
-        "input": {"path": str(path), **input_settings},
-        "tiers": {"standard": "m"},
-        "models": {"m": {"input_per_mtok": 1, "output_per_mtok": 1}},
-    }
-    job_path = path.parent / "job.yaml"
-    return Job(parse_job(data, path=job_path), path=job_path, text_sha256="0" * 64)
+from tests.conftest import dataset_error, dataset_job, read_all
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
-
-
-def read_all(job: Job, batch_rows: int = 10_000) -> tuple[pl.DataFrame, pl.DataFrame]:
-    batches = list(open_dataset(job).batches(batch_rows=batch_rows))
-    return pl.concat([b.rows for b in batches]), pl.concat([b.rejects for b in batches])
-
-
-def dataset_error(job: Job) -> DatasetError:
-    with pytest.raises(DatasetError) as info:
-        open_dataset(job).check()
-    assert info.value.exit_code == ExitCode.BAD_INPUT
-    return info.value
 
 
 ROWS = [
@@ -98,6 +73,25 @@ def test_bom_crlf_and_blank_lines_keep_line_numbers(tmp_path: Path) -> None:
     assert rows["id"].to_list() == ["a", "b", "c"]
     assert rows["line"].to_list() == [1, 3, 5]
     assert rows["prompt"][2] == "Refactor the retry loop."
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{a}\n{b}\n{c}\n{a2}\n{b2}\n", [1, 2, 3, 4, 5]),  # one record a line
+        ("\n{a}\n\n{b}\n{c}\n\n\n{a2}\n{b2}\n", [2, 4, 5, 8, 9]),  # empty lines between
+    ],
+)
+def test_line_numbers_are_the_file_lines_in_every_batch(
+    tmp_path: Path, text: str, expected: list[int]
+) -> None:
+    """The polars-only read numbers lines as the file does, a batch at a time."""
+    records = {k: json.dumps({"id": k, "prompt": f"say {k}"}) for k in ("a", "b", "c", "a2", "b2")}
+    path = tmp_path / "p.jsonl"
+    path.write_text(text.format(**records), encoding="utf-8")
+    rows, _ = read_all(dataset_job(path, id_column="id"), batch_rows=2)
+    assert rows["id"].to_list() == ["a", "b", "c", "a2", "b2"]
+    assert rows["line"].to_list() == expected
 
 
 @pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])

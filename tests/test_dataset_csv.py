@@ -6,39 +6,13 @@ import csv
 import gzip
 import json
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
 
-from batchroute.config import Job, parse_job
 from batchroute.dataset import open_dataset
 from batchroute.errors import DatasetError
-
-
-def dataset_job(path: Path, **input_settings: Any) -> Job:
-    """A minimal job reading `path` with the given `input:` settings."""
-    data = {
-        "name": "t",
-        "input": {"path": str(path), **input_settings},
-        "tiers": {"standard": "m"},
-        "models": {"m": {"input_per_mtok": 1, "output_per_mtok": 1}},
-    }
-    job_path = path.parent / "job.yaml"
-    return Job(parse_job(data, path=job_path), path=job_path, text_sha256="0" * 64)
-
-
-def read_all(job: Job, batch_rows: int = 10_000) -> tuple[pl.DataFrame, pl.DataFrame]:
-    batches = list(open_dataset(job).batches(batch_rows=batch_rows))
-    return pl.concat([b.rows for b in batches]), pl.concat([b.rejects for b in batches])
-
-
-def dataset_error(job: Job) -> DatasetError:
-    with pytest.raises(DatasetError) as info:
-        open_dataset(job).check()
-    assert info.value.exit_code == 6
-    return info.value
-
+from tests.conftest import dataset_error, dataset_job, read_all
 
 NASTY = [
     {"id": "n1", "prompt": 'He said "hi", then left', "owner": "ann", "note": "a,b,c"},

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
 
-from batchroute.config import Job, parse_job
 from batchroute.dataset import open_dataset
 from batchroute.errors import DatasetError
-
-
-def dataset_job(path: Path, **input_settings: Any) -> Job:
-    """A minimal job reading `path` with the given `input:` settings."""
-    data = {
-        "name": "t",
-        "input": {"path": str(path), **input_settings},
-        "tiers": {"standard": "m"},
-        "models": {"m": {"input_per_mtok": 1, "output_per_mtok": 1}},
-    }
-    job_path = path.parent / "job.yaml"
-    return Job(parse_job(data, path=job_path), path=job_path, text_sha256="0" * 64)
+from tests.conftest import dataset_job
 
 
 def test_parquet_keeps_metadata_types_and_casts_ids(tmp_path: Path) -> None:

@@ -142,21 +142,54 @@ def test_a_library_warning_is_a_json_line_too(capsys: pytest.CaptureFixture[str]
     assert event["event"] == "warning" and "a library complains" in event["message"]
 
 
-def test_spend_past_the_forecast_is_named_in_log_summary_and_html(
+def test_spend_past_the_forecast_is_named_in_log_summary_run_json_and_html(
     make_job: Callable[..., Path],
 ) -> None:
     """The bulk model is gone tonight: its rows fall back to a dearer model, past the forecast."""
-    job = make_job(sample_rows(30), simulator={"models": {"small": {"not_found": True}}})
+    job = make_job(
+        sample_rows(30),
+        simulator={"models": {"small": {"not_found": True}}},
+        run={"warn_overrun_pct": 0},
+    )
     json_run = CliRunner().invoke(main, ["run", str(job), "--log-format", "json", "--fresh"])
     assert json_run.exit_code == 0, json_run.output
     warned = [e for e in events(json_run.stderr) if e.get("reason") == "over_forecast"]
     assert warned and Decimal(warned[0]["cost_usd"]) > Decimal(warned[0]["forecast_cost_usd"])
     assert "fallback model" in warned[0]["message"]
+    (finished,) = [e for e in events(json_run.stderr) if e["event"] == "run_finished"]
+    assert any("small is gone for this run" in w for w in finished["warnings"])
+    assert warned[0]["message"] in finished["warnings"]
     text_run = CliRunner().invoke(main, ["run", str(job), "--fresh"])
     assert "Over the forecast:" in text_run.stdout
+    assert "Warning: model small is gone for this run" in text_run.stdout
+    assert "Warning: over the forecast: spend" in text_run.stdout
+    run_json = max(Path("runs").glob("**/run.json"), key=lambda p: p.stat().st_mtime)
+    recorded = json.loads(run_json.read_text())["warnings"]
+    assert len(recorded) == 3 and "small is gone for this run" in recorded[0]
+    assert recorded[1].startswith("spend is running past the forecast")  # mid-run, once
+    assert recorded[2].startswith("over the forecast: spend")  # the whole run, at its end
+    report = CliRunner().invoke(main, ["report", str(run_json.parent)])
+    assert "Warned during the run: model small is gone" in report.stdout
     html = CliRunner().invoke(main, ["report", "--job", str(job), "--html", "r.html"])
     assert html.exit_code == 0, html.output
-    assert "Over the forecast: spend" in Path("r.html").read_text()
+    page = Path("r.html").read_text()
+    assert "Over the forecast: spend" in page
+    assert "Warned during the run: model small is gone for this run" in page
+
+
+def test_spend_within_the_threshold_is_no_warning(make_job: Callable[..., Path]) -> None:
+    """Past the forecast, but by less than run.warn_overrun_pct: reported, not warned."""
+    job = make_job(
+        sample_rows(30),
+        simulator={"models": {"small": {"not_found": True}}},
+        run={"warn_overrun_pct": 1000},
+    )
+    json_run = CliRunner().invoke(main, ["run", str(job), "--log-format", "json"])
+    assert json_run.exit_code == 0, json_run.output
+    assert not [e for e in events(json_run.stderr) if e.get("reason") == "over_forecast"]
+    (finished,) = [e for e in events(json_run.stderr) if e["event"] == "run_finished"]
+    assert Decimal(finished["cost_usd"]) > Decimal(finished["forecast_cost_usd"])
+    assert len(finished["warnings"]) == 1 and "small is gone" in finished["warnings"][0]
 
 
 def test_quiet_json_log_still_records_the_start_and_end(make_job: Callable[..., Path]) -> None:

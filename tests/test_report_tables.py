@@ -9,7 +9,7 @@ import pytest
 from batchroute.config import Job, parse_job
 from batchroute.errors import OutputError
 from batchroute.pricing.costs import price_outcomes
-from batchroute.pricing.forecast import ForecastAccumulator, write_plan
+from batchroute.pricing.forecast import ForecastAccumulator
 from batchroute.pricing.prices import resolve_prices
 from batchroute.report import load_summary, write_reports
 from batchroute.report.schemas import (
@@ -20,6 +20,7 @@ from batchroute.report.schemas import (
 )
 from batchroute.report.trend import DAILY_SCHEMA, daily_totals, read_runs
 from batchroute.schema import ATTEMPT_SCHEMA, INPUT_SCHEMA, RESULT_SCHEMA
+from batchroute.store.plan import write_plan
 
 MODELS = {
     "claude-opus-4-7": {
@@ -412,3 +413,18 @@ def test_daily_totals_sum_runs_per_day(tmp_path: Path) -> None:
 def test_a_folder_without_runs_is_an_output_error(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="holds no run"):
         read_runs(tmp_path)
+
+
+def test_a_row_superseded_on_two_models_is_one_superseded_row(tmp_path: Path) -> None:
+    """A key answered on two models and replaced by a rerun is one row, not one per model."""
+    job = make_run(tmp_path)
+    attempts = pl.read_parquet(tmp_path / "attempts.parquet")
+    answered = attempts.filter(pl.col("error_type").is_null()).unique("model", keep="first")
+    assert answered.height >= 2
+    gone = answered.head(2).with_columns(row_key=pl.lit("replaced-by-a-rerun"))
+    pl.concat([attempts, gone]).write_parquet(tmp_path / "attempts.parquet")
+    summary = write_reports(tmp_path, job=job, prices=resolve_prices(job))
+    assert summary.cost_totals["superseded_rows"][0] == 1
+    assert summary.savings["superseded_rows"][0] == 1
+    assert summary.tier_distribution["superseded_rows"].sum() == 1
+    assert summary.cost_totals["superseded_cost_usd"][0] == gone["cost_usd"].sum()

@@ -8,7 +8,8 @@ import click
 
 from batchroute.config import Job, load_job
 from batchroute.dispatch import params
-from batchroute.pricing.forecast import forecast_job, forecast_totals, write_plan
+from batchroute.engines.forecast import forecast_job
+from batchroute.pricing.forecast import forecast_totals
 from batchroute.pricing.prices import resolve_prices
 from batchroute.report.terminal import (
     OutputFormat,
@@ -17,6 +18,7 @@ from batchroute.report.terminal import (
     make_console,
     print_plan,
 )
+from batchroute.store.plan import write_plan
 
 __all__ = ["FORMAT_OPTION", "plan_command", "show_plan"]
 

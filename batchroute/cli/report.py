@@ -12,11 +12,13 @@ from pathlib import Path
 
 import click
 import polars as pl
+from rich.markup import escape
 
 from batchroute.cli.plan import FORMAT_OPTION
 from batchroute.config import Job, load_job
 from batchroute.errors import OutputError
 from batchroute.pricing.prices import resolve_prices
+from batchroute.report.notes import recorded_warnings
 from batchroute.report.tables import ReportSummary, load_summary, write_reports
 from batchroute.report.terminal import (
     OutputFormat,
@@ -123,6 +125,8 @@ def report_command(
         else:
             console.print(f"Run directory: {run_dir}", style="dim")
             print_report(summary, console=console)
+            for warning in recorded_warnings(run_dir):
+                console.print(f"[bold yellow]Warned during the run:[/] {escape(warning)}")
         if html_path is not None:
             from batchroute.report.html import render_run_html, write_html
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from batchroute.engines.local import RunSummary
@@ -48,11 +49,13 @@ def print_run_summary(summary: RunSummary, *, console: Console, tables: bool = T
             f"({summary.message or 'see run.json'})"
         )
     if summary.report is not None:
-        from batchroute.report.terminal import forecast_overrun
+        from batchroute.report.notes import forecast_overrun
 
         overrun = forecast_overrun(summary.report)
         if overrun:
             console.print(f"[bold yellow]Over the forecast:[/] {overrun}")
+    for warning in summary.warnings:
+        console.print(f"[bold yellow]Warning:[/] {escape(warning)}")
     if summary.rejected_rows:
         console.print(
             f"[bold yellow]{summary.rejected_rows} input lines were rejected[/] "

@@ -71,6 +71,19 @@ def _scalar_text(value: Any) -> str | None:
     return None
 
 
+def _line_numbers(chunk: RecordChunk) -> pl.Expr | pl.Series:
+    """The chunk's line numbers as a column: a range when its records are one per line.
+
+    That is the usual JSONL file, and a range spares polars the numpy conversion, whose first
+    use imports numpy.ma: a fiftieth of a second of every run (`bench_overhead.py`).
+    """
+    lines, count = chunk.lines, len(chunk.lines)
+    first = int(lines[0]) if count else 0
+    if count and int(lines[-1]) - first == count - 1:  # strictly increasing: consecutive
+        return pl.int_range(first, first + count, dtype=pl.Int64).alias(LINE)
+    return pl.Series(LINE, lines, dtype=pl.Int64)
+
+
 def _fast(chunk: RecordChunk, columns: ColumnMap, *, ordinal: int) -> Parsed | None:
     """The chunk read by polars alone, or None when a row needs a closer look."""
     if columns.is_chat:
@@ -100,7 +113,7 @@ def _fast(chunk: RecordChunk, columns: ColumnMap, *, ordinal: int) -> Parsed | N
         return pl.col(name) if dtype is None else pl.col(name).cast(dtype)
 
     raw = frame.select(
-        pl.Series(LINE, chunk.lines, dtype=pl.Int64),
+        _line_numbers(chunk),
         pl.int_range(ordinal + 1, ordinal + 1 + frame.height, dtype=pl.Int64).alias(ORDINAL),
         optional(columns.id, pl.String()).alias(ID),
         optional(columns.prompt, pl.String()).alias(PROMPT),

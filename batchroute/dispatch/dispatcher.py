@@ -61,7 +61,7 @@ class Dispatcher:
 
     @property
     def warnings(self) -> list[str]:
-        """What the operator must hear: a model gone for the run, fallback overrunning the plan."""
+        """What the operator must hear: a model gone for the run, spend past the forecast."""
         return self.fleet.warnings
 
     @property

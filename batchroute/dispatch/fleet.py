@@ -19,9 +19,11 @@ import openai
 from batchroute.config import EndpointConfig, JobConfig
 from batchroute.dispatch.client import Completion, make_client, resolve_api_key
 from batchroute.dispatch.limits import ModelLimiter
+from batchroute.dispatch.rows import RowRequest
 from batchroute.errors import RunAbortedError
 from batchroute.pricing.budget import Budget
 from batchroute.pricing.costs import FloatRates
+from batchroute.pricing.forecast import is_overrun, tier_output_tokens
 from batchroute.pricing.prices import PriceTable
 
 __all__ = ["PROBE_WAIT_S", "Fleet", "ModelState", "Probe"]
@@ -29,7 +31,7 @@ __all__ = ["PROBE_WAIT_S", "Fleet", "ModelState", "Probe"]
 PROBE_WAIT_S: Final = 5.0
 """How long other rows wait for an endpoint's first answer before sending anyway."""
 OVERRUN_MIN_ROWS: Final = 20
-"""Answered rows before the fallback overrun is judged (a few early rows prove nothing)."""
+"""Answered rows before the overrun is judged (a few early rows prove nothing)."""
 
 logger = logging.getLogger("batchroute")
 
@@ -121,12 +123,21 @@ class Fleet:
         self.stopping = False
         """Set by `stop`: no new request leaves."""
         self.warnings: list[str] = []
-        """What the operator must hear about: a model gone for the run, a costly fallback."""
+        """What the operator must hear about: a model gone for the run, spend past the forecast."""
         self.attempts_sent = 0
-        self.planned_usd = 0.0
-        """What answered rows would have cost on their tier's first model, at the same usage."""
+        self.forecast_usd = 0.0
+        """What the forecast (plan.parquet) priced the answered rows at: each on its tier's
+        model, with its estimated prompt and the tier's expected output tokens."""
         self.spent_usd = 0.0
+        """What the answered rows cost, on the models that answered them."""
         self._answered = 0
+        self._fallback_answers = 0
+        self._forecast_rates: dict[str, tuple[str, FloatRates | None, int]] = {}
+        for tier in config.tiers:
+            model = config.tier(tier).model
+            price = prices.get(model)
+            rates = FloatRates.of(price) if price is not None else None
+            self._forecast_rates[tier] = (model, rates, tier_output_tokens(config, tier))
         self._overrun_warned = False
         self._stopped = anyio.Event()
         self._clients: dict[str, openai.AsyncOpenAI] = {}
@@ -249,25 +260,37 @@ class Fleet:
             status_code=status_code,
         )
 
-    def count_answer(self, requested: ModelState, used: ModelState, completion: Completion) -> None:
-        """Add an answered row's spend, and warn once if fallback overruns the plan."""
-        self.planned_usd += requested.actual_cost(completion)
+    def count_answer(self, row: RowRequest, used: ModelState, completion: Completion) -> None:
+        """Add an answered row's spend and forecast; warn once if spend overruns the forecast.
+
+        The row's forecast is its share of plan.parquet's (`pricing.forecast`): its tier's model
+        priced on its estimated prompt and the tier's expected output tokens, so the running
+        comparison is the same one the report makes at the end, row by row.
+        """
+        tier = row.tier if row.tier in self._forecast_rates else "standard"
+        requested, rates, output_tokens = self._forecast_rates[tier]
+        if rates is not None:
+            self.forecast_usd += rates.usage_usd(
+                input_tokens=row.prompt_tokens, output_tokens=output_tokens
+            )
         self.spent_usd += used.actual_cost(completion)
         self._answered += 1
+        if used.name != requested:
+            self._fallback_answers += 1
         threshold = self.config.run.warn_overrun_pct
         if (
             self._overrun_warned
             or self._answered < OVERRUN_MIN_ROWS
-            or self.planned_usd <= 0
-            or self.spent_usd <= self.planned_usd * (1 + threshold / 100)
+            or not is_overrun(self.spent_usd, self.forecast_usd, threshold_pct=threshold)
         ):
             return
         self._overrun_warned = True
-        share = 100 * self.spent_usd / self.planned_usd
+        share = 100 * self.spent_usd / self.forecast_usd
         self._warn(
-            f"fallback is pushing spend past the plan: the {self._answered} rows answered so far "
-            f"cost {share:.0f}% of what their tiers' own models would have charged "
-            f"(run.warn_overrun_pct: {threshold:g})"
+            f"spend is running past the forecast: the {self._answered} rows answered so far "
+            f"cost ${self.spent_usd:.4f}, {share:.0f}% of their forecast "
+            f"${self.forecast_usd:.4f}; {self._fallback_answers} of them were answered by a "
+            f"fallback model (run.warn_overrun_pct: {threshold:g})"
         )
 
     def _warn(self, message: str) -> None:

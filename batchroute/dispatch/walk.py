@@ -404,5 +404,5 @@ class RowWalk:
         outcome.cached_tokens = completion.cached_tokens
         outcome.reasoning_tokens = completion.reasoning_tokens
         outcome.latency_ms = latency_ms
-        self.fleet.count_answer(self.fleet.models[self.plan.chain[0]], model, completion)
+        self.fleet.count_answer(self.row, model, completion)
         return self._finish(Status.OK, None, None)

@@ -42,12 +42,12 @@ from batchroute.exitcodes import ExitCode
 from batchroute.logs import log_event, run_id_var
 from batchroute.pricing.budget import Budget
 from batchroute.pricing.costs import FloatRates
-from batchroute.pricing.forecast import ForecastAccumulator, forecast_totals, write_plan
+from batchroute.pricing.forecast import ForecastAccumulator, forecast_totals
 from batchroute.pricing.prices import PriceTable, resolve_prices
 from batchroute.pricing.tokens import messages_token_bound_expr, messages_tokens_expr
 from batchroute.progress import Progress
 from batchroute.report import ReportSummary, write_reports
-from batchroute.report.terminal import forecast_overrun
+from batchroute.report.notes import overrun_warning
 from batchroute.schema import ErrorType, Status
 from batchroute.store.assembly import assemble_results
 from batchroute.store.journal import Journal
@@ -56,6 +56,7 @@ from batchroute.store.lock import RunLock
 from batchroute.store.manifest import RunManifest, new_run_id, read_manifest, write_manifest
 from batchroute.store.outcomes import OutcomeBuffer, skipped_results
 from batchroute.store.parts import completed_keys
+from batchroute.store.plan import write_plan
 from batchroute.store.rundir import PARTS_DIR, atomic_file, select_run_dir
 
 __all__ = ["RunOptions", "RunSummary", "run_job"]
@@ -101,8 +102,8 @@ class RunSummary:
     rejected_rows: int = 0
     """Input lines `on_invalid_row: skip` set aside in rejects.parquet."""
     warnings: tuple[str, ...] = ()
-    """What the dispatcher warned about (a model gone for the run, fallback overrunning the
-    plan); each was also logged on stderr as it happened."""
+    """What the operator was warned about (a model gone for the run, spend past the forecast
+    by more than `run.warn_overrun_pct`); each was also logged on stderr, and is in run.json."""
 
 
 def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
@@ -163,17 +164,6 @@ def _log_finished(summary: RunSummary) -> None:
     forecast = None
     if summary.report is not None:
         forecast = summary.report.savings["forecast_cost_usd"][0]
-        overrun = forecast_overrun(summary.report)
-        if overrun:
-            log_event(
-                logger,
-                "warning",
-                f"over the forecast: {overrun}",
-                level=logging.WARNING,
-                reason="over_forecast",
-                forecast_cost_usd=forecast,
-                cost_usd=summary.report.savings["total_cost_usd"][0],
-            )
     ended = ExitCode(summary.exit_code).name.lower()
     log_event(
         logger,
@@ -191,6 +181,7 @@ def _log_finished(summary: RunSummary) -> None:
         cost_usd=summary.cost_usd,
         forecast_cost_usd=forecast,
         run_dir=str(summary.run_dir),
+        warnings=list(summary.warnings),
     )
 
 
@@ -290,9 +281,26 @@ class _Run:
             prices=self.prices,
             budget_hit=self.stop_status == Status.SKIPPED_BUDGET,
         )
+        self._warn_if_over_forecast(report)
         summary = self._summary(counts=counts, report=report)
         write_manifest(self.run_dir, self._manifest(previous, finished=True, summary=summary))
         return summary
+
+    def _warn_if_over_forecast(self, report: ReportSummary) -> None:
+        """Warn when the whole run's spend passed its forecast by more than the threshold."""
+        warning = overrun_warning(report, threshold_pct=self.job.config.run.warn_overrun_pct)
+        if warning is None:
+            return
+        self.warnings.append(warning)
+        log_event(
+            logger,
+            "warning",
+            warning,
+            level=logging.WARNING,
+            reason="over_forecast",
+            forecast_cost_usd=report.savings["forecast_cost_usd"][0],
+            cost_usd=report.savings["total_cost_usd"][0],
+        )
 
     def _uses_simulator(self) -> bool:
         cfg = self.job.config
@@ -742,6 +750,7 @@ class _Run:
             sent_rows=self.sent_rows,
             reused_rows=self.reused_rows,
             pid=os.getpid(),
+            warnings=tuple(self.warnings),
         )
 
 

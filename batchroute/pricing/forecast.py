@@ -9,20 +9,20 @@ never sent, so they are counted apart and cost nothing.
 
 This is the one forecast: `plan` and the run write it per tier (`ForecastAccumulator`), and the
 router's calibration and evaluation price a labelled set with it (`tier_prices`,
-`forecast_by_tier`), all through the one cost formula of `batchroute.pricing.costs`.
+`forecast_by_tier`), all through the one cost formula of `batchroute.pricing.costs`. Reading
+and classifying a job's input to forecast it is `engines.forecast.forecast_job`'s, and writing
+plan.parquet is `store.plan`'s: pricing reads no file and routes no row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Final, cast
 
 import polars as pl
 
 from batchroute.config import TIERS, Job, JobConfig
-from batchroute.errors import OutputError
 from batchroute.pricing.costs import model_rates, rate_literals, usage_cost, usage_cost_expr
 from batchroute.pricing.prices import ModelPrice, PriceTable, resolve_prices
 from batchroute.pricing.tokens import (
@@ -34,7 +34,6 @@ from batchroute.pricing.tokens import (
     text_tokens_expr,
 )
 from batchroute.schema import COST_DTYPE
-from batchroute.store.rundir import atomic_file
 
 __all__ = [
     "PLAN_SCHEMA",
@@ -43,14 +42,12 @@ __all__ = [
     "TierPrice",
     "baseline_model",
     "forecast_by_tier",
-    "forecast_job",
     "forecast_totals",
     "input_tokens_expr",
+    "is_overrun",
     "prompt_tokens_expr",
-    "read_plan",
     "tier_output_tokens",
     "tier_prices",
-    "write_plan",
 ]
 
 PLAN_SCHEMA: Final = pl.Schema(
@@ -238,47 +235,12 @@ def forecast_totals(plan: pl.DataFrame) -> ForecastTotals:
     )
 
 
-def write_plan(plan: pl.DataFrame, directory: Path) -> Path:
-    """Write plan.parquet atomically into `directory`; `OutputError` if it cannot."""
-    path = directory / "plan.parquet"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as handle:
-            plan.write_parquet(handle)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write plan.parquet ({exc.strerror or exc})", path=directory
-        ) from None
-    return path
-
-
-def read_plan(run_dir: Path) -> pl.DataFrame | None:
-    """The plan.parquet of a run directory, or None if there is none."""
-    path = run_dir / "plan.parquet"
-    return pl.read_parquet(path) if path.is_file() else None
-
-
-def forecast_job(job: Job, prices: PriceTable, *, limit: int | None = None) -> ForecastAccumulator:
-    """Read and classify the job's input batch by batch (no API call) and forecast it.
-
-    `limit` forecasts only the first rows, as `run --limit` would send them.
-    """
-    from batchroute.classify import build_router
-    from batchroute.dataset import open_dataset
-
-    router = build_router(job)
-    forecast = ForecastAccumulator(job, prices)
-    remaining = limit
-    for batch in open_dataset(job).batches(batch_rows=job.config.run.batch_rows):
-        rows: pl.DataFrame = batch.rows
-        if remaining is not None:
-            rows = rows.head(remaining)
-            remaining -= rows.height
-        if rows.height:
-            forecast.add(router.classify(rows))
-        if remaining is not None and remaining <= 0:
-            break
-    return forecast
+def is_overrun(
+    spent_usd: float | Decimal, forecast_usd: float | Decimal, *, threshold_pct: float
+) -> bool:
+    """Whether spend passed a positive forecast by more than `threshold_pct` percent of it."""
+    forecast = float(forecast_usd)
+    return forecast > 0 and float(spent_usd) > forecast * (1 + threshold_pct / 100)
 
 
 def prompt_tokens_expr(job: Job) -> pl.Expr:

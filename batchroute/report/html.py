@@ -21,8 +21,14 @@ from typing import TYPE_CHECKING, Any, cast
 import polars as pl
 
 from batchroute.errors import OutputError
+from batchroute.report.notes import (
+    caveats,
+    forecast_overrun,
+    format_usd,
+    recorded_warnings,
+    spend_breakdown,
+)
 from batchroute.report.tables import ReportSummary
-from batchroute.report.terminal import forecast_overrun, format_usd
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -328,25 +334,15 @@ def render_run_html(summary: ReportSummary) -> str:
     overrun = forecast_overrun(summary)
     if overrun:
         warnings.append(f"Over the forecast: {overrun}.")
-    if s["budget_hit"]:
-        warnings.append("The budget cap was hit: the rows not sent are marked skipped_budget.")
-    if s["unpriced"]:
-        warnings.append(
-            "Some rows ran on unpriced models: their costs are blank, "
-            "and totals cover priced rows only."
-        )
+    warnings.extend(f"Warned during the run: {w}." for w in recorded_warnings(summary.run_dir))
+    warnings.extend(caveats(s))
     if s["repriced"]:
         warnings.append(
             "Repriced: every figure, actual and counterfactual, was priced again from the "
             "recorded usage with the prices below, not the run's own."
         )
     started = s["started_at"].isoformat(timespec="seconds") if s["started_at"] else "—"
-    spend = (
-        f"Total spend {format_usd(s['total_cost_usd'])} = answers kept "
-        f"{format_usd(s['actual_cost_usd'])} + answers superseded by a rerun "
-        f"{format_usd(s['superseded_cost_usd'])} + failed attempts "
-        f"{format_usd(s['failed_cost_usd'])}."
-    )
+    spend = spend_breakdown(s)
     body = [
         f"<h1>batchroute report: {html.escape(s['job'])}</h1>",
         f'<p class="meta">Run {html.escape(s["run_id"] or s["run_dir"])} '

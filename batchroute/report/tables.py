@@ -28,7 +28,7 @@ from batchroute.pricing.costs import (
     usage_cost,
     usage_cost_expr,
 )
-from batchroute.pricing.forecast import baseline_model, read_plan
+from batchroute.pricing.forecast import baseline_model
 from batchroute.pricing.prices import PriceTable
 from batchroute.report.schemas import (
     COST_REPORT_SCHEMA,
@@ -43,6 +43,7 @@ from batchroute.report.schemas import (
 )
 from batchroute.schema import COST_DTYPE, Status
 from batchroute.store.manifest import read_manifest
+from batchroute.store.plan import read_plan
 
 __all__ = [
     "ReportSummary",
@@ -310,6 +311,12 @@ def write_reports(
     return summary
 
 
+def _superseded_answers(results: pl.LazyFrame, attempts: pl.LazyFrame) -> pl.LazyFrame:
+    """Successful attempts whose row key has no answer in the results any more."""
+    kept = results.filter(pl.col("status") == Status.OK).select("row_key")
+    return attempts.filter(pl.col("error_type").is_null()).join(kept, on="row_key", how="anti")
+
+
 def _superseded(results: pl.LazyFrame, attempts: pl.LazyFrame) -> pl.LazyFrame:
     """Per model, the spend on rows no longer in the results, as cost_report groups (tier null).
 
@@ -318,12 +325,11 @@ def _superseded(results: pl.LazyFrame, attempts: pl.LazyFrame) -> pl.LazyFrame:
     the results no longer hold, are failed spend; failed attempts of keys still in the results
     are already in those rows' `failed_cost_usd`.
     """
-    keys = results.select("row_key", _ok=pl.col("status") == Status.OK)
-    kept = keys.filter(pl.col("_ok")).select("row_key")  # anti joins: duplicates are harmless
-    present = keys.select("row_key")
-    answered = pl.col("error_type").is_null()
-    superseded = attempts.filter(answered).join(kept, on="row_key", how="anti")
-    orphan_failed = attempts.filter(~answered).join(present, on="row_key", how="anti")
+    present = results.select("row_key")  # anti joins: duplicates are harmless
+    superseded = _superseded_answers(results, attempts)
+    orphan_failed = attempts.filter(pl.col("error_type").is_not_null()).join(
+        present, on="row_key", how="anti"
+    )
     unpriced = (~pl.col("priced").fill_null(False)).cast(pl.Int64)
     return (
         pl.concat(
@@ -395,6 +401,12 @@ def _build(
             )
         )
         frames.append(_superseded(results, attempts))
+        # a row superseded on two models is one row: count its keys across models, once
+        frames.append(
+            _superseded_answers(results, attempts).select(
+                pl.col("row_key").n_unique().cast(pl.Int64).alias("superseded_rows")
+            )
+        )
     collected = pl.collect_all(frames, engine="streaming")
     groups = (
         collected[0]
@@ -449,6 +461,9 @@ def _build(
             pl.col("unpriced").any(),
         )
         .with_columns(
+            superseded_rows=pl.lit(
+                collected[5]["superseded_rows"][0] if attempts is not None else 0, dtype=pl.Int64
+            ),
             latency_p50_ms=pl.lit(totals_row["latency_p50_ms"][0], dtype=pl.Float64),
             latency_p95_ms=pl.lit(totals_row["latency_p95_ms"][0], dtype=pl.Float64),
             **provenance,
@@ -481,6 +496,10 @@ def _build(
             ),
             share=pl.col("rows").fill_null(0) / total_rows,
             total_cost_usd=total_cost,
+            # superseded spend is the tier-less row's: its rows are counted once, as in the totals
+            superseded_rows=pl.when(pl.col("tier").is_null())
+            .then(pl.lit(cost_totals["superseded_rows"][0], dtype=pl.Int64))
+            .otherwise(pl.col("superseded_rows")),
             **provenance,
         )
         .sort(_tier_order(), "tier", nulls_last=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any, Literal
 
 import polars as pl
@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from batchroute.pricing.forecast import ForecastTotals
+from batchroute.report.notes import caveats, format_usd, spend_breakdown
 from batchroute.report.tables import ReportSummary
 
 __all__ = [
     "OutputFormat",
-    "forecast_overrun",
     "format_usd",
     "frames_json",
     "frames_tsv",
@@ -28,8 +28,6 @@ __all__ = [
 ]
 
 OutputFormat = Literal["text", "tsv", "json"]
-
-_CENT_FRACTION = Decimal("0.0001")
 
 _PIPE_WIDTH = 4096
 """Columns a console writes when it is not a terminal: wide enough that nothing wraps or cuts."""
@@ -63,32 +61,6 @@ def frames_json(frames: Mapping[str, pl.DataFrame], **extra: Any) -> str:
 def frames_tsv(frame: pl.DataFrame) -> str:
     """A frame as tab-separated values with a header; every number at full precision."""
     text: str = frame.write_csv(separator="\t")
-    return text
-
-
-def format_usd(value: Decimal | None) -> str:
-    """Dollars to four places for display ("unpriced" for a null cost); the data keeps twelve."""
-    if value is None:
-        return "unpriced"
-    shown = value.quantize(_CENT_FRACTION, rounding=ROUND_HALF_EVEN)
-    return f"-${-shown:,}" if shown < 0 else f"${shown:,}"
-
-
-def forecast_overrun(summary: ReportSummary) -> str | None:
-    """A sentence when a run spent more than its forecast (fallbacks, retries); else None."""
-    s = summary.savings.row(0, named=True)
-    forecast, spent = s["forecast_cost_usd"], s["total_cost_usd"]
-    if forecast is None or spent is None or spent <= forecast:
-        return None
-    text = (
-        f"spend {format_usd(spent)} passed the forecast {format_usd(forecast)} "
-        f"by {format_usd(spent - forecast)}"
-    )
-    fallbacks = summary.cost_totals["fallback_rows"][0] or 0
-    if fallbacks:
-        text += f"; {fallbacks:,} rows were answered by a fallback model"
-    if s["failed_cost_usd"]:
-        text += f"; failed attempts cost {format_usd(s['failed_cost_usd'])}"
     return text
 
 
@@ -201,11 +173,8 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
     )
     console.print(savings)
     console.print(
-        f"Total spend {format_usd(s['total_cost_usd'])} = answers kept "
-        f"{format_usd(s['actual_cost_usd'])} + answers superseded by a rerun "
-        f"{format_usd(s['superseded_cost_usd'])} + failed attempts "
-        f"{format_usd(s['failed_cost_usd'])}. Savings are counted on total spend, against the "
-        "answers kept priced on one model."
+        f"{spend_breakdown(s)} Savings are counted on total spend, against the answers kept "
+        "priced on one model."
     )
     if s.get("batch_rows"):  # reports of runs before batch mode have no such column
         console.print(
@@ -225,13 +194,8 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
             f"Forecast {format_usd(forecast)} (output priced at expected_output_tokens or "
             f"max_tokens); spent {format_usd(s['total_cost_usd'])}{share}."
         )
-    if s["budget_hit"]:
-        console.print("[bold red]The budget cap was hit:[/] unsent rows are skipped_budget.")
-    if s["unpriced"]:
-        console.print(
-            "[bold yellow]Some rows ran on unpriced models:[/] their costs are blank, "
-            "and totals cover the priced rows only."
-        )
+    for caveat in caveats(s):
+        console.print(caveat, style="bold yellow", markup=False)
     console.print(f"Prices: {s['price_source']} (sha256 {s['price_sha256'][:12]})", style="dim")
 
 

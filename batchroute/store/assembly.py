@@ -416,7 +416,12 @@ def _read_schema(path: Path) -> dict[str, pl.DataType]:
 
 
 def _write(writer: pq.ParquetWriter, frame: pl.DataFrame) -> int:
-    writer.write_table(frame.to_arrow().cast(writer.schema))
+    table = frame.to_arrow()
+    # A conformed frame already has the writer's schema; casting it anyway imports
+    # pyarrow.compute, a twentieth of a second of every run's CPU (bench_overhead.py).
+    if table.schema != writer.schema:
+        table = table.cast(writer.schema)
+    writer.write_table(table)
     return frame.height
 
 

@@ -54,6 +54,8 @@ class SessionRecord(_Record):
     """Rows this session dispatched."""
     reused_rows: int = 0
     """Rows settled by an earlier session and not sent again."""
+    warnings: tuple[str, ...] = ()
+    """What this session warned the operator about (also logged on stderr as it happened)."""
 
 
 class RunManifest(_Record):
@@ -84,6 +86,9 @@ class RunManifest(_Record):
     """Input lines set aside in rejects.parquet (`on_invalid_row: skip`)."""
     price_source: str | None = None
     price_sha256: str | None = None
+    warnings: tuple[str, ...] = ()
+    """Every session's warnings, oldest first, each once: a tier's model gone for the run,
+    spend past the forecast by more than `run.warn_overrun_pct`."""
     sessions: tuple[SessionRecord, ...] = ()
     """The resume history, oldest first."""
 
@@ -109,6 +114,7 @@ class RunManifest(_Record):
         sent_rows: int = 0,
         reused_rows: int = 0,
         pid: int | None = None,
+        warnings: tuple[str, ...] = (),
     ) -> RunManifest:
         """The manifest while (finished_at None) or after the session `run_id` runs.
 
@@ -126,8 +132,10 @@ class RunManifest(_Record):
             exit_code=code,
             sent_rows=sent_rows,
             reused_rows=reused_rows,
+            warnings=warnings,
         )
         history = previous.sessions if previous is not None else ()
+        sessions = (*(entry for entry in history if entry.run_id != run_id), session)
         return cls(
             run_id=run_id,
             job_path=str(job_path),
@@ -145,7 +153,8 @@ class RunManifest(_Record):
             rejected_rows=rejected_rows,
             price_source=price_source,
             price_sha256=price_sha256,
-            sessions=(*(entry for entry in history if entry.run_id != run_id), session),
+            warnings=tuple(dict.fromkeys(w for entry in sessions for w in entry.warnings)),
+            sessions=sessions,
         )
 
 

@@ -22,6 +22,7 @@ from tests.dispatch.test_dispatcher import (
     OK,
     ScriptedServer,
     Spec,
+    _answer,
     always,
     make_job,
     row,
@@ -190,5 +191,47 @@ def test_a_retired_model_warns_and_so_does_the_costly_fallback(
     assert len(warnings) == 2
     assert "cheap is gone for this run" in warnings[0]
     assert "standard, bulk" in warnings[0]
-    assert "fallback is pushing spend past the plan" in warnings[1]
+    assert "spend is running past the forecast" in warnings[1]
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == warnings
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> Spec:
+    answer = _answer()
+    answer["usage"] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    return (200, answer, {})
+
+
+def test_answers_far_longer_than_forecast_warn_without_any_fallback() -> None:
+    """The overrun is judged against the forecast (expected output), not the tier's own model."""
+    job = make_job(models={"a": {}}, tiers={"standard": "a"})
+    outcomes, dispatcher, _ = scripted(
+        {"a": always(_usage(10, 2000))}, job, [row(i) for i in range(25)]
+    )
+    assert all(o.status == Status.OK and o.model_used == "a" for o in outcomes)
+    (warning,) = dispatcher.warnings
+    assert "spend is running past the forecast" in warning
+    assert "0 of them were answered by a fallback model" in warning
+    fleet = dispatcher.fleet
+    # each row forecast at its prompt estimate plus the 64 tokens of output it may use
+    forecast = sum(1e-6 * row(i).prompt_tokens + 2e-6 * 64 for i in range(25))
+    assert fleet.forecast_usd == pytest.approx(forecast)
+    assert fleet.spent_usd == pytest.approx(25 * (1e-6 * 10 + 2e-6 * 2000))
+
+
+def test_a_dearer_fallback_within_the_forecast_does_not_warn() -> None:
+    """Short answers on a dearer fallback still cost less than the forecast: no alarm."""
+    job = make_job(
+        models={"a": {"fallback": "b"}, "b": {"input_per_mtok": 3, "output_per_mtok": 6}},
+        tiers={"standard": "a"},
+    )
+    gone: Spec = (404, {"error": {"message": "no such model", "code": "model_not_found"}}, {})
+    outcomes, dispatcher, _ = scripted(
+        {"a": always(gone), "b": always(_usage(10, 5))}, job, [row(i) for i in range(25)]
+    )
+    assert all(o.status == Status.OK and o.model_used == "b" for o in outcomes)
+    assert len(dispatcher.warnings) == 1 and "a is gone for this run" in dispatcher.warnings[0]
+    assert dispatcher.fleet.spent_usd < dispatcher.fleet.forecast_usd

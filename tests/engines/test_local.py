@@ -105,7 +105,7 @@ def test_bad_job_is_one_clear_line_and_exit_6(make_job: JobFactory) -> None:
     job.write_text(job.read_text().replace("fallback: mid", "fallback: gpt-9", 1))
     code, out, err = run_cli("run", str(job))
     assert code == 6
-    assert "fallback names 'gpt-9'" in err
+    assert "no price for 'gpt-9'" in err
     assert "Traceback" not in err + out
 
 

@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pytest
 
 from batchroute.config import Job, parse_job
 from batchroute.pricing.costs import price_outcomes
@@ -12,9 +11,7 @@ from batchroute.pricing.forecast import (
     PLAN_SCHEMA,
     ForecastAccumulator,
     forecast_totals,
-    read_plan,
     tier_prices,
-    write_plan,
 )
 from batchroute.pricing.prices import resolve_prices
 from batchroute.pricing.tokens import DEFAULT_OUTPUT_TOKENS, count_message_tokens
@@ -147,26 +144,6 @@ def test_unpriced_tier_makes_the_total_unknown_not_zero() -> None:
     assert plan["priced"].to_list() == [True, True, True, False]
     totals = forecast_totals(plan)
     assert totals.unpriced and totals.cost_usd is None and totals.baseline_cost_usd is not None
-
-
-def test_plan_round_trips_through_parquet(tmp_path: Path) -> None:
-    job = make_job()
-    acc = ForecastAccumulator(job, resolve_prices(job))
-    acc.add(classified(ROWS))
-    written = write_plan(acc.frame(), tmp_path / "out")
-    assert written.name == "plan.parquet"
-    back = read_plan(tmp_path / "out")
-    assert back is not None and back.equals(acc.frame())
-    assert read_plan(tmp_path) is None
-
-
-def test_write_plan_reports_an_unwritable_directory(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    from batchroute.errors import OutputError
-
-    with pytest.raises(OutputError, match="cannot write plan.parquet"):
-        write_plan(pl.DataFrame(schema=PLAN_SCHEMA), blocker / "sub")
 
 
 def test_plan_command_forecasts_offline_and_writes_plan_parquet(tmp_path: Path) -> None:

@@ -85,6 +85,20 @@ def test_resume_history_has_one_entry_per_session(tmp_path: Path) -> None:
     assert final.finished_at == t1 + timedelta(minutes=2)
 
 
+def test_warnings_are_kept_per_session_and_gathered_once_for_the_run(tmp_path: Path) -> None:
+    gone = "model small is gone for this run (404)"
+    over = "over the forecast: spend $2 passed the forecast $1 by $1"
+    first = _session(None, "r1", T0, warnings=(gone,))
+    write_manifest(tmp_path, first)
+    second = _session(read_manifest(tmp_path), "r2", T0 + timedelta(hours=1), warnings=(gone, over))
+    write_manifest(tmp_path, second)
+    final = read_manifest(tmp_path)
+    assert final is not None
+    assert [s.warnings for s in final.sessions] == [(gone,), (gone, over)]
+    assert final.warnings == (gone, over)
+    assert json.loads((tmp_path / "run.json").read_text())["warnings"] == [gone, over]
+
+
 def test_failed_write_leaves_the_old_manifest_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
