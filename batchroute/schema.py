@@ -124,6 +124,8 @@ RESULT_SCHEMA: Final = _schema(
         "latency_ms": pl.Float64,
         "started_at": _TIME,
         "finished_at": _TIME,
+        "cache_hit": pl.Boolean,
+        "cache_saved_usd": COST_DTYPE,
     }
 )
 """results.parquet, before the passthrough metadata columns, which follow in input order."""

@@ -152,7 +152,7 @@ def test_spend_past_the_forecast_is_named_in_log_summary_and_html(
     warned = [e for e in events(json_run.stderr) if e.get("reason") == "over_forecast"]
     assert warned and Decimal(warned[0]["cost_usd"]) > Decimal(warned[0]["forecast_cost_usd"])
     assert "fallback model" in warned[0]["message"]
-    text_run = CliRunner().invoke(main, ["run", str(job), "--fresh"])
+    text_run = CliRunner().invoke(main, ["run", str(job), "--fresh", "--no-cache"])
     assert "Over the forecast:" in text_run.stdout
     html = CliRunner().invoke(main, ["report", "--job", str(job), "--html", "r.html"])
     assert html.exit_code == 0, html.output

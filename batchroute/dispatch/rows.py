@@ -64,3 +64,5 @@ class RowOutcome:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempt_records: list[AttemptRecord] = field(default_factory=list)
+    cache_hit: bool = False
+    """Answered from the response cache (`batchroute.cache`): nothing was sent or paid."""

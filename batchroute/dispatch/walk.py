@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -25,7 +26,10 @@ from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
 from batchroute.pricing.budget import reserved_output_tokens
 from batchroute.schema import ErrorType, Status
 
-__all__ = ["RowWalk", "TierPlan", "plan_tiers"]
+__all__ = ["AnswerStore", "RowWalk", "TierPlan", "plan_tiers"]
+
+AnswerStore = Callable[[str, dict[str, Any], Any, Completion], None]
+"""Keeps an accepted answer (the response cache's `RunCache.store`): model, body, messages."""
 
 # Errors after which the endpoint may have done (and billed) the work: the budget keeps them at
 # their expected cost rather than assuming they were free.
@@ -102,10 +106,14 @@ class RowWalk:
         "plan",
         "retry",
         "row",
+        "store",
     )
 
-    def __init__(self, fleet: Fleet, plan: TierPlan, row: RowRequest) -> None:
+    def __init__(
+        self, fleet: Fleet, plan: TierPlan, row: RowRequest, store: AnswerStore | None = None
+    ) -> None:
         self.fleet = fleet
+        self.store = store
         self.plan = plan
         self.row = row
         self.retry: RetryConfig = fleet.config.retry
@@ -405,4 +413,6 @@ class RowWalk:
         outcome.reasoning_tokens = completion.reasoning_tokens
         outcome.latency_ms = latency_ms
         self.fleet.count_answer(self.fleet.models[self.plan.chain[0]], model, completion)
+        if self.store is not None:  # the policy accepted it: not filtered, JSON when asked
+            self.store(model.name, self.plan.bodies[model.name], self.row.messages, completion)
         return self._finish(Status.OK, None, None)

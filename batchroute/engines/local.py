@@ -31,6 +31,7 @@ from typing import Any
 import anyio
 import polars as pl
 
+from batchroute.cache.runs import RunCache
 from batchroute.classify import build_router
 from batchroute.config import Job
 from batchroute.dataset import Batch, open_dataset
@@ -80,6 +81,10 @@ class RunOptions:
     limit: int | None = None
     max_cost_usd: Decimal | None = None
     retry_failed: bool = True
+    no_cache: bool = False
+    """`--no-cache`: the response cache is neither read nor written."""
+    refresh_cache: bool = False
+    """`--refresh-cache`: every request is sent, and its answer stored over the old one."""
 
 
 @dataclass(slots=True)
@@ -100,6 +105,8 @@ class RunSummary:
     warnings: tuple[str, ...] = ()
     """What the dispatcher warned about (a model gone for the run, fallback overrunning the
     plan); each was also logged on stderr as it happened."""
+    cached_rows: int = 0
+    """Rows the response cache answered in this session: nothing was sent for them."""
 
 
 def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
@@ -182,6 +189,7 @@ def _log_finished(summary: RunSummary) -> None:
         counts=summary.counts,
         sent_rows=summary.sent_rows,
         reused_rows=summary.reused_rows,
+        cached_rows=summary.cached_rows,
         rejected_rows=summary.rejected_rows,
         cost_usd=summary.cost_usd,
         forecast_cost_usd=forecast,
@@ -228,6 +236,10 @@ class _Run:
         self.hard_stop = False
         self.sent_rows = 0
         self.reused_rows = 0
+        self.cached_rows = 0
+        self.cache = RunCache.for_job(
+            job, no_cache=options.no_cache, refresh_cache=options.refresh_cache
+        )
         self.warnings: list[str] = []
         self._undurable = 0
         """Answered rows whose in-flight slot is held until their journal commit is durable."""
@@ -249,6 +261,8 @@ class _Run:
         base_urls: dict[str, str] = {}
         try:
             with ExitStack() as stack:
+                if self.cache is not None:  # a file it cannot use stops the run before a request
+                    stack.enter_context(self.cache)
                 if self._uses_simulator():
                     from batchroute.sim import EmbeddedSimulator
 
@@ -293,7 +307,11 @@ class _Run:
     ) -> None:
         async with (
             Dispatcher(
-                self.job, prices=self.prices, budget=self.budget, base_urls=base_urls
+                self.job,
+                prices=self.prices,
+                budget=self.budget,
+                base_urls=base_urls,
+                store=self.cache.store if self.cache is not None else None,
             ) as dispatcher,
             anyio.create_task_group() as watchers,
         ):
@@ -363,6 +381,8 @@ class _Run:
                         if batch.rejects.height:
                             self.rejects.append(batch.rejects)
                         sendable = self._prepare(rows, classify, done)
+                        if self.cache is not None and self.cache.reads:
+                            sendable = await self._serve_cached(sendable)
                         await self._queue_batch(sendable)
                     for lane in self._lanes.values():
                         lane.close()
@@ -417,6 +437,31 @@ class _Run:
             messages_tokens_expr(pl.col("messages")).alias("prompt_tokens"),
             messages_token_bound_expr(pl.col("messages")).alias("prompt_token_bound"),
         )
+
+    async def _serve_cached(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Settle the rows the response cache answers (no slot, limiter or budget); the rest."""
+        assert self.cache is not None
+        if frame.height == 0:
+            return frame
+        cache = self.cache
+        hits = await anyio.to_thread.run_sync(
+            cache.lookup, frame["tier"].to_list(), frame["messages"].to_list()
+        )
+        found = pl.Series([hit is not None for hit in hits], dtype=pl.Boolean)
+        if not found.any():
+            return frame
+        served = frame.filter(found)
+        for context, tier, hit in zip(
+            self.buffer.contexts(served).iter_rows(),
+            served["tier"],
+            (hit for hit in hits if hit is not None),
+            strict=True,
+        ):
+            self.buffer.add(context, cache.outcome(tier, hit))
+        self.cached_rows += served.height
+        self.progress.settled(served["tier"], status="cached")
+        self._flush_wanted.set()
+        return frame.filter(~found)
 
     async def _queue_batch(self, frame: pl.DataFrame) -> None:
         """Queue a batch's rows on their tiers' lanes; wait while a batch's worth is queued."""
@@ -659,6 +704,7 @@ class _Run:
             report=report,
             rejected_rows=self._rejected_rows,
             warnings=tuple(self.warnings),
+            cached_rows=self.cached_rows,
         )
 
     def _manifest(

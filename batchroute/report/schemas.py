@@ -150,12 +150,18 @@ SAVINGS_SCHEMA: Final = pl.Schema(
         **SUPERSEDED_COLUMNS,
         "run_id": pl.String,
         "repriced": pl.Boolean,
+        "cache_hits": pl.Int64,
+        "cache_hit_rate": pl.Float64,
+        "cache_saved_usd": COST_DTYPE,
     }
 )
 """savings.parquet: one row. The counterfactuals (`baseline_cost_usd`, `strongest_cost_usd`)
 price the tokens of the answers kept, those `actual_cost_usd` prices as routed. The savings are
 counted on total spend: `savings_vs_*_usd` = counterfactual − `total_cost_usd`, where the total
-is `actual_cost_usd` + `failed_cost_usd` + `superseded_cost_usd`."""
+is `actual_cost_usd` + `failed_cost_usd` + `superseded_cost_usd`, plus `cache_saved_usd`: the
+answers served by the response cache count at their list cost there, so routing's saving and
+the cache's (`cache_saved_usd`, over `cache_hits` answers, `cache_hit_rate` of those kept) are
+told apart."""
 
 MODEL_ATTEMPTS_SCHEMA: Final = pl.Schema(
     {
