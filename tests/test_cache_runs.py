@@ -270,3 +270,20 @@ def test_an_unusable_cache_file_stops_the_run_before_any_request(
     assert sent(sim) == 0
     assert batchroute.run(job, no_cache=True).ok  # the way out the error names
     assert Decimal(0) < batchroute.run(job, fresh=True, no_cache=True).cost_usd
+
+
+def test_a_fallback_answer_is_cached_under_the_model_that_gave_it(workdir: Path) -> None:
+    """The bulk model is gone: its rows fall back to `mid`, and a rerun is served `mid`'s answer
+    at `mid`'s position and price, never filed under the model that did not answer."""
+    config = SimConfig.model_validate({"models": {"small": {"not_found": True}}})
+    with SimulatorProcess(config) as gone:
+        job = write_job(workdir, gone, sample_rows(ROWS))
+        first = results(batchroute.run(job))
+        bulk = first.filter(pl.col("tier") == "bulk")
+        assert bulk.height and (bulk["model_used"] == "mid").all()
+        paid = sent(gone)
+        rerun = results(batchroute.run(job, fresh=True))
+        assert sent(gone) == paid and rerun["cache_hit"].all()
+    served = rerun.filter(pl.col("tier") == "bulk").join(bulk, on="id", suffix="_paid")
+    assert (served["model_used"] == "mid").all() and (served["fallback_depth"] == 1).all()
+    assert served["cache_saved_usd"].to_list() == served["cost_usd_paid"].to_list()
