@@ -123,6 +123,21 @@ def test_a_fresh_run_directory_pays_only_for_new_rows(
     baseline_cost = savings["baseline_cost_usd"]
     listed = savings["total_cost_usd"] + savings["cache_saved_usd"]
     assert savings["savings_vs_baseline_usd"] == baseline_cost - listed
+    manifest = json.loads((second.run_dir / "run.json").read_text())
+    assert manifest["cache_hits"] == ROWS
+    assert Decimal(manifest["cache_saved_usd"]) == first.cost_usd
+    assert manifest["sessions"][-1]["cached_rows"] == ROWS
+    assert manifest["sessions"][-1]["sent_rows"] == 7
+    # the reports say it: the printed summary and the HTML page
+    shown = subprocess.run(
+        [sys.executable, "-m", "batchroute", "report", str(second.run_dir), "--html", "r.html"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"Response cache: {ROWS} answers" in " ".join(shown.stdout.split())
+    assert f"Response cache: {ROWS} answers" in Path("r.html").read_text()
 
 
 def test_one_changed_parameter_misses(workdir: Path, sim: SimulatorProcess) -> None:

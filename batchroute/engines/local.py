@@ -729,7 +729,20 @@ class _Run:
             sent_rows=self.sent_rows,
             reused_rows=self.reused_rows,
             pid=os.getpid(),
+            cached_rows=self.cached_rows,
+            **_cache_figures(summary.report if summary else None),
         )
+
+
+def _cache_figures(report: ReportSummary | None) -> dict[str, Any]:
+    """What the response cache answered and saved, for run.json (from savings.parquet)."""
+    if report is None:
+        return {}
+    savings = report.savings.row(0, named=True)
+    return {
+        "cache_hits": savings["cache_hits"],
+        "cache_saved_usd": savings["cache_saved_usd"] or Decimal(0),
+    }
 
 
 def _spend(report: ReportSummary) -> dict[str, Decimal]:

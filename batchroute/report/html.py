@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 import polars as pl
 
 from batchroute.errors import OutputError
+from batchroute.report.cache import cache_saving_text
 from batchroute.report.tables import ReportSummary
 from batchroute.report.terminal import forecast_overrun, format_usd
 
@@ -324,6 +325,8 @@ def render_run_html(summary: ReportSummary) -> str:
     ]
     if s["forecast_cost_usd"] is not None:
         cards.append(_card("Forecast", format_usd(s["forecast_cost_usd"])))
+    if s.get("cache_hits"):
+        cards.append(_card("Saved by the response cache", format_usd(s["cache_saved_usd"])))
     warnings = _stop_banner(summary, s)
     overrun = forecast_overrun(summary)
     if overrun:
@@ -347,6 +350,9 @@ def render_run_html(summary: ReportSummary) -> str:
         f"{format_usd(s['superseded_cost_usd'])} + failed attempts "
         f"{format_usd(s['failed_cost_usd'])}."
     )
+    cached = cache_saving_text(s, format_usd)
+    if cached:
+        spend += " " + cached
     body = [
         f"<h1>batchroute report: {html.escape(s['job'])}</h1>",
         f'<p class="meta">Run {html.escape(s["run_id"] or s["run_dir"])} '

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batchroute.pricing.forecast import ForecastTotals
+from batchroute.report.cache import cache_saving_text
 from batchroute.report.tables import ReportSummary
 
 __all__ = [
@@ -207,6 +208,9 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
         f"{format_usd(s['failed_cost_usd'])}. Savings are counted on total spend, against the "
         "answers kept priced on one model."
     )
+    cached = cache_saving_text(s, format_usd)
+    if cached:
+        console.print(cached)
     if s["repriced"]:
         console.print(
             f"Repriced: every figure was priced again from the recorded usage with "

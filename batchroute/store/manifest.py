@@ -54,6 +54,8 @@ class SessionRecord(_Record):
     """Rows this session dispatched."""
     reused_rows: int = 0
     """Rows settled by an earlier session and not sent again."""
+    cached_rows: int = 0
+    """Rows this session settled from the response cache, without a request."""
 
 
 class RunManifest(_Record):
@@ -85,6 +87,10 @@ class RunManifest(_Record):
     price_source: str | None = None
     price_sha256: str | None = None
     sessions: tuple[SessionRecord, ...] = ()
+    cache_hits: int = 0
+    """Answers in the results served by the response cache (over every session)."""
+    cache_saved_usd: Decimal = Decimal(0)
+    """Their list cost: what they would have cost to send again."""
     """The resume history, oldest first."""
 
     @classmethod
@@ -109,6 +115,9 @@ class RunManifest(_Record):
         sent_rows: int = 0,
         reused_rows: int = 0,
         pid: int | None = None,
+        cached_rows: int = 0,
+        cache_hits: int = 0,
+        cache_saved_usd: Decimal = Decimal(0),
     ) -> RunManifest:
         """The manifest while (finished_at None) or after the session `run_id` runs.
 
@@ -126,6 +135,7 @@ class RunManifest(_Record):
             exit_code=code,
             sent_rows=sent_rows,
             reused_rows=reused_rows,
+            cached_rows=cached_rows,
         )
         history = previous.sessions if previous is not None else ()
         return cls(
@@ -146,6 +156,8 @@ class RunManifest(_Record):
             price_source=price_source,
             price_sha256=price_sha256,
             sessions=(*(entry for entry in history if entry.run_id != run_id), session),
+            cache_hits=cache_hits,
+            cache_saved_usd=cache_saved_usd,
         )
 
 
