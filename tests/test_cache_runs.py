@@ -302,3 +302,20 @@ def test_a_fallback_answer_is_cached_under_the_model_that_gave_it(workdir: Path)
     served = rerun.filter(pl.col("tier") == "bulk").join(bulk, on="id", suffix="_paid")
     assert (served["model_used"] == "mid").all() and (served["fallback_depth"] == 1).all()
     assert served["cache_saved_usd"].to_list() == served["cost_usd_paid"].to_list()
+
+
+def test_hits_take_no_budget(workdir: Path, sim: SimulatorProcess) -> None:
+    """Under a cap too small for one request, cached rows are still answered: a hit reserves
+    nothing; only the new rows are stopped by the budget."""
+    rows = sample_rows(ROWS)
+    job = write_job(workdir, sim, rows)
+    assert batchroute.run(job).ok
+    extra = [
+        {"id": f"new{i}", "prompt": f"Never asked before, {i}.", "team": "x"} for i in range(5)
+    ]
+    write_job(workdir, sim, rows + extra, budget={"max_cost_usd": 0.000001})
+    capped = batchroute.run(job, fresh=True)
+    assert sent(sim) == ROWS  # nothing new was affordable, and nothing cached needed budget
+    counts = results(capped).group_by("status", "cache_hit").len().sort("status")
+    assert counts.rows() == [("ok", True, ROWS), ("skipped_budget", False, 5)]
+    assert capped.exit_code == ExitCode.BUDGET
