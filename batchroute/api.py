@@ -54,6 +54,8 @@ class RunResult:
     message: str | None
     """Why the run stopped early, if it did."""
     report: ReportSummary | None
+    cached_rows: int = 0
+    """Rows the response cache answered in this session: nothing was sent for them."""
 
     @property
     def ok(self) -> bool:
@@ -85,6 +87,7 @@ class RunResult:
             rejected_rows=summary.rejected_rows,
             message=summary.message,
             report=summary.report,
+            cached_rows=summary.cached_rows,
         )
 
 

@@ -100,6 +100,7 @@ def test_a_fresh_run_directory_pays_only_for_new_rows(
     assert second.ok, second.message
     assert sent(sim) == ROWS + 7  # the 7 new rows only
     assert second.run_dir != first.run_dir
+    assert (second.cached_rows, second.sent_rows, first.cached_rows) == (ROWS, 7, 0)
     rows = results(second)
     assert rows.height == ROWS + 7
     hits, misses = rows.filter(pl.col("cache_hit")), rows.filter(~pl.col("cache_hit"))
