@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -299,10 +300,15 @@ def test_a_fallback_answer_is_cached_under_the_model_that_gave_it(workdir: Path)
         assert bulk.height and (bulk["model_used"] == "mid").all()
         paid = sent(gone)
         rerun = results(batchroute.run(job, fresh=True))
-        assert sent(gone) == paid and rerun["cache_hit"].all()
+        # the first model is asked first, as every run does: one 404 finds it gone again; each
+        # bulk row's fallback request is then looked up, just before it would be sent
+        assert sent(gone) == paid + 1
+        assert gone.stats()["requests"]["small"] == {"404": 2}
+        assert rerun["cache_hit"].all()
     served = rerun.filter(pl.col("tier") == "bulk").join(bulk, on="id", suffix="_paid")
     assert (served["model_used"] == "mid").all() and (served["fallback_depth"] == 1).all()
     assert served["cache_saved_usd"].to_list() == served["cost_usd_paid"].to_list()
+    assert (served["cost_usd"] == 0).all() and served["attempts"].sum() == 1  # the 404
 
 
 def test_hits_take_no_budget(workdir: Path, sim: SimulatorProcess) -> None:
@@ -320,3 +326,28 @@ def test_hits_take_no_budget(workdir: Path, sim: SimulatorProcess) -> None:
     counts = results(capped).group_by("status", "cache_hit").len().sort("status")
     assert counts.rows() == [("ok", True, ROWS), ("skipped_budget", False, 5)]
     assert capped.exit_code == ExitCode.BUDGET
+
+
+def test_a_stored_fallback_answer_never_stands_in_for_the_first_model(workdir: Path) -> None:
+    """Yesterday the bulk model failed and `mid` answered; today it is back: it is asked."""
+    outage = {"server_error": 1.0, "active_until_s": 3.0}
+    config = SimConfig.model_validate({"models": {"small": {"faults": outage}}})
+    with SimulatorProcess(config) as flaky:
+        job = write_job(
+            workdir,
+            flaky,
+            sample_rows(ROWS),
+            retry={"max_retries_per_model": 0, "backoff_initial_s": 0.01, "backoff_max_s": 0.05},
+        )
+        flaky.reset()  # the outage starts now, for 3 s
+        first = results(batchroute.run(job))
+        bulk = first.filter(pl.col("tier") == "bulk")
+        assert bulk.height and (bulk["model_used"] == "mid").all()
+        time.sleep(3.2)  # the outage is over
+        asked = flaky.stats()["requests"]["small"].get("200", 0)
+        rerun = results(batchroute.run(job, fresh=True))
+        answered = flaky.stats()["requests"]["small"].get("200", 0) - asked
+    served = rerun.filter(pl.col("tier") == "bulk")
+    assert answered == bulk.height  # each bulk row's first request was sent again
+    assert (served["model_used"] == "small").all() and not served["cache_hit"].any()
+    assert rerun.filter(pl.col("tier") != "bulk")["cache_hit"].all()

@@ -7,10 +7,12 @@ endpoint is the *configured* base URL; for the embedded simulator, `simulator:<h
 simulator section>`, since the same prompt gets another answer from a simulator set up otherwise
 and its loopback port changes every run.
 
-Before a batch is queued, every model key of each row's chain is looked up in one `get_many`;
-the first hit in chain order answers the row (its `fallback_depth` is that model's position).
-A hit is an answer already paid for: the row settles at once, with no slot, limiter or budget
-reservation, and costs nothing new (`cache_saved_usd` keeps its list cost).
+Before a batch is queued, the key of each row's first request (its chain's first model) is
+looked up in one `get_many`. A hit is an answer already paid for: the row settles at once, with
+no slot, limiter or budget reservation, and costs nothing new (`cache_saved_usd` keeps its list
+cost). A row that falls back looks its fallback's request up in the walk, just before it would
+be sent (`get`): a stored answer there ends the row the same way, at that `fallback_depth`.
+The chain's order is kept: a fallback's stored answer never stands in for the first model's.
 """
 
 from __future__ import annotations
@@ -110,25 +112,29 @@ class RunCache:
         return request_key(self.endpoints[model], request)
 
     def lookup(self, tiers: Sequence[str], messages: Sequence[Any]) -> list[Hit | None]:
-        """Per row, the first cached answer along its chain, or None; one `get_many` in all."""
+        """Per row, the cached answer of its chain's first model, or None; one `get_many`.
+
+        Only the first model: it is the request the walk sends first. A fallback's answer is
+        looked up by the walk (`get`), only when the row does fall back.
+        """
         keys: list[bytes] = []
-        spans: list[tuple[TierPlan, int]] = []
+        plans: list[TierPlan] = []
         for tier, row_messages in zip(tiers, messages, strict=True):
             plan = self._plan(tier)
-            spans.append((plan, len(keys)))
-            for model in plan.chain:
-                keys.append(self.key(model, plan.bodies[model], row_messages))
+            plans.append(plan)
+            first = plan.chain[0]
+            keys.append(self.key(first, plan.bodies[first], row_messages))
         answers = self.cache.get_many(keys)
-        hits: list[Hit | None] = []
-        for plan, start in spans:
-            hit: Hit | None = None
-            for position, model in enumerate(plan.chain):
-                answer = answers[start + position]
-                if answer is not None:
-                    hit = (position, model, answer)
-                    break
-            hits.append(hit)
-        return hits
+        return [
+            None if answer is None else (0, plan.chain[0], answer)
+            for plan, answer in zip(plans, answers, strict=True)
+        ]
+
+    def get(self, model: str, body: Mapping[str, Any], messages: Any) -> CachedAnswer | None:
+        """The stored answer to the request the walk is about to send `model`, or None."""
+        if not self.cache.read:
+            return None
+        return self.cache.get(self.key(model, body, messages))
 
     def store(
         self, model: str, body: Mapping[str, Any], messages: Any, completion: Completion

@@ -311,7 +311,7 @@ class _Run:
                 prices=self.prices,
                 budget=self.budget,
                 base_urls=base_urls,
-                store=self.cache.store if self.cache is not None else None,
+                cache=self.cache,
             ) as dispatcher,
             anyio.create_task_group() as watchers,
         ):
