@@ -291,7 +291,9 @@ class Progress:
         stopping = f" | stopping: {f['stopping']}" if f["stopping"] else ""
         return (
             f"progress: {f['done']}/{f['total']} rows, {f['failed']} failed, "
-            f"{f['skipped']} skipped, {f['in_flight']} in flight, {f['queued']} queued, "
+            f"{f['skipped']} skipped, "
+            + (f"{f['cached']} from the cache, " if f.get("cached") else "")
+            + f"{f['in_flight']} in flight, {f['queued']} queued, "
             f"{f['rows_per_s']:.1f} rows/s, {f['retries']} retries, {f['rate_limited']} 429s, "
             f"{_spend_text(f)}, eta {_eta_text(f)}{stopping} | {tiers}"
         )

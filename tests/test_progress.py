@@ -100,3 +100,4 @@ def test_rows_the_response_cache_answers_count_as_done_and_cached() -> None:
     snapshot = progress.snapshot()
     assert (snapshot["done"], snapshot["cached"], snapshot["skipped"]) == (2, 2, 0)
     assert snapshot["tiers"]["bulk"]["cached"] == 1
+    assert "2 from the cache" in progress.line(snapshot)
