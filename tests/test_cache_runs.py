@@ -351,3 +351,21 @@ def test_a_stored_fallback_answer_never_stands_in_for_the_first_model(workdir: P
     assert answered == bulk.height  # each bulk row's first request was sent again
     assert (served["model_used"] == "small").all() and not served["cache_hit"].any()
     assert rerun.filter(pl.col("tier") != "bulk")["cache_hit"].all()
+
+
+def test_filtered_answers_are_not_stored(workdir: Path, _private_response_cache: Path) -> None:
+    """Every bulk answer is withheld (content_filter): `mid` answers instead. The filtered
+    requests are asked again next time; only the accepted answers are served."""
+    config = SimConfig.model_validate({"models": {"small": {"faults": {"content_filter": 1.0}}}})
+    with SimulatorProcess(config) as filtering:
+        job = write_job(workdir, filtering, sample_rows(ROWS), retry={"max_retries_per_model": 0})
+        first = results(batchroute.run(job))
+        bulk = first.filter(pl.col("tier") == "bulk")
+        assert bulk.height and (bulk["model_used"] == "mid").all()
+        assert stored(_private_response_cache) == ROWS  # one accepted answer per row
+        rerun = results(batchroute.run(job, fresh=True))
+        asked = filtering.stats()["requests"]["small"]
+    assert asked == {"200": 2 * bulk.height}  # sent again: nothing filtered was kept
+    assert rerun["cache_hit"].all()
+    served = rerun.filter(pl.col("tier") == "bulk")
+    assert (served["model_used"] == "mid").all() and (served["attempts"] == 1).all()
