@@ -54,6 +54,8 @@ class RunResult:
     message: str | None
     """Why the run stopped early, if it did."""
     report: ReportSummary | None
+    cached_rows: int = 0
+    """Rows the response cache answered in this session: nothing was sent for them."""
 
     @property
     def ok(self) -> bool:
@@ -85,6 +87,7 @@ class RunResult:
             rejected_rows=summary.rejected_rows,
             message=summary.message,
             report=summary.report,
+            cached_rows=summary.cached_rows,
         )
 
 
@@ -107,12 +110,16 @@ def _run_here(
     fresh: bool,
     max_cost_usd: Decimal | float | None,
     retry_failed: bool,
+    no_cache: bool,
+    refresh_cache: bool,
 ) -> RunResult:
     options = RunOptions(
         fresh=fresh,
         limit=limit,
         max_cost_usd=None if max_cost_usd is None else Decimal(str(max_cost_usd)),
         retry_failed=retry_failed,
+        no_cache=no_cache,
+        refresh_cache=refresh_cache,
     )
     summary = run_job(_job(job), options, progress=Progress(live=False, enabled=False))
     return RunResult.from_summary(summary)
@@ -125,11 +132,14 @@ def run(
     fresh: bool = False,
     max_cost_usd: Decimal | float | None = None,
     retry_failed: bool = True,
+    no_cache: bool = False,
+    refresh_cache: bool = False,
 ) -> RunResult:
     """Run a job (a `Job` or the path of a job file) to its end, as `batchroute run` does.
 
     The keywords are the command line's options: `limit` (`--limit`), `fresh` (`--fresh`),
-    `max_cost_usd` (`--max-cost`), `retry_failed=False` (`--keep-failed`).
+    `max_cost_usd` (`--max-cost`), `retry_failed=False` (`--keep-failed`), `no_cache`
+    (`--no-cache`), `refresh_cache` (`--refresh-cache`).
     """
     work = functools.partial(
         _run_here,
@@ -138,6 +148,8 @@ def run(
         fresh=fresh,
         max_cost_usd=max_cost_usd,
         retry_failed=retry_failed,
+        no_cache=no_cache,
+        refresh_cache=refresh_cache,
     )
     if not _has_running_loop():
         return work()
@@ -153,6 +165,8 @@ async def run_async(
     fresh: bool = False,
     max_cost_usd: Decimal | float | None = None,
     retry_failed: bool = True,
+    no_cache: bool = False,
+    refresh_cache: bool = False,
 ) -> RunResult:
     """`run` for async code: the engine runs in a worker thread and the caller's loop goes on."""
     loop = asyncio.get_running_loop()
@@ -164,6 +178,8 @@ async def run_async(
             fresh=fresh,
             max_cost_usd=max_cost_usd,
             retry_failed=retry_failed,
+            no_cache=no_cache,
+            refresh_cache=refresh_cache,
         )
         return await loop.run_in_executor(pool, work)
 

@@ -59,6 +59,8 @@ class TierCounts:
     """Rows the run stopped before sending (budget, abort, signal): not done."""
     reused: int = 0
     """Rows answered by an earlier session of the run directory."""
+    cached: int = 0
+    """Rows answered by the response cache: nothing sent."""
     retries: int = 0
     """Attempts beyond a row's first (retries and fallbacks), counted when the row finishes."""
     rate_limited: int = 0
@@ -72,7 +74,7 @@ class TierCounts:
 
     @property
     def done(self) -> int:
-        return self.ok + self.failed + self.reused
+        return self.ok + self.failed + self.reused + self.cached
 
 
 class Progress:
@@ -146,6 +148,8 @@ class Progress:
             counts = self.tiers[tier or "standard"]
             if status == "reused":
                 counts.reused += 1
+            elif status == "cached":
+                counts.cached += 1
             elif status == Status.FAILED:
                 counts.failed += 1
                 counts.sent += 1
@@ -183,7 +187,7 @@ class Progress:
         in_flight, total_in_flight = self._in_flight_per_tier()
         tiers: dict[str, dict[str, Any]] = {}
         for tier, c in self.tiers.items():
-            if not (c.sent or c.reused):
+            if not (c.sent or c.reused or c.cached):
                 continue
             tiers[tier] = {
                 "done": c.done,
@@ -196,6 +200,7 @@ class Progress:
                 "retries": c.retries,
                 "rate_limited": c.rate_limited,
                 "cost_usd": round(c.cost_usd, 6),
+                "cached": c.cached,
             }
         counts = self.tiers.values()
         done = sum(c.done for c in counts)
@@ -223,6 +228,7 @@ class Progress:
             "elapsed_s": round(elapsed, 1),
             "stopping": self.stop_reason,
             "tiers": tiers,
+            "cached": sum(c.cached for c in counts),
         }
 
     # -- showing -------------------------------------------------------------------------------
@@ -285,7 +291,9 @@ class Progress:
         stopping = f" | stopping: {f['stopping']}" if f["stopping"] else ""
         return (
             f"progress: {f['done']}/{f['total']} rows, {f['failed']} failed, "
-            f"{f['skipped']} skipped, {f['in_flight']} in flight, {f['queued']} queued, "
+            f"{f['skipped']} skipped, "
+            + (f"{f['cached']} from the cache, " if f.get("cached") else "")
+            + f"{f['in_flight']} in flight, {f['queued']} queued, "
             f"{f['rows_per_s']:.1f} rows/s, {f['retries']} retries, {f['rate_limited']} 429s, "
             f"{_spend_text(f)}, eta {_eta_text(f)}{stopping} | {tiers}"
         )

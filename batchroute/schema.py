@@ -125,6 +125,8 @@ RESULT_SCHEMA: Final = _schema(
         "started_at": _TIME,
         "finished_at": _TIME,
         "batch": pl.Boolean,
+        "cache_hit": pl.Boolean,
+        "cache_saved_usd": COST_DTYPE,
     }
 )
 """results.parquet, before the passthrough metadata columns, which follow in input order."""

@@ -131,6 +131,7 @@ def _run(workdir: Path, job: dict[str, Any], *, mode: str, extra: tuple[str, ...
     job_path = workdir / f"{job['name']}.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=False))
     command = [sys.executable, "-c", _LAUNCH, mode, "run", str(job_path), "--quiet", *extra]
+    command.append("--no-cache")  # a rerun re-buys what the journal lost, not what a cache kept
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)

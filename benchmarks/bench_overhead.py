@@ -160,6 +160,7 @@ async def batchroute_run(base_url: str, count: int, concurrency: int) -> float:
                 MODEL: {"input_per_mtok": 1, "output_per_mtok": 2, "max_concurrency": concurrency}
             },
             "output": {"dir": str(Path(tmp) / "run")},
+            "cache": {"path": str(Path(tmp) / "cache.sqlite3")},  # a new file: no hits
         }
         job_path = Path(tmp) / "job.yaml"
         job_path.write_text(json.dumps(job))  # JSON is YAML

@@ -76,6 +76,7 @@ def write_job(path: Path, *, data: Path, base_url: str, run_dir: Path) -> None:
             "small": {"input_per_mtok": 0.27, "output_per_mtok": 1.1, "max_concurrency": 256},
         },
         "output": {"dir": str(run_dir), "checkpoint_rows": 5000},
+        "cache": {"path": str(run_dir.parent / f"cache-{run_dir.name}.sqlite3")},  # no hits
         "run": {"max_in_flight": 128},
     }
     path.write_text(yaml.safe_dump(job))

@@ -77,6 +77,19 @@ def job_dict(input_path: Path, **overrides: Any) -> dict[str, Any]:
     return job
 
 
+@pytest.fixture(autouse=True)
+def _private_response_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test's response cache lives in its own temporary directory, never the user's.
+
+    Set through XDG_CACHE_HOME, so CLI subprocesses a test starts inherit it too.
+    """
+    root = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root))
+    return root / "batchroute" / "responses.sqlite3"
+
+
 @pytest.fixture
 def make_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
     """Write `rows` as JSONL and a job over them into tmp_path (the working directory)."""

@@ -385,9 +385,9 @@ def test_fresh_starts_a_new_run_directory(cron: Cron, sim: SimulatorProcess) -> 
     cron.write_job(sample_rows(40), max_in_flight=FAST_IN_FLIGHT)
     assert cron.run()[0] == ExitCode.OK
     first_manifest = cron.manifest()
-    code, _, err = cron.run("--fresh")
+    code, _, err = cron.run("--fresh", "--no-cache")
     assert code == ExitCode.OK, err
-    assert sent(sim) == 80  # nothing was reused
+    assert sent(sim) == 80  # nothing was reused (the response cache is off)
     fresh_dir = Path("runs/t.2")
     assert cron.results(fresh_dir)["id"].to_list() == ids(40)
     assert len(cron.manifest(fresh_dir)["sessions"]) == 1

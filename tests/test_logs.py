@@ -159,7 +159,7 @@ def test_spend_past_the_forecast_is_named_in_log_summary_run_json_and_html(
     (finished,) = [e for e in events(json_run.stderr) if e["event"] == "run_finished"]
     assert any("small is gone for this run" in w for w in finished["warnings"])
     assert warned[0]["message"] in finished["warnings"]
-    text_run = CliRunner().invoke(main, ["run", str(job), "--fresh"])
+    text_run = CliRunner().invoke(main, ["run", str(job), "--fresh", "--no-cache"])
     assert "Over the forecast:" in text_run.stdout
     assert "Warning: model small is gone for this run" in text_run.stdout
     assert "Warning: over the forecast: spend" in text_run.stdout

@@ -89,3 +89,15 @@ def test_the_view_has_a_total_row_spend_against_forecast_and_cap_and_says_stoppi
     assert "stopping… SIGINT received" in text
     assert progress.snapshot()["eta_s"] is None  # no promise of an end while stopping
     assert "stopping: SIGINT" in progress.line()
+
+
+def test_rows_the_response_cache_answers_count_as_done_and_cached() -> None:
+    from batchroute.progress import Progress
+
+    progress = Progress(live=False, enabled=False)
+    progress.total_rows = 3
+    progress.settled(["standard", "bulk"], status="cached")
+    snapshot = progress.snapshot()
+    assert (snapshot["done"], snapshot["cached"], snapshot["skipped"]) == (2, 2, 0)
+    assert snapshot["tiers"]["bulk"]["cached"] == 1
+    assert "2 from the cache" in progress.line(snapshot)

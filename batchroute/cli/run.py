@@ -42,6 +42,16 @@ __all__ = ["run_command"]
     help="On resume, keep rows that failed in an earlier session instead of retrying them.",
 )
 @click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Neither read nor write the response cache: send every request, store no answer.",
+)
+@click.option(
+    "--refresh-cache",
+    is_flag=True,
+    help="Send every request, even one the response cache holds, and store the fresh answers.",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Validate the job and every row, and print the forecast; send nothing, write nothing.",
@@ -69,6 +79,8 @@ def run_command(
     run_dir: Path | None,
     max_cost: float | None,
     keep_failed: bool,
+    no_cache: bool,
+    refresh_cache: bool,
     dry_run: bool,
     log_format: str,
     wait: bool,
@@ -84,6 +96,10 @@ def run_command(
     if fresh and run_dir is not None:
         raise click.UsageError(
             "--fresh and --run-dir exclude each other: a named directory resumes"
+        )
+    if no_cache and refresh_cache:
+        raise click.UsageError(
+            "--no-cache and --refresh-cache exclude each other: --refresh-cache writes the cache"
         )
     json_logs = log_format == "json"
     # A JSON log has no tables to drop: --quiet drops its progress events, never the run's end.
@@ -104,6 +120,8 @@ def run_command(
         max_cost_usd=Decimal(str(max_cost)) if max_cost is not None else None,
         retry_failed=not keep_failed,
         wait=wait,
+        no_cache=no_cache,
+        refresh_cache=refresh_cache,
     )
     console = make_console(stderr=True)
     progress = Progress(

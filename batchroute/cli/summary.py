@@ -38,8 +38,13 @@ def print_run_summary(summary: RunSummary, *, console: Console, tables: bool = T
             counts.add_row(status, str(rows))
         console.print(counts)
         console.print(
-            f"sent {summary.sent_rows} rows, reused {summary.reused_rows} from earlier sessions; "
-            f"total spend ${summary.cost_usd:.6f} (answers kept + superseded + failed attempts)"
+            f"sent {summary.sent_rows} rows, reused {summary.reused_rows} from earlier sessions"
+            + (
+                f", {summary.cached_rows} answered by the response cache; "
+                if summary.cached_rows
+                else "; "
+            )
+            + f"total spend ${summary.cost_usd:.6f} (answers kept + superseded + failed attempts)"
         )
     stopped = _STOPPED.get(ExitCode(summary.exit_code))
     if stopped:

@@ -16,7 +16,7 @@ from batchroute.dispatch.fleet import Fleet, ModelState
 from batchroute.dispatch.limits import ModelLimiter
 from batchroute.dispatch.policy import Action
 from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
-from batchroute.dispatch.walk import RowWalk, TierPlan, plan_tiers
+from batchroute.dispatch.walk import AnswerCache, RowWalk, TierPlan, plan_tiers
 from batchroute.errors import RunAbortedError
 from batchroute.pricing.budget import Budget
 from batchroute.pricing.prices import PriceTable
@@ -38,8 +38,11 @@ class Dispatcher:
         prices: PriceTable,
         budget: Budget | None = None,
         base_urls: Mapping[str, str] | None = None,
+        cache: AnswerCache | None = None,
     ) -> None:
         self.config = job.config if isinstance(job, Job) else job
+        self.cache = cache
+        """The response cache: fallbacks are looked up in it, accepted answers stored."""
         self.prices = prices
         self.budget = budget if budget is not None else Budget(None)
         self.fleet = Fleet(
@@ -97,6 +100,6 @@ class Dispatcher:
         # A tier the job does not map goes where unmatched rows go (`standard` is required).
         plan = self._plans.get(row.tier) or self._plans["standard"]
         try:
-            return await RowWalk(self.fleet, plan, row).run()
+            return await RowWalk(self.fleet, plan, row, self.cache).run()
         finally:
             self.rows_done += 1

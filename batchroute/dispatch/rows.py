@@ -68,3 +68,5 @@ class RowOutcome:
     attempt_records: list[AttemptRecord] = field(default_factory=list)
     batch: bool = False
     """Answered through the Batch API (priced at batch rates)."""
+    cache_hit: bool = False
+    """Answered from the response cache (`batchroute.cache`): nothing was sent or paid."""

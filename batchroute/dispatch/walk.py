@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from batchroute.config import JobConfig, RetryConfig
 from batchroute.dispatch.client import Completion, Reply, send_chat
@@ -25,7 +25,39 @@ from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
 from batchroute.pricing.budget import reserved_output_tokens
 from batchroute.schema import ErrorType, Status
 
-__all__ = ["RowWalk", "TierPlan", "plan_tiers"]
+__all__ = ["AnswerCache", "CachedReply", "RowWalk", "TierPlan", "plan_tiers"]
+
+
+class CachedReply(Protocol):
+    """What a walk reads of a stored answer (`batchroute.cache.CachedAnswer`)."""
+
+    @property
+    def content(self) -> str: ...
+    @property
+    def finish_reason(self) -> str: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cached_tokens(self) -> int: ...
+    @property
+    def reasoning_tokens(self) -> int: ...
+
+
+class AnswerCache(Protocol):
+    """The response cache as a walk uses it (`batchroute.cache.runs.RunCache`)."""
+
+    def get(self, model: str, body: dict[str, Any], messages: Any) -> CachedReply | None:
+        """The stored answer to exactly this request, or None."""
+        ...
+
+    def store(
+        self, model: str, body: dict[str, Any], messages: Any, completion: Completion
+    ) -> None:
+        """Keep an answer the policy accepted."""
+        ...
+
 
 # Errors after which the endpoint may have done (and billed) the work: the budget keeps them at
 # their expected cost rather than assuming they were free.
@@ -102,10 +134,14 @@ class RowWalk:
         "plan",
         "retry",
         "row",
+        "cache",
     )
 
-    def __init__(self, fleet: Fleet, plan: TierPlan, row: RowRequest) -> None:
+    def __init__(
+        self, fleet: Fleet, plan: TierPlan, row: RowRequest, cache: AnswerCache | None = None
+    ) -> None:
         self.fleet = fleet
+        self.cache = cache
         self.plan = plan
         self.row = row
         self.retry: RetryConfig = fleet.config.retry
@@ -123,6 +159,12 @@ class RowWalk:
         while position is not None:
             self.outcome.fallback_depth = position
             model = self.fleet.models[self.plan.chain[position]]
+            # The chain's first model was looked up with the row's whole batch (the runner);
+            # a fallback is looked up here, just before its request would be sent.
+            if position > 0 and self.cache is not None:
+                cached = self.cache.get(model.name, self.plan.bodies[model.name], self.row.messages)
+                if cached is not None:
+                    return self._served(model, cached)
             outcome = await self._try_model(model)
             if outcome is not None:
                 return outcome
@@ -405,4 +447,21 @@ class RowWalk:
         outcome.reasoning_tokens = completion.reasoning_tokens
         outcome.latency_ms = latency_ms
         self.fleet.count_answer(self.row, model, completion)
+        if self.cache is not None:  # the policy accepted it: not filtered, JSON when asked
+            self.cache.store(
+                model.name, self.plan.bodies[model.name], self.row.messages, completion
+            )
+        return self._finish(Status.OK, None, None)
+
+    def _served(self, model: ModelState, cached: CachedReply) -> RowOutcome:
+        """The row answered by the response cache: nothing sent for it on this model."""
+        outcome = self.outcome
+        outcome.model_used = model.name
+        outcome.content = cached.content
+        outcome.finish_reason = cached.finish_reason
+        outcome.input_tokens = cached.input_tokens
+        outcome.output_tokens = cached.output_tokens
+        outcome.cached_tokens = cached.cached_tokens
+        outcome.reasoning_tokens = cached.reasoning_tokens
+        outcome.cache_hit = True
         return self._finish(Status.OK, None, None)

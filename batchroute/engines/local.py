@@ -31,6 +31,7 @@ from typing import Any
 import anyio
 import polars as pl
 
+from batchroute.cache.runs import RunCache
 from batchroute.classify import build_router
 from batchroute.config import Job
 from batchroute.dataset import Batch, open_dataset
@@ -84,6 +85,10 @@ class RunOptions:
     retry_failed: bool = True
     wait: bool = True
     """`--no-wait`: submit batch-mode rows and end with `ExitCode.SUBMITTED` instead of waiting."""
+    no_cache: bool = False
+    """`--no-cache`: the response cache is neither read nor written."""
+    refresh_cache: bool = False
+    """`--refresh-cache`: every request is sent, and its answer stored over the old one."""
 
 
 @dataclass(slots=True)
@@ -104,6 +109,8 @@ class RunSummary:
     warnings: tuple[str, ...] = ()
     """What the operator was warned about (a model gone for the run, spend past the forecast
     by more than `run.warn_overrun_pct`); each was also logged on stderr, and is in run.json."""
+    cached_rows: int = 0
+    """Rows the response cache answered in this session: nothing was sent for them."""
 
 
 def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
@@ -177,6 +184,7 @@ def _log_finished(summary: RunSummary) -> None:
         counts=summary.counts,
         sent_rows=summary.sent_rows,
         reused_rows=summary.reused_rows,
+        cached_rows=summary.cached_rows,
         rejected_rows=summary.rejected_rows,
         cost_usd=summary.cost_usd,
         forecast_cost_usd=forecast,
@@ -224,6 +232,10 @@ class _Run:
         self.hard_stop = False
         self.sent_rows = 0
         self.reused_rows = 0
+        self.cached_rows = 0
+        self.cache = RunCache.for_job(
+            job, no_cache=options.no_cache, refresh_cache=options.refresh_cache
+        )
         self.warnings: list[str] = []
         self._undurable = 0
         """Answered rows whose in-flight slot is held until their journal commit is durable."""
@@ -250,6 +262,8 @@ class _Run:
         base_urls: dict[str, str] = {}
         try:
             with ExitStack() as stack:
+                if self.cache is not None:  # a file it cannot use stops the run before a request
+                    stack.enter_context(self.cache)
                 if self._uses_simulator():
                     from batchroute.sim import EmbeddedSimulator
 
@@ -315,7 +329,11 @@ class _Run:
     ) -> None:
         async with (
             Dispatcher(
-                self.job, prices=self.prices, budget=self.budget, base_urls=base_urls
+                self.job,
+                prices=self.prices,
+                budget=self.budget,
+                base_urls=base_urls,
+                cache=self.cache,
             ) as dispatcher,
             anyio.create_task_group() as watchers,
         ):
@@ -395,6 +413,8 @@ class _Run:
                         if batch.rejects.height:
                             self.rejects.append(batch.rejects)
                         sendable = self._prepare(rows, classify, done)
+                        if self.cache is not None and self.cache.reads:
+                            sendable = await self._serve_cached(sendable)
                         await self._queue_batch(sendable)
                     for lane in self._lanes.values():
                         lane.close()
@@ -449,6 +469,31 @@ class _Run:
             messages_tokens_expr(pl.col("messages")).alias("prompt_tokens"),
             messages_token_bound_expr(pl.col("messages")).alias("prompt_token_bound"),
         )
+
+    async def _serve_cached(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Settle the rows the response cache answers (no slot, limiter or budget); the rest."""
+        assert self.cache is not None
+        if frame.height == 0:
+            return frame
+        cache = self.cache
+        hits = await anyio.to_thread.run_sync(
+            cache.lookup, frame["tier"].to_list(), frame["messages"].to_list()
+        )
+        found = pl.Series([hit is not None for hit in hits], dtype=pl.Boolean)
+        if not found.any():
+            return frame
+        served = frame.filter(found)
+        for context, tier, hit in zip(
+            self.buffer.contexts(served).iter_rows(),
+            served["tier"],
+            (hit for hit in hits if hit is not None),
+            strict=True,
+        ):
+            self.buffer.add(context, cache.outcome(tier, hit))
+        self.cached_rows += served.height
+        self.progress.settled(served["tier"], status="cached")
+        self._flush_wanted.set()
+        return frame.filter(~found)
 
     async def _queue_batch(self, frame: pl.DataFrame) -> None:
         """Queue a batch's rows on their tiers' lanes; wait while a batch's worth is queued."""
@@ -726,6 +771,7 @@ class _Run:
             report=report,
             rejected_rows=self._rejected_rows,
             warnings=tuple(self.warnings),
+            cached_rows=self.cached_rows,
         )
 
     def _manifest(
@@ -751,7 +797,20 @@ class _Run:
             reused_rows=self.reused_rows,
             pid=os.getpid(),
             warnings=tuple(self.warnings),
+            cached_rows=self.cached_rows,
+            **_cache_figures(summary.report if summary else None),
         )
+
+
+def _cache_figures(report: ReportSummary | None) -> dict[str, Any]:
+    """What the response cache answered and saved, for run.json (from savings.parquet)."""
+    if report is None:
+        return {}
+    savings = report.savings.row(0, named=True)
+    return {
+        "cache_hits": savings["cache_hits"],
+        "cache_saved_usd": savings["cache_saved_usd"] or Decimal(0),
+    }
 
 
 def _spend(report: ReportSummary) -> dict[str, Decimal]:

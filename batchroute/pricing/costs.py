@@ -243,11 +243,18 @@ def _result_costs(
 ) -> dict[str, pl.Expr]:
     """A result row's cost columns, given its failed attempts' summed cost and whether priced."""
     is_ok = pl.col("status") == "ok"
-    return {
-        "cost_usd": pl.when(~is_ok)
+    # An answer served by the response cache costs nothing new; its list cost, by the same
+    # formula, is what the cache saved (a part written before the column existed: no hit).
+    hit = pl.col("cache_hit").fill_null(False)
+    list_cost = (
+        pl.when(~is_ok)
         .then(pl.lit(0, dtype=COST_DTYPE))
         .when(_is_priced("model_used", prices))
-        .then(_cost_of("model_used", prices, batch=batch)),
+        .then(_cost_of("model_used", prices, batch=batch))
+    )
+    return {
+        "cost_usd": pl.when(hit).then(pl.lit(0, dtype=COST_DTYPE)).otherwise(list_cost),
+        "cache_saved_usd": pl.when(hit).then(list_cost).otherwise(pl.lit(0, dtype=COST_DTYPE)),
         "failed_cost_usd": pl.when(failed_priced).then(failed_cost.fill_null(0).cast(COST_DTYPE)),
         "priced": (~is_ok | _is_priced("model_used", prices)) & failed_priced,
     }

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 import polars as pl
 
 from batchroute.errors import OutputError
+from batchroute.report.cache import cache_saving_text
 from batchroute.report.notes import (
     caveats,
     forecast_overrun,
@@ -330,6 +331,8 @@ def render_run_html(summary: ReportSummary) -> str:
     ]
     if s["forecast_cost_usd"] is not None:
         cards.append(_card("Forecast", format_usd(s["forecast_cost_usd"])))
+    if s.get("cache_hits"):
+        cards.append(_card("Saved by the response cache", format_usd(s["cache_saved_usd"])))
     warnings = _stop_banner(summary, s)
     overrun = forecast_overrun(summary)
     if overrun:
@@ -343,6 +346,9 @@ def render_run_html(summary: ReportSummary) -> str:
         )
     started = s["started_at"].isoformat(timespec="seconds") if s["started_at"] else "—"
     spend = spend_breakdown(s)
+    cached = cache_saving_text(s, format_usd)
+    if cached:
+        spend += " " + cached
     body = [
         f"<h1>batchroute report: {html.escape(s['job'])}</h1>",
         f'<p class="meta">Run {html.escape(s["run_id"] or s["run_dir"])} '

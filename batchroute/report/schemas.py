@@ -152,6 +152,9 @@ SAVINGS_SCHEMA: Final = pl.Schema(
         "repriced": pl.Boolean,
         "batch_rows": pl.Int64,
         "batch_saving_usd": COST_DTYPE,
+        "cache_hits": pl.Int64,
+        "cache_hit_rate": pl.Float64,
+        "cache_saved_usd": COST_DTYPE,
     }
 )
 """savings.parquet: one row. The counterfactuals (`baseline_cost_usd`, `strongest_cost_usd`)
@@ -159,7 +162,10 @@ price the tokens of the answers kept, those `actual_cost_usd` prices as routed. 
 counted on total spend: `savings_vs_*_usd` = counterfactual − `total_cost_usd`, where the total
 is `actual_cost_usd` + `failed_cost_usd` + `superseded_cost_usd`. `batch_saving_usd` is what the
 `batch_rows` answered through the Batch API saved against their models' online prices (a part of
-the saving beside routing's, already in `total_cost_usd`)."""
+the saving beside routing's, already in `total_cost_usd`). Answers served by the response cache
+count at their list cost in the counterfactual comparison (`total_cost_usd` + `cache_saved_usd`),
+so routing's saving and the cache's (`cache_saved_usd`, over `cache_hits` answers,
+`cache_hit_rate` of those kept) are told apart."""
 
 MODEL_ATTEMPTS_SCHEMA: Final = pl.Schema(
     {

@@ -71,6 +71,8 @@ _RESULT_COLUMNS = (
     "latency_ms",
     "started_at",
     "finished_at",
+    "cache_hit",
+    "cache_saved_usd",
 )
 _TOKENS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
 
@@ -275,7 +277,7 @@ def write_reports(
         repriced=recorded is not None and recorded != prices.sha256,
     )
     try:
-        results = pl.scan_parquet(results_path).select(_RESULT_COLUMNS)
+        results = _with_cache_columns(pl.scan_parquet(results_path)).select(_RESULT_COLUMNS)
         attempts_path = run_dir / "attempts.parquet"
         attempts: pl.LazyFrame | None = None
         if attempts_path.is_file():
@@ -315,6 +317,28 @@ def _superseded_answers(results: pl.LazyFrame, attempts: pl.LazyFrame) -> pl.Laz
     """Successful attempts whose row key has no answer in the results any more."""
     kept = results.filter(pl.col("status") == Status.OK).select("row_key")
     return attempts.filter(pl.col("error_type").is_null()).join(kept, on="row_key", how="anti")
+
+
+def _with_cache_columns(results: pl.LazyFrame) -> pl.LazyFrame:
+    """Results written before the response cache was wired: no row was a hit."""
+    present = results.collect_schema().names()
+    return results.with_columns(
+        *(() if "cache_hit" in present else (pl.lit(False).alias("cache_hit"),)),
+        *(
+            ()
+            if "cache_saved_usd" in present
+            else (pl.lit(0, dtype=COST_DTYPE).alias("cache_saved_usd"),)
+        ),
+    )
+
+
+def _cache_figures(results: pl.LazyFrame) -> pl.LazyFrame:
+    """Answers served by the response cache, and what they would have cost (one row)."""
+    hit = (pl.col("status") == Status.OK) & pl.col("cache_hit").fill_null(False)
+    return results.select(
+        cache_hits=hit.sum().cast(pl.Int64),
+        cache_saved_usd=pl.col("cache_saved_usd").filter(hit).sum().cast(COST_DTYPE),
+    )
 
 
 def _superseded(results: pl.LazyFrame, attempts: pl.LazyFrame) -> pl.LazyFrame:
@@ -407,7 +431,9 @@ def _build(
                 pl.col("row_key").n_unique().cast(pl.Int64).alias("superseded_rows")
             )
         )
+    frames.append(_cache_figures(results))
     collected = pl.collect_all(frames, engine="streaming")
+    cache = collected.pop()
     groups = (
         collected[0]
         .with_columns(
@@ -517,6 +543,7 @@ def _build(
         plan=plan,
         budget_hit=budget_hit,
         finished_at=finished_at,
+        cache=cache,
     )
 
     if attempts is not None:
@@ -572,12 +599,14 @@ def _savings(
     plan: pl.DataFrame | None,
     budget_hit: bool,
     finished_at: datetime | None,
+    cache: pl.DataFrame,
 ) -> pl.DataFrame:
     """The one-row savings table: counterfactuals priced exactly on the answers' tokens.
 
     The saving is counted on total spend: what the answers kept would have cost on the
     baseline (or strongest) model, less everything this run paid, failures and superseded
-    answers included.
+    answers included. Answers the response cache served count there at their list cost, so
+    routing's saving leaves out what the cache saved, which is reported beside it.
     """
     tokens = {t: int(overall[f"compared_{t}"][0]) for t in _TOKENS}
     counterfactual = {
@@ -594,8 +623,11 @@ def _savings(
     totals = cost_totals.row(0, named=True)
     actual: Decimal = totals["cost_usd"]
     total: Decimal = totals["total_cost_usd"]
-    saved_baseline = None if baseline_cost is None or total is None else baseline_cost - total
-    saved_strongest = None if strongest_cost is None or total is None else strongest_cost - total
+    cache_hits = int(cache["cache_hits"][0] or 0)
+    cache_saved = Decimal(cache["cache_saved_usd"][0] or 0)
+    listed = None if total is None else total + cache_saved
+    saved_baseline = None if baseline_cost is None or listed is None else baseline_cost - listed
+    saved_strongest = None if strongest_cost is None or listed is None else strongest_cost - listed
     batch_saved, batch_rows = batch_saving(pl.scan_parquet(run_dir / "results.parquet"), prices)
     forecast_cost: Decimal | None = None
     if plan is not None and plan.height and bool(plan["priced"].all()):
@@ -634,6 +666,9 @@ def _savings(
                 "repriced": info.repriced,
                 "batch_rows": batch_rows,
                 "batch_saving_usd": batch_saved,
+                "cache_hits": cache_hits,
+                "cache_hit_rate": cache_hits / totals["ok"] if totals["ok"] else 0.0,
+                "cache_saved_usd": cache_saved,
             }
         ],
         schema=SAVINGS_SCHEMA,

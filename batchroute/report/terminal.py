@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batchroute.pricing.forecast import ForecastTotals
+from batchroute.report.cache import cache_saving_text
 from batchroute.report.notes import caveats, format_usd, spend_breakdown
 from batchroute.report.tables import ReportSummary
 
@@ -182,6 +183,9 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
             f"{format_usd(s['batch_saving_usd'])} against online prices, beside routing's "
             "saving above (and already in it)."
         )
+    cached = cache_saving_text(s, format_usd)
+    if cached:
+        console.print(cached)
     if s["repriced"]:
         console.print(
             f"Repriced: every figure was priced again from the recorded usage with "

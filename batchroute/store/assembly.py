@@ -310,6 +310,8 @@ class _Assembly:
         }
         for name in ("attempts", "fallback_depth", "cost_usd", "failed_cost_usd"):
             fields[name] = unless_never_sent(0, name)
+        fields["cache_hit"] = pl.col("cache_hit").fill_null(False)
+        fields["cache_saved_usd"] = unless_never_sent(0, "cache_saved_usd")
         return [
             fields.get(name, pl.col(name)).cast(dtype).alias(name)
             for name, dtype in self.out_schema.items()

@@ -56,6 +56,8 @@ class SessionRecord(_Record):
     """Rows settled by an earlier session and not sent again."""
     warnings: tuple[str, ...] = ()
     """What this session warned the operator about (also logged on stderr as it happened)."""
+    cached_rows: int = 0
+    """Rows this session settled from the response cache, without a request."""
 
 
 class RunManifest(_Record):
@@ -90,6 +92,10 @@ class RunManifest(_Record):
     """Every session's warnings, oldest first, each once: a tier's model gone for the run,
     spend past the forecast by more than `run.warn_overrun_pct`."""
     sessions: tuple[SessionRecord, ...] = ()
+    cache_hits: int = 0
+    """Answers in the results served by the response cache (over every session)."""
+    cache_saved_usd: Decimal = Decimal(0)
+    """Their list cost: what they would have cost to send again."""
     """The resume history, oldest first."""
 
     @classmethod
@@ -115,6 +121,9 @@ class RunManifest(_Record):
         reused_rows: int = 0,
         pid: int | None = None,
         warnings: tuple[str, ...] = (),
+        cached_rows: int = 0,
+        cache_hits: int = 0,
+        cache_saved_usd: Decimal = Decimal(0),
     ) -> RunManifest:
         """The manifest while (finished_at None) or after the session `run_id` runs.
 
@@ -133,6 +142,7 @@ class RunManifest(_Record):
             sent_rows=sent_rows,
             reused_rows=reused_rows,
             warnings=warnings,
+            cached_rows=cached_rows,
         )
         history = previous.sessions if previous is not None else ()
         sessions = (*(entry for entry in history if entry.run_id != run_id), session)
@@ -155,6 +165,8 @@ class RunManifest(_Record):
             price_sha256=price_sha256,
             warnings=tuple(dict.fromkeys(w for entry in sessions for w in entry.warnings)),
             sessions=sessions,
+            cache_hits=cache_hits,
+            cache_saved_usd=cache_saved_usd,
         )
 
 

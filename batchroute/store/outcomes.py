@@ -83,6 +83,8 @@ def _outcome_values(outcome: RowOutcome) -> tuple[Any, ...]:
         outcome.started_at,
         outcome.finished_at,
         outcome.batch,
+        outcome.cache_hit,
+        None,  # cache_saved_usd: priced from the usage when the results are assembled
     )
 
 
@@ -129,7 +131,7 @@ class OutcomeBuffer:
         self._rows.append(
             context
             + (None, status, error_type, message, 0, 0, None, None)
-            + (0, 0, 0, 0, 0, 0, None, None, None, None, None, now, False)
+            + (0, 0, 0, 0, 0, 0, None, None, None, None, None, now, False, False, None)
         )
 
     def add_frame(self, frame: pl.DataFrame) -> None:
@@ -200,5 +202,7 @@ def skipped_results(
         pl.lit(None, RESULT_SCHEMA["started_at"]).alias("started_at"),
         pl.lit(now, RESULT_SCHEMA["finished_at"]).alias("finished_at"),
         pl.lit(False).alias("batch"),
+        pl.lit(False).alias("cache_hit"),
+        pl.lit(0, COST_DTYPE).alias("cache_saved_usd"),
         *metadata_columns,
     )
