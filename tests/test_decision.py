@@ -1,0 +1,89 @@
+"""The cost-aware decision: capabilities, under/over-routing, least expected cost."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from batchroute.classify.decision import (
+    SERVES,
+    TierCosts,
+    is_over_routed,
+    is_under_routed,
+    least_expected_cost,
+)
+
+TIERS = ("bulk", "complex", "standard", "structured")
+# One row's price on each tier (USD): complex is 10x standard, bulk half of standard.
+PRICE = np.array([[0.5, 10.0, 1.0, 1.0]])
+
+
+def choose(probs: list[float], *, penalty: float) -> str:
+    best = least_expected_cost(np.array([probs]), PRICE, tiers=TIERS, penalty=penalty)
+    return TIERS[int(best[0])]
+
+
+def test_capabilities_define_under_and_over_routing() -> None:
+    assert is_under_routed("standard", "complex") and is_under_routed("bulk", "standard")
+    assert is_under_routed("structured", "standard") and is_under_routed("standard", "structured")
+    assert is_over_routed("complex", "structured") and is_over_routed("standard", "bulk")
+    assert not is_under_routed("complex", "bulk") and not is_over_routed("bulk", "bulk")
+    assert all(tier in serves for tier, serves in SERVES.items())
+
+
+def test_without_penalty_the_cheapest_tier_wins() -> None:
+    assert choose([0.0, 0.9, 0.1, 0.0], penalty=0.0) == "bulk"
+
+
+def test_the_penalty_buys_capability_when_harder_work_is_likely_enough() -> None:
+    # p(complex) = 0.4. Standard: 1 + 2 * 0.4 * 10 = 9 < complex's 10; at penalty 3, 13 > 10.
+    probs = [0.0, 0.4, 0.6, 0.0]
+    assert choose(probs, penalty=2.0) == "standard"
+    assert choose(probs, penalty=3.0) == "complex"
+
+
+def test_a_sure_row_goes_to_its_own_tier() -> None:
+    for i, tier in enumerate(TIERS):
+        probs = [0.0] * 4
+        probs[i] = 1.0
+        assert choose(probs, penalty=3.0) == tier
+
+
+def test_uncertain_bulk_or_standard_goes_to_standard() -> None:
+    # Bulk: 0.5 + 3 * 0.3 * 1 = 1.4 > standard's 1.0: a 30% chance of standard work is too much.
+    assert choose([0.7, 0.0, 0.3, 0.0], penalty=3.0) == "standard"
+    # ...but a 10% chance is not: 0.5 + 3 * 0.1 = 0.8 < 1.0.
+    assert choose([0.9, 0.0, 0.1, 0.0], penalty=3.0) == "bulk"
+
+
+def test_structured_is_its_own_capability() -> None:
+    # Neither standard nor structured does the other's work: each risks 0.5 * penalty * 1.
+    # At penalty 30 that is 16 > 10, and complex, which does both, is cheaper.
+    assert choose([0.0, 0.0, 0.5, 0.5], penalty=3.0) in {"standard", "structured"}
+    assert choose([0.0, 0.0, 0.5, 0.5], penalty=30.0) == "complex"
+    assert choose([0.0, 0.0, 0.0, 1.0], penalty=30.0) == "structured"
+
+
+def test_row_costs_follow_prompt_length_and_price_unpriced_tiers_at_the_dearest() -> None:
+    costs = TierCosts(
+        per_token_usd={"bulk": 1e-6, "complex": 5e-6},
+        per_request_usd={"bulk": 1e-4, "complex": 1e-3},
+        fixed_tokens=10,
+    )
+    texts = pl.Series(["x" * 40, "x" * 41])  # 10 and 11 tokens, plus 10 fixed
+    out = costs.row_costs(texts, tiers=["bulk", "complex"])
+    np.testing.assert_allclose(out, [[1.2e-4, 1.1e-3], [1.21e-4, 1.105e-3]])
+
+
+@pytest.mark.parametrize("penalty", [0.0, 1.0, 5.0])
+def test_decision_is_vectorised_row_by_row(penalty: float) -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=50)
+    costs = np.tile(PRICE, (50, 1))
+    whole = least_expected_cost(probs, costs, tiers=TIERS, penalty=penalty)
+    one_by_one = [
+        least_expected_cost(probs[i : i + 1], costs[i : i + 1], tiers=TIERS, penalty=penalty)[0]
+        for i in range(50)
+    ]
+    assert whole.tolist() == one_by_one
