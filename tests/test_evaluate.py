@@ -172,3 +172,13 @@ def test_labelled_file_errors_say_what_to_fix(tmp_path: Path) -> None:
         read_labelled(bad_tier)
     with pytest.raises(DatasetError, match="no such labelled file"):
         read_labelled(tmp_path / "missing.csv")
+
+
+def test_under_and_over_routing_follow_capabilities_not_price(job_file: Path) -> None:
+    """Bulk work sent to structured is under-routed; standard work sent to complex is over."""
+    job = load_job(job_file)
+    prompts = ["Extract the names from this list", "Refactor the parser", "Say hi", "Refactor it"]
+    labels = ["bulk", "standard", "complex", "complex"]
+    result = evaluate_router(build_router(job), prompts, labels, job=job)
+    assert (result.under_routed_rows, result.over_routed_rows) == (2, 1)
+    assert (result.under_routed_share, result.over_routed_share) == (0.5, 0.25)
