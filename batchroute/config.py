@@ -207,7 +207,7 @@ class RoutingConfig(_Section):
     long_prompt_words: PositiveInt = 1000
     signals: Mapping[Tier, SignalOverride] = Field(default_factory=dict)
     classifier: ClassifierConfig = ClassifierConfig()
-    under_routing_penalty: Annotated[float, Field(ge=0, le=1000)] = 2.0
+    under_routing_penalty: Annotated[float, Field(ge=0, le=1000)] = 3.0
     """How much worse than its price an under-routed row is (see `classify.decision`)."""
 
 

@@ -5,7 +5,7 @@ exports the fitted numbers here; predicting needs only numpy and polars, and loa
 is reading JSON, so it can never execute code. A model file is one JSON object::
 
     {"format": "batchroute-router", "format_version": 2, "tiers": [...],
-     "token_pattern": "...", "unigrams": [...], "bigrams": [[i, j], ...],
+     "token_pattern": "...", "markers": "...", "unigrams": [...], "bigrams": [[i, j], ...],
      "idf": [...], "coef": [[...per tier...], ...], "intercept": [...],
      "tier_bias": {...}, "min_confidence": 0.0, "trained_on": N, "cv_accuracy": 0.9,
      "batchroute_version": "...", "sklearn_version": "..."}
@@ -13,7 +13,7 @@ is reading JSON, so it can never execute code. A model file is one JSON object::
 `unigrams` are the vocabulary's single words; a bigram is a pair of unigram indices. Feature `f`
 is `unigrams[f]` for `f < len(unigrams)`, then the bigrams in order; `idf[f]` and `coef[f]` (one
 weight per tier) belong to it. Scoring a frame is polars over the whole column: tokenise with
-`str.extract_all`, explode, join the words against the unigram table and the word pairs against
+`str.extract_all` (after `decorate` adds its marker words), explode, join the words against the unigram table and the word pairs against
 the bigram table by integer keys, count, weight by `(1 + ln tf) · idf`, then per-row sums with
 `numpy.bincount`. That is exactly scikit-learn's `TfidfVectorizer(ngram_range=(1, 2),
 sublinear_tf=True)` followed by a multinomial `LogisticRegression.predict_proba`.
@@ -42,6 +42,8 @@ __all__ = [
     "FORMAT_VERSION",
     "TOKEN_PATTERN",
     "RouterModel",
+    "decorate",
+    "decorate_expr",
     "load_model",
     "save_model",
     "shipped_model",
@@ -56,6 +58,17 @@ Version 1 was a joblib pickle of a scikit-learn pipeline; version 2 is this plai
 
 TOKEN_PATTERN = r"\b\w\w+\b"
 """scikit-learn's default word pattern (two or more word characters), in polars' regex syntax."""
+
+LENGTH_BUCKETS = (60, 150, 400, 1200)
+"""Prompt lengths (characters) that split the `xxlen0`..`xxlen4` marker words."""
+
+MARKERS = "xxbos text xxeos xxlen(60,150,400,1200) xxqm"
+"""The marker words added around a text before it is tokenised (see `decorate`).
+
+`xxbos` and `xxeos` make the first and last words features of their own (as bigrams: "xxbos
+translate" is a request, "xxbos which" a question), `xxlenN` is the length bucket, and `xxqm`
+marks a question mark, which the word pattern would otherwise drop.
+"""
 
 SHIPPED_MODEL = "router.json"
 """The trained model in `batchroute/data/` that a job uses by default."""
@@ -146,7 +159,13 @@ class RouterModel:
             pl.DataFrame({_WORD: texts})
             .lazy()
             .with_row_index(_ROW)
-            .select(_ROW, pl.col(_WORD).str.to_lowercase().str.extract_all(TOKEN_PATTERN))
+            .select(
+                _ROW,
+                decorate_expr(pl.col(_WORD))
+                .str.to_lowercase()
+                .str.extract_all(TOKEN_PATTERN)
+                .alias(_WORD),
+            )
             .explode(_WORD)
             .drop_nulls(_WORD)
             .join(self._tables[_UNI].lazy(), on=_WORD, how="left", maintain_order="left")
@@ -225,6 +244,7 @@ class RouterModel:
             "sklearn_version": self.sklearn_version,
             "tiers": list(self.tiers),
             "token_pattern": TOKEN_PATTERN,
+            "markers": MARKERS,
             "tier_bias": dict(self.tier_bias),
             "min_confidence": self.min_confidence,
             "trained_on": self.trained_on,
@@ -235,6 +255,30 @@ class RouterModel:
             "idf": [float(x) for x in self.idf],
             "coef": self.coef.astype(float).tolist(),
         }
+
+
+def _bucket(length: int) -> int:
+    return sum(length >= edge for edge in LENGTH_BUCKETS)
+
+
+def decorate(text: str) -> str:
+    """A text with its marker words, as the model reads it (one text; for training)."""
+    question = " xxqm" if "?" in text else ""
+    return f"xxbos {text} xxeos xxlen{_bucket(len(text))}{question}"
+
+
+def decorate_expr(text: pl.Expr) -> pl.Expr:
+    """`decorate` over a whole string column (polars; for predicting)."""
+    length = text.str.len_chars()
+    bucket = pl.sum_horizontal(*((length >= edge).cast(pl.UInt8) for edge in LENGTH_BUCKETS))
+    question = pl.when(text.str.contains("?", literal=True)).then(pl.lit(" xxqm"))
+    return pl.concat_str(
+        pl.lit("xxbos "),
+        text,
+        pl.lit(" xxeos xxlen"),
+        bucket.cast(pl.String),
+        question.otherwise(pl.lit("")),
+    )
 
 
 def save_model(model: RouterModel, path: Path | str) -> Path:
@@ -277,10 +321,10 @@ def model_from_json(payload: Any, *, path: Path | str) -> RouterModel:
             f"{FORMAT_VERSION}; retrain it with `batchroute train`",
             path=path,
         )
-    if payload.get("token_pattern") != TOKEN_PATTERN:
+    if payload.get("token_pattern") != TOKEN_PATTERN or payload.get("markers") != MARKERS:
         raise ClassifierModelError(
-            f"tokenises with {payload.get('token_pattern')!r}, not {TOKEN_PATTERN!r}; "
-            "retrain it with `batchroute train`",
+            f"reads text with {payload.get('token_pattern')!r} and {payload.get('markers')!r}, "
+            f"not {TOKEN_PATTERN!r} and {MARKERS!r}; retrain it with `batchroute train`",
             path=path,
         )
     try:
