@@ -87,3 +87,12 @@ def test_decision_is_vectorised_row_by_row(penalty: float) -> None:
         for i in range(50)
     ]
     assert whole.tolist() == one_by_one
+
+
+def test_a_price_scale_makes_a_tier_dearer_to_choose_not_its_work() -> None:
+    """Calibration's bias: complex priced x100 loses a row it would win, at the same penalty."""
+    probs = np.array([[0.0, 0.4, 0.6, 0.0]])
+    assert TIERS[int(least_expected_cost(probs, PRICE, tiers=TIERS, penalty=3.0)[0])] == "complex"
+    scale = np.array([1.0, 100.0, 1.0, 1.0])
+    best = least_expected_cost(probs, PRICE, tiers=TIERS, penalty=3.0, price_scale=scale)
+    assert TIERS[int(best[0])] == "standard"

@@ -1,7 +1,9 @@
 """Calibration: tune the trained classifier's per-tier bias on a sample to meet a cost or share.
 
-The classifier's decision is `argmax(log p(tier) + bias[tier])`, then the confidence gate. A
-negative bias makes a tier harder to choose. Calibration searches one scalar λ by bisection:
+A negative per-tier bias makes a tier harder to choose: the model's least-expected-cost decision
+multiplies the tier's own price by `exp(-bias)` (a shadow price; the most-probable decision, for
+a job with no prices, adds it to the log-probability). Calibration searches one scalar λ by
+bisection:
 
 - `--max-complex-share S`: bias = {complex: -λ}; the smallest λ whose routed complex share ≤ S.
 - `--target-cost USD`: bias[t] = -λ · unit_cost[t] / max(unit_cost), so pricier tiers are

@@ -75,11 +75,13 @@ def least_expected_cost(
     tiers: Sequence[str],
     serves: Mapping[str, Collection[str]] = SERVES,
     penalty: float,
+    price_scale: np.ndarray[Any, Any] | None = None,
 ) -> np.ndarray[Any, Any]:
     """Each row's column (into `tiers`) of least expected cost.
 
     `probs` and `row_costs` are (rows × tiers); `row_costs[i, t]` is row i's price on tier t.
-    Ties go to the earlier tier of `tiers`.
+    `price_scale` multiplies each tier's own price (calibration's bias), not the price of the
+    work it would under-route. Ties go to the earlier tier of `tiers`.
     """
     k = len(tiers)
     misses = np.array(
@@ -87,7 +89,8 @@ def least_expected_cost(
          for t in range(k)]
     )  # fmt: skip
     # expected[i, t] = cost[i, t] + penalty * sum_l probs[i, l] * misses[t, l] * cost[i, l]
-    expected = row_costs + penalty * ((probs * row_costs) @ misses.T)
+    own = row_costs if price_scale is None else row_costs * price_scale
+    expected = own + penalty * ((probs * row_costs) @ misses.T)
     return np.asarray(expected.argmin(axis=1))
 
 

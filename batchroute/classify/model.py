@@ -93,7 +93,7 @@ class RouterModel:
     """(n_features, n_tiers) weights."""
     intercept: np.ndarray[Any, Any]
     tier_bias: Mapping[str, float] = field(default_factory=dict)
-    """Added to each tier's log-probability before the decision (0 when absent)."""
+    """Per tier, 0 when absent: a negative bias makes the tier harder to choose (see `decide`)."""
     min_confidence: float | None = None
     """The confidence gate calibration chose, replacing the job's; None when not calibrated."""
     trained_on: int = 0
@@ -204,9 +204,11 @@ class RouterModel:
     ) -> tuple[list[str | None], np.ndarray[Any, Any]]:
         """Each row's tier among the `allowed` tiers, and the probability of that tier.
 
-        The bias is added to the log-probabilities first. Without `row_costs` the most probable
-        tier wins; with them (n × allowed tiers, in `tiers` order), the tier of least expected
-        cost (see `batchroute.classify.decision.least_expected_cost`).
+        Without `row_costs` the most probable tier wins, after the bias is added to the
+        log-probabilities. With them (n × allowed tiers, in `tiers` order) the tier of least
+        expected cost wins (see `batchroute.classify.decision.least_expected_cost`), and the bias
+        acts on prices instead: a tier's own price is multiplied by `exp(-bias)`, so a negative
+        bias makes the tier dearer to choose, whatever its coverage of other tiers' work.
         """
         from batchroute.classify.decision import least_expected_cost
 
@@ -215,8 +217,10 @@ class RouterModel:
         if not cols or scores.shape[0] == 0:
             return [None] * scores.shape[0], np.full(scores.shape[0], np.nan)
         names = [self.tiers[i] for i in cols]
+        shift = np.array([bias.get(tier, 0.0) for tier in names])
         logits = np.log(np.clip(scores[:, cols], 1e-12, None))
-        logits += np.array([bias.get(tier, 0.0) for tier in names])
+        if row_costs is None or serves is None:
+            logits += shift
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
@@ -224,7 +228,12 @@ class RouterModel:
             best = probs.argmax(axis=1)
         else:
             best = least_expected_cost(
-                probs, row_costs, tiers=names, serves=serves, penalty=penalty
+                probs,
+                row_costs,
+                tiers=names,
+                serves=serves,
+                penalty=penalty,
+                price_scale=np.exp(-shift),
             )
         labels = np.array(names, dtype=object)
         return list(labels[best]), probs[np.arange(len(best)), best]

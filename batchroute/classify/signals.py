@@ -111,7 +111,9 @@ def _defaults() -> dict[str, tuple[Signal, ...]]:
         ),
         Signal(
             "classify each",
-            _do(r"\b(?:classify|categori[sz]e|tag|label)\s+(?:\S+\s+){0,4}(?:each|every|these|all)\b"),
+            _do(
+                r"\b(?:classify|categori[sz]e|tag|label)\s+(?:\S+\s+){0,4}(?:each|every|these|all)\b"
+            ),
         ),
     )
     complex_ = (
@@ -175,9 +177,7 @@ def _defaults() -> dict[str, tuple[Signal, ...]]:
         ),
         Signal(
             "proofread",
-            _do(
-                r"\b(?:fix|correct)\s+(?:the\s+)?(?:grammar|spelling|typos?|punctuation)\b"
-            ),
+            _do(r"\b(?:fix|correct)\s+(?:the\s+)?(?:grammar|spelling|typos?|punctuation)\b"),
         ),
         Signal(
             "boilerplate",
