@@ -55,7 +55,7 @@ SERVES: Mapping[str, frozenset[str]] = {
 """The labels each tier can do the work of (see the module docstring)."""
 
 DEFAULT_UNDER_ROUTING_PENALTY = 3.0
-"""`routing.under_routing_penalty` by default: an under-routed row costs three times its right price."""
+"""`routing.under_routing_penalty` by default: an under-routed row costs 3x its right price."""
 
 
 def is_under_routed(tier: str, label: str) -> bool:

@@ -12,11 +12,12 @@ is reading JSON, so it can never execute code. A model file is one JSON object::
 
 `unigrams` are the vocabulary's single words; a bigram is a pair of unigram indices. Feature `f`
 is `unigrams[f]` for `f < len(unigrams)`, then the bigrams in order; `idf[f]` and `coef[f]` (one
-weight per tier) belong to it. Scoring a frame is polars over the whole column: tokenise with
-`str.extract_all` (after `decorate` adds its marker words), explode, join the words against the unigram table and the word pairs against
-the bigram table by integer keys, count, weight by `(1 + ln tf) · idf`, then per-row sums with
-`numpy.bincount`. That is exactly scikit-learn's `TfidfVectorizer(ngram_range=(1, 2),
-sublinear_tf=True)` followed by a multinomial `LogisticRegression.predict_proba`.
+weight per tier) belong to it. Scoring a frame is polars over the whole column: add the marker
+words (`decorate`), tokenise with `str.extract_all`, explode, join the words against the unigram
+table and the word pairs against the bigram table by integer keys, count, weight by
+`(1 + ln tf) · idf`, then per-row sums with `numpy.bincount`. That is exactly scikit-learn's
+`TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)` on the decorated text, followed by a
+multinomial `LogisticRegression.predict_proba`.
 
 The package ships one such file, `batchroute/data/router.json`, which a job uses when it names
 no other (`routing.classifier.kind: model`, the default).
