@@ -96,3 +96,22 @@ def test_a_price_scale_makes_a_tier_dearer_to_choose_not_its_work() -> None:
     scale = np.array([1.0, 100.0, 1.0, 1.0])
     best = least_expected_cost(probs, PRICE, tiers=TIERS, penalty=3.0, price_scale=scale)
     assert TIERS[int(best[0])] == "standard"
+
+
+def test_the_penalty_is_validated_at_load_with_its_key() -> None:
+    from pathlib import Path
+
+    from batchroute.config import parse_job
+    from batchroute.errors import JobError
+
+    data = {
+        "name": "t",
+        "input": {"path": "in.jsonl"},
+        "tiers": {"standard": "m"},
+        "models": {"m": {"input_per_mtok": 1, "output_per_mtok": 1}},
+        "routing": {"under_routing_penalty": -1},
+    }
+    with pytest.raises(JobError, match="routing.under_routing_penalty"):
+        parse_job(data, path=Path("job.yaml"))
+    data["routing"] = {"under_routing_penalty": 0.5}
+    assert parse_job(data, path=Path("job.yaml")).routing.under_routing_penalty == 0.5
