@@ -20,6 +20,11 @@ With `--mt-bench QUESTIONS.jsonl`, also the default router's accuracy on MT-Benc
 committed here. Categories map as issue 11 says: extraction → structured; coding, math,
 reasoning → complex; writing, roleplay, humanities, stem → standard.
 
+With `--source-cv`, also the routing quality figures the README reports (needs the `ml` extra):
+the default router's accuracy and under-/over-routed shares on `labelled/corpus/`, 5-fold
+cross-validated by source file (each fold's sources unseen in training, with `train.csv` always
+in training), and on the dev split `holdout.csv` with the model trained on everything else.
+
 With `--rules-comparison`, also (minutes): (a) the original design's rules as a per-row Python
 function (plain lowercase substrings); (b) the default rules as a per-row Python loop (`re`, the
 same patterns and labels); (c) the original rules vectorised (`str.contains_any`); (d) the
@@ -205,12 +210,15 @@ def main() -> None:
     parser.add_argument("--run-rps", type=float, default=1000.0, help="a run's measured req/s")
     parser.add_argument("--rules-comparison", action="store_true")
     parser.add_argument("--mt-bench", type=Path, help="MT-Bench question.jsonl (see above)")
-    parser.add_argument("--only-mt-bench", action="store_true", help="skip the timings")
+    parser.add_argument("--quality-only", action="store_true", help="skip the timings")
+    parser.add_argument("--source-cv", action="store_true", help="quality by source-held-out CV")
     args = parser.parse_args()
+    if args.source_cv:
+        source_cv()
     if args.mt_bench is not None:
         evaluate_mt_bench(args.mt_bench)
-        if args.only_mt_bench:
-            return
+    if args.quality_only:
+        return
     n = args.rows
     print(f"Generating {n:,} distinct rows ...")
     frame = generate_distinct(n)
@@ -254,6 +262,48 @@ def main() -> None:
     print("  rows decided by: " + ", ".join(f"{s}: {c / n:.1%}" for s, c in shares))
     if args.rules_comparison:
         compare_rules(frame, repeat=args.repeat)
+
+
+def source_cv(folds: int = 5) -> None:
+    """Accuracy and misroute shares of the default router, cross-validated by source file."""
+    from batchroute.classify.evaluate import evaluate_router
+    from batchroute.classify.learned import train_classifier
+
+    labelled = ROOT / "sample_data" / "labelled"
+    files = sorted((labelled / "corpus").glob("*.csv"))
+    data = {f: read_labelled(f) for f in files}
+    base_prompts, base_tiers = read_labelled(labelled / "train.csv")
+    job = default_job()
+    router = build_router(job)
+    totals = np.zeros(4)
+    for fold in range(folds):
+        held = files[fold::folds]
+        prompts = base_prompts + [p for f in files if f not in held for p in data[f][0]]
+        tiers = base_tiers + [t for f in files if f not in held for t in data[f][1]]
+        model = train_classifier(prompts, tiers)
+        result = evaluate_router(
+            build_router(job, model=model),
+            [p for f in held for p in data[f][0]],
+            [t for f in held for t in data[f][1]],
+            job=job,
+        )
+        totals += (result.correct, result.under_routed_rows, result.over_routed_rows, result.rows)
+    correct, under, over, rows = totals
+    print(
+        f"corpus/, {folds}-fold CV by source ({rows:,.0f} prompts): accuracy {correct / rows:.1%}, "
+        f"under-routed {under / rows:.1%}, over-routed {over / rows:.1%}"
+    )
+    model = train_classifier(
+        base_prompts + [p for f in files for p in data[f][0]],
+        base_tiers + [t for f in files for t in data[f][1]],
+    )
+    for name, routed_by in [("trained here", build_router(job, model=model)), ("shipped", router)]:
+        result = evaluate_router(routed_by, *read_labelled(labelled / "holdout.csv"), job=job)
+        print(
+            f"holdout.csv (dev), model {name}: accuracy {result.accuracy:.1%}, "
+            f"under-routed {result.under_routed_share:.1%}, "
+            f"over-routed {result.over_routed_share:.1%}"
+        )
 
 
 MT_BENCH_TIERS = {
