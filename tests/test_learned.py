@@ -252,3 +252,39 @@ def test_train_cli_refuses_a_file_without_the_columns(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["train", str(bad), "--out", str(tmp_path / "m.json")])
     assert result.exit_code == 6
     assert "needs columns prompt,tier" in result.output
+
+
+@pytest.mark.parametrize(
+    ("prompt", "tier"),
+    [
+        ("Why does this worker pool stop picking up jobs after an hour?", "complex"),
+        ("Get the order number and total out of this receipt", "structured"),
+        ("Put these release notes into Portuguese", "bulk"),
+        ("Which VS Code extension formats code on save?", "standard"),
+        ("What does 'generate tests' mean in Jest?", "standard"),
+        ("Add comments to this deadlock reproduction script.", "bulk"),
+        ("Translate this security review into French.", "bulk"),
+        ("Rename the variables in our architecture linter.", "bulk"),
+        (
+            "Implement a function that returns the k-th smallest element of two sorted arrays.",
+            "complex",
+        ),
+        ("Pretend you are a pirate captain and greet the new crew.", "standard"),
+    ],
+)
+def test_the_default_router_routes_the_issue_examples(prompt: str, tier: str) -> None:
+    """Issue 11's examples of its failure classes (a regression guard when the model is retrained;
+    the training corpus covers these classes, so this is no measure of generalisation)."""
+    data: dict[str, Any] = {
+        "name": "t",
+        "input": {"path": "in.jsonl"},
+        "tiers": {"complex": "big", "standard": "mid", "structured": "mid", "bulk": "small"},
+        "models": {
+            "big": {"input_per_mtok": 5, "output_per_mtok": 25},
+            "mid": {"input_per_mtok": 0.25, "output_per_mtok": 2},
+            "small": {"input_per_mtok": 0.27, "output_per_mtok": 1.1},
+        },
+    }
+    job = Job(parse_job(data, path=Path("j.yaml")), path=Path("j.yaml"), text_sha256="")
+    out = build_router(job).classify(frame_from_prompts([prompt]))
+    assert out["tier"].to_list() == [tier]
