@@ -115,3 +115,26 @@ def test_the_penalty_is_validated_at_load_with_its_key() -> None:
         parse_job(data, path=Path("job.yaml"))
     data["routing"] = {"under_routing_penalty": 0.5}
     assert parse_job(data, path=Path("job.yaml")).routing.under_routing_penalty == 0.5
+
+
+def test_unpriced_tiers_are_costed_at_the_dearest_priced_rates() -> None:
+    from pathlib import Path
+
+    from batchroute.config import Job, parse_job
+
+    data = {
+        "name": "t",
+        "input": {"path": "in.jsonl"},
+        "request": {"max_tokens": 100},
+        "tiers": {"complex": "big", "standard": "big", "bulk": "mystery-model-x"},
+        "models": {"big": {"input_per_mtok": 5, "output_per_mtok": 25}, "mystery-model-x": {}},
+        "prices": {"allow_unpriced": True},
+    }
+    job = Job(parse_job(data, path=Path("j.yaml")), path=Path("j.yaml"), text_sha256="")
+    costs = TierCosts.from_job(job)
+    assert costs is not None
+    assert costs.per_token_usd["bulk"] == costs.per_token_usd["complex"] == 5e-6
+    assert costs.per_request_usd["bulk"] == costs.per_request_usd["complex"]
+    data["prices"] = {"allow_unpriced": False}
+    strict = Job(parse_job(data, path=Path("j.yaml")), path=Path("j.yaml"), text_sha256="")
+    assert TierCosts.from_job(strict) is None

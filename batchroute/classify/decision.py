@@ -110,10 +110,18 @@ class TierCosts:
 
     @classmethod
     def from_job(cls, job: Job) -> TierCosts | None:
-        """The job's tier costs, or None when no tier is priced (the model's argmax decides)."""
-        from batchroute.classify.forecast import input_tokens_expr, tier_prices
+        """The job's tier costs, or None when no tier is priced (the model's argmax decides).
 
-        prices = tier_prices(job)
+        A job whose prices cannot be resolved routes by argmax here; the command that needs the
+        prices (run, plan, eval-classifier) reports the `PriceError` itself.
+        """
+        from batchroute.classify.forecast import input_tokens_expr, tier_prices
+        from batchroute.errors import PriceError
+
+        try:
+            prices = tier_prices(job)
+        except PriceError:
+            return None
         priced = {t: p for t, p in prices.items() if p.priced}
         if not priced:
             return None
