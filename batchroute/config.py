@@ -190,16 +190,18 @@ RuleName = Literal["metadata", "json_output", "structured", "complex", "long_pro
 
 
 class ClassifierConfig(_Section):
-    """Which classifier decides tiers: the rules alone, or a trained model before the rules."""
+    """Which classifier decides tiers: the rules alone, or a trained model after the rules."""
 
-    kind: Literal["rules", "model"] = "rules"
+    kind: Literal["rules", "model"] = "model"
     path: Path | None = None
-    min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.6
+    """A file made by `batchroute train`; the model shipped with batchroute when not given."""
+    min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Rows the model is less sure of than this go to `standard` (0: the model decides all)."""
 
     @model_validator(mode="after")
-    def _model_needs_path(self) -> ClassifierConfig:
-        if self.kind == "model" and self.path is None:
-            raise ValueError("kind: model needs a path to a file made by `batchroute train`")
+    def _rules_take_no_path(self) -> ClassifierConfig:
+        if self.kind == "rules" and self.path is not None:
+            raise ValueError("kind: rules reads no model file; use kind: model to load it")
         return self
 
 
@@ -217,6 +219,8 @@ class RoutingConfig(_Section):
     long_prompt_words: PositiveInt = 1000
     signals: Mapping[Tier, SignalOverride] = Field(default_factory=dict)
     classifier: ClassifierConfig = ClassifierConfig()
+    under_routing_penalty: Annotated[float, Field(ge=0, le=1000)] = 3.0
+    """How much worse than its price an under-routed row is (see `classify.decision`)."""
 
 
 class RetryConfig(_Section):

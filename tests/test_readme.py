@@ -141,3 +141,9 @@ def test_every_log_event_is_documented() -> None:
     assert {"run_started", "progress", "rows_rejected", "run_finished", "error"} <= events
     missing = [event for event in events if f"| `{event}` |" not in README]
     assert not missing, f"log events missing from the README's table: {missing}"
+
+
+def test_readme_has_no_merge_conflict_markers() -> None:
+    """A half-resolved merge must not reach users: no conflict marker lines survive."""
+    markers = [line for line in README.splitlines() if line.startswith(("<<<<<<< ", ">>>>>>> "))]
+    assert not markers

@@ -1,19 +1,21 @@
 """Calibration: tune the trained classifier's per-tier bias on a sample to meet a cost or share.
 
-The classifier's decision is `argmax(log p(tier) + bias[tier])`, then the confidence gate. A
-negative bias makes a tier harder to choose. Calibration searches one scalar λ by bisection:
+A negative per-tier bias makes a tier harder to choose: the model's least-expected-cost decision
+multiplies the tier's own price by `exp(-bias)` (a shadow price; the most-probable decision, for
+a job with no prices, adds it to the log-probability). Calibration searches one scalar λ by
+bisection:
 
 - `--max-complex-share S`: bias = {complex: -λ}; the smallest λ whose routed complex share ≤ S.
 - `--target-cost USD`: bias[t] = -λ · unit_cost[t] / max(unit_cost), so pricier tiers are
   penalised more; the smallest λ whose forecast cost for the whole input ≤ USD.
 
-Rows below the confidence gate fall back to the rules, which the bias cannot move. So when no λ
+Rows below the confidence gate go to `standard`, which the bias cannot move. So when no λ
 meets the target at the job's gate, the search is repeated at lower gates (`_GATES`), letting the
 classifier decide more rows. Hints (metadata, json_output) never change, so a target they alone
 exceed cannot be met; the result says so. The scores are computed once per sample.
 
 The calibrated bias and gate are written into a copy of the model file (`save_model`), which the
-job then names in `routing.classifier.path`.
+job then names in `routing.classifier.path`; `Calibration.router` is the router that file gives.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class Calibration:
     """Per-tier forecast of the whole input without calibration (see `forecast_by_tier`)."""
     after: pl.DataFrame
     """Per-tier forecast with the calibrated bias."""
+    router: Router
+    """The job's router with the calibrated model in it."""
 
     @property
     def cost_before_usd(self) -> Decimal:
@@ -111,8 +115,8 @@ def calibrate_router(
     classifier = router.classifier
     if classifier is None:
         raise JobError(
-            "calibrate tunes a trained classifier, but routing.classifier.kind is 'rules'; "
-            "train one with `batchroute train` and set classifier: {kind: model, path: ...}",
+            "calibrate tunes the router model, but routing.classifier.kind is 'rules'; "
+            "remove that key (the shipped model) or set classifier: {kind: model, path: ...}",
             path=job.path,
             key="routing.classifier",
         )
@@ -121,7 +125,7 @@ def calibrate_router(
     input_rows = sample.height if input_rows is None else input_rows
     scale = Decimal(input_rows) / Decimal(sample.height)
     texts = sample.select(text_expr(sample).alias(TEXT_COLUMN))[TEXT_COLUMN]
-    scores = classifier.predict_proba(texts.fill_null("").to_list())
+    scores = classifier.predict_proba(texts)
 
     if max_complex_share is not None:
         target = f"complex share <= {max_complex_share:.1%}"
@@ -164,7 +168,13 @@ def calibrate_router(
     before = router.classify(sample, scores=scores, bias=dict(classifier.tier_bias))
     gates = [router.min_confidence, *(g for g in _GATES if g < router.min_confidence)]
     for gate in gates:
-        gated = Router(router.rules, classifier=classifier, min_confidence=gate)
+        gated = Router(
+            router.rules,
+            classifier=classifier,
+            min_confidence=gate,
+            costs=router.costs,
+            under_routing_penalty=router.under_routing_penalty,
+        )
         best, met = search(gated)
         if met:
             break
@@ -180,6 +190,13 @@ def calibrate_router(
         input_rows=input_rows,
         before=_scaled(forecast_by_tier(before, job=job), scale),
         after=_scaled(forecast_by_tier(after, job=job), scale),
+        router=Router(
+            router.rules,
+            classifier=classifier.with_bias(bias, min_confidence=gate),
+            min_confidence=gate,
+            costs=router.costs,
+            under_routing_penalty=router.under_routing_penalty,
+        ),
     )
 
 

@@ -1,8 +1,8 @@
 """How well a router matches labelled examples, and what its misroutes cost at the job's prices.
 
-Over-routing sends a row to a pricier tier than its label's: it wastes money, reported in USD.
-Under-routing sends a row to a less capable tier than its label's (capability follows
-`batchroute.config.TIERS`, most capable first): it risks quality, reported as a row count.
+Under- and over-routing follow the capabilities of `batchroute.classify.decision.SERVES`:
+under-routing sends a row to a tier that cannot do its labelled work (quality at risk);
+over-routing sends it to another tier that can, at a price (money lost, reported in USD).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from batchroute.classify.decision import SERVES
 from batchroute.classify.router import frame_from_prompts
 from batchroute.config import TIERS
 from batchroute.errors import DatasetError
@@ -48,9 +49,11 @@ class Evaluation:
     correct: int
     per_tier: tuple[TierScore, ...]
     over_routed_rows: int
+    """Rows sent to another tier than their label's that can also do their work."""
     over_routing_cost_usd: Decimal
-    """Money lost on rows sent to a pricier tier than their label's."""
+    """Money lost on over-routed rows, against their label's tier."""
     under_routed_rows: int
+    """Rows sent to a tier that cannot do their labelled work."""
     sources: dict[str, int]
     """How many rows each tier_source decided."""
     unpriced_tiers: tuple[str, ...] = ()
@@ -58,6 +61,16 @@ class Evaluation:
     @property
     def accuracy(self) -> float:
         return self.correct / self.rows if self.rows else 0.0
+
+    @property
+    def under_routed_share(self) -> float:
+        """The share of rows under-routed (to a tier that cannot do their work)."""
+        return self.under_routed_rows / self.rows if self.rows else 0.0
+
+    @property
+    def over_routed_share(self) -> float:
+        """The share of rows over-routed (to a dearer tier that can also do their work)."""
+        return self.over_routed_rows / self.rows if self.rows else 0.0
 
     def passes(self, min_accuracy: float | None) -> bool:
         """Whether the accuracy meets a gate (always, with no gate)."""
@@ -133,20 +146,16 @@ def evaluate_router(
         )
 
     prices = tier_prices(job)
-    rank = {tier: i for i, tier in enumerate(TIERS)}
-    tokens = pl.col("input_tokens")
-    pred_cost = pl.lit(0.0)
-    label_cost = pl.lit(0.0)
-    for tier, price in prices.items():
-        cost = price.row_cost_expr(tokens)
-        pred_cost = pl.when(pl.col("tier") == tier).then(cost).otherwise(pred_cost)
-        label_cost = pl.when(pl.col("label") == tier).then(cost).otherwise(label_cost)
+    pairs = [(tier, label) for tier in mapped for label in mapped if tier != label]
+    under_pairs = [(t, lab) for t, lab in pairs if lab not in SERVES[t]]
+    over_pairs = [(t, lab) for t, lab in pairs if lab in SERVES[t]]
+
+    def is_pair(chosen: list[tuple[str, str]]) -> pl.Expr:
+        pair = pl.concat_str(pl.col("tier"), pl.col("label"), separator="\x00")
+        return pair.is_in(["\x00".join(p) for p in chosen])
+
     costed = frame.with_columns(
-        (pred_cost > label_cost).alias("over"),
-        (
-            pl.col("tier").replace_strict(rank, return_dtype=pl.Int64)
-            > pl.col("label").replace_strict(rank, return_dtype=pl.Int64)
-        ).alias("under"),
+        is_pair(over_pairs).alias("over"), is_pair(under_pairs).alias("under")
     )
     over = (
         costed.filter(pl.col("over"))

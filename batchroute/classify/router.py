@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from batchroute.classify.decision import SERVES, TierCosts
 from batchroute.classify.rules import (
-    HINT_RULES,
     MATCH_PREFIX,
     TEXT_COLUMN,
     Rule,
@@ -22,7 +22,7 @@ from batchroute.schema import INPUT_SCHEMA, TierSource
 if TYPE_CHECKING:
     import numpy as np
 
-    from batchroute.classify.learned import TrainedClassifier
+    from batchroute.classify.model import RouterModel
     from batchroute.config import Job
 
 __all__ = ["ROUTING_COLUMNS", "Router", "build_router", "frame_from_prompts"]
@@ -66,22 +66,36 @@ def _by_step(values: list[str | None]) -> pl.Expr:
 
 
 class Router:
-    """Decides each row's tier: hints, then a confident classifier, then rules, then standard."""
+    """Decides each row's tier: hints, then the precise rules, then the model, then standard.
+
+    With a model, the rules of `routing.order` run first (they decide only where they are
+    nearly always right) and the model decides every other row, by least expected cost when
+    `costs` are given (see `batchroute.classify.decision`), else by its most probable tier.
+    `long_prompt` applies only without a model: the model reads a long prompt itself.
+    """
 
     def __init__(
         self,
         rules: RuleSet,
         *,
-        classifier: TrainedClassifier | None = None,
-        min_confidence: float = 0.6,
+        classifier: RouterModel | None = None,
+        min_confidence: float = 0.0,
+        costs: TierCosts | None = None,
+        under_routing_penalty: float = 0.0,
     ) -> None:
         self.rules = rules
         self.classifier = classifier
         self.min_confidence = min_confidence
+        self.costs = costs
+        self.under_routing_penalty = under_routing_penalty
 
     def __repr__(self) -> str:
         clf = "rules only" if self.classifier is None else f"{self.classifier!r}"
-        return f"<Router {self.rules!r} [{clf}, min_confidence: {self.min_confidence}]>"
+        decision = "most probable" if self.costs is None else "least expected cost"
+        return (
+            f"<Router {self.rules!r} [{clf}, min_confidence: {self.min_confidence}, "
+            f"decision: {decision}, under_routing_penalty: {self.under_routing_penalty}]>"
+        )
 
     def classify(
         self,
@@ -119,13 +133,14 @@ class Router:
         bias: dict[str, float] | None,
     ) -> pl.DataFrame:
         rules = self.rules.rules()
+        if self.classifier is not None:
+            rules = [rule for rule in rules if rule.name != "long_prompt"]
         steps = [rule.name for rule in rules]
         masks = {rule.name: rule.mask for rule in rules}
         work = frame.with_columns(text_expr(frame).alias(TEXT_COLUMN))
         if self.classifier is not None:
             work = self._add_classifier(work, scores=scores, bias=bias)
-            slot = next((i for i, name in enumerate(steps) if name not in HINT_RULES), len(steps))
-            steps.insert(slot, "classifier")
+            steps.append("classifier")
             masks["classifier"] = pl.col(_CLF_OK)
         decided = self._decide(work, steps=steps, masks=masks)
 
@@ -233,16 +248,30 @@ class Router:
         assert self.classifier is not None
         clf = self.classifier
         if scores is None:
-            scores = clf.predict_proba(work[TEXT_COLUMN].fill_null("").to_list())
-        tiers, confidence = clf.decide(scores, allowed=self.rules.tiers, bias=bias)
+            scores = clf.predict_proba(work[TEXT_COLUMN])
+        allowed = [tier for tier in clf.tiers if tier in self.rules.tiers]
+        row_costs = None
+        if self.costs is not None and allowed:
+            row_costs = self.costs.row_costs(work[TEXT_COLUMN], tiers=allowed)
+        tiers, confidence = clf.decide(
+            scores,
+            allowed=allowed,
+            bias=bias,
+            row_costs=row_costs,
+            serves=SERVES,
+            penalty=self.under_routing_penalty,
+        )
         return work.with_columns(
             pl.Series(_CLF_TIER, tiers, dtype=pl.String),
             pl.Series(_CLF_CONF, confidence, dtype=pl.Float64),
         ).with_columns((pl.col(_CLF_CONF) >= self.min_confidence).fill_null(False).alias(_CLF_OK))
 
 
-def build_router(job: Job) -> Router:
-    """The router a job describes; loads its trained classifier if it names one."""
+def build_router(job: Job, *, model: RouterModel | None = None) -> Router:
+    """The router a job describes, with its model (the shipped one unless it names a file).
+
+    `model` replaces the job's model (and makes a `kind: rules` job use one), to evaluate it.
+    """
     routing = job.config.routing
     tiers = tuple(job.config.tiers)
     for tier in routing.signals:
@@ -264,13 +293,20 @@ def build_router(job: Job) -> Router:
         hint_column=job.config.input.tier_hint_column,
     )
     clf_cfg = routing.classifier
-    if clf_cfg.kind != "model" or clf_cfg.path is None:
+    if model is None and clf_cfg.kind != "model":
         return Router(rules)
-    from batchroute.classify.learned import load_model
+    from batchroute.classify.model import load_model, shipped_model
 
-    model = load_model(job.resolve(clf_cfg.path))
+    if model is None:
+        model = shipped_model() if clf_cfg.path is None else load_model(job.resolve(clf_cfg.path))
     gate = clf_cfg.min_confidence if model.min_confidence is None else model.min_confidence
-    return Router(rules, classifier=model, min_confidence=gate)
+    return Router(
+        rules,
+        classifier=model,
+        min_confidence=gate,
+        costs=TierCosts.from_job(job),
+        under_routing_penalty=routing.under_routing_penalty,
+    )
 
 
 def _check_patterns(signals: dict[str, Any], *, job: Job) -> None:

@@ -18,10 +18,7 @@ import polars as pl
 from batchroute.classify.signals import SIGNAL_TIERS, Signal
 from batchroute.schema import TierSource
 
-__all__ = ["HINT_RULES", "MATCH_PREFIX", "TEXT_COLUMN", "Rule", "RuleSet", "text_expr"]
-
-HINT_RULES: frozenset[str] = frozenset({"metadata", "json_output"})
-"""Rules that read a row's own hints: they outrank a trained classifier."""
+__all__ = ["MATCH_PREFIX", "TEXT_COLUMN", "Rule", "RuleSet", "text_expr"]
 
 TEXT_COLUMN = "__batchroute_text"
 """The private column holding the text a row is classified by."""

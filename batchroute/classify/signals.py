@@ -1,9 +1,10 @@
 """The default routing signals, and the small syntax a job uses to add, remove or replace them.
 
 A signal is a labelled, case-insensitive regular expression (Rust `regex` syntax, as polars runs
-it: no lookarounds, no backreferences). The defaults keep the intent of the original keyword
-lists (issue 2) but match language rather than substrings: word boundaries, inflections, and a
-few words allowed between the parts of a phrase.
+it: no lookarounds, no backreferences). The defaults are narrow on purpose (issue 11): they are
+the high-precision layer in front of the router model, so most fire only on a request that opens
+the prompt ("Translate this...", "Please add docstrings...", "Extract the..."), or on an explicit
+output format ("return it as JSON"). Everything else is the model's to decide.
 
 A job writes signals as strings, in one of two forms:
 
@@ -54,221 +55,142 @@ class Signal:
     pattern: str
 
 
+_OPEN = r"^\W*(?:(?:please|pls|kindly|now|then|also|can\s+you|could\s+you|would\s+you)[\s,]+)*"
+"""The start of a prompt that is a request: an imperative signal must follow it directly."""
+
+
 def _rx(text: str) -> str:
-    """A default pattern written with ``\\b`` and ``{GAP}``/``{FMT}`` placeholders, expanded."""
-    return text.replace(r"\b", _B).replace("{GAP}", _GAP).replace("{FMT}", _FORMATS)
+    """A default pattern written with ``\\b``, ``{GAP}``, ``{FMT}`` and ``{DO}`` placeholders."""
+    return (
+        text.replace(r"\b", _B)
+        .replace("{GAP}", _GAP)
+        .replace("{FMT}", _FORMATS)
+        .replace("{DO}", _OPEN)
+    )
+
+
+def _do(text: str) -> str:
+    """An imperative signal: `text` must open the prompt (after "please", "can you"...)."""
+    return _rx("{DO}(?:" + text + ")")
 
 
 def _defaults() -> dict[str, tuple[Signal, ...]]:
+    # The defaults are the high-precision layer in front of the router model: each fires only on
+    # a request to do the work (an imperative opening the prompt) or an explicit output format.
+    # A question about a task ("what does 'generate tests' do?"), a subject noun ("add comments
+    # to this *deadlock* script") or a format named as input ("exports arrive as CSV") is left to
+    # the model, which reads the whole prompt.
     structured = (
-        # A data format as the *output* ("as JSON", "into CSV", "return valid JSON", "a JSON
-        # array"), not a format merely mentioned ("why does JSON.parse throw?").
         Signal(
             "json",
             _rx(
-                r"\b(?:as|into|to|return|output|emit|produce|respond\s+with"
-                r"|(?:respond|reply|answer|output|results?)\s+in)\s+"
-                r"(?:a\s+|an\s+|the\s+)?(?:(?:valid|only|strict|plain|nested|equivalent|pretty|compact)\s+)?"
-                r"{FMT}\b"
-                r"|\b{FMT}[\s-]+(?:objects?|arrays?|output|format(?:ted)?|list|lines"
-                r"|records?|rows|payloads?|responses?|schema)\b"
-                r"|\bvalid\s+{FMT}\b"
+                r"\b(?:return|output|emit|respond|reply|answer|give\s+(?:it|them|me|back))"
+                r"(?:\s+\S+){0,4}\s+(?:as|in)\s+(?:a\s+|an\s+)?(?:(?:valid|strict|plain|compact)\s+)?"
+                r"{FMT}\b|\b(?:respond|reply|answer)\s+(?:with|in)\s+(?:only\s+)?(?:valid\s+)?{FMT}\b"
+                r"|\b{FMT}\s+only\b|\bonly\s+(?:valid\s+)?{FMT}\b"
             ),
         ),
-        Signal(
-            "extract",
-            _rx(
-                r"\bextract(?:s|ed|ing)?{GAP}(?:from|into|out\s+of|as)\b"
-                r"|\bextract\s+(?:all|the|every|each|any)\b"
-            ),
-        ),
+        Signal("extract", _do(r"\bextract(?:s|ed|ing)?\b|\bpull\s+out\s+(?:the|all|every|each)\b")),
         Signal(
             "parse",
-            _rx(
-                r"\bpars(?:e|es|ing)\s+(?:this|these|the\s+following|each|every|all|out)\b"
-                r"|\bpars(?:e|es|ing){GAP}(?:into|as)\b"
-            ),
+            _do(r"\bpars(?:e|es|ing)\s+(?:this|these|the|each|every|all|out)\b"),
         ),
         Signal(
             "schema",
             _rx(
-                r"\b(?:match(?:es|ing)?|following|conform(?:s|ing)?\s+to|according\s+to|per"
-                r"|against|fits?|given|provided|this)\s+(?:the\s+|this\s+)?(?:\w+\s+)?schema\b"
+                r"\b(?:match(?:es|ing)?|conform(?:s|ing)?\s+to|according\s+to|following)\s+"
+                r"(?:the\s+|this\s+)?(?:\w+\s+)?schema\b"
             ),
         ),
         Signal(
-            "format as",
-            _rx(
-                r"\b(?:re)?format(?:s|ted|ting)?{GAP}(?:as|into)\s+(?:a|an|the|one)?\s*"
-                r"(?:table|list|rows?|columns?|fields?|key|bullet|markdown|records?|{FMT})"
-                r"|\bformat(?:ted)?\s+as\b"
-            ),
-        ),
-        Signal("return as", _rx(r"\breturn(?:s|ed)?(?:\s+\S+){0,3}\s+as\b")),
-        Signal(
-            "structured",
-            _rx(
-                r"\bstructured\s+(?:data|output|format|fields?|records?|list|response|json"
-                r"|table|summary|extraction)\b"
-            ),
-        ),
-        Signal(
-            "into fields",
-            _rx(
-                r"\b(?:return(?:s|ing)?|output|respond\s+with|answer\s+with)(?:\s+\S+){0,4}\s+"
-                r"(?:pairs|rows|lines|fields|records|key[\s-]value)\b"
-                r"|\b(?:into|as)(?:\s+\S+){0,6}\s+(?:fields|columns|records|key[\s-]value\s+pairs)\b"
-                r"|\bas\s+(?:a\s+)?table\b"
+            "convert to format",
+            _do(
+                r"\b(?:convert|turn|transform|format|put|output)(?:\s+\S+){0,8}\s+(?:into|to|as)\s+"
+                r"(?:a\s+|an\s+)?(?:valid\s+)?{FMT}\b"
             ),
         ),
         Signal(
             "classify each",
-            _rx(
-                r"\b(?:classify|categori[sz]e|label|tag|score|rate|detect|identify|determine|map"
-                r"|assign)\s+(?:\S+\s+){0,4}(?:each|every)\b"
-                r"|\b(?:classify|categori[sz]e|label|tag|map|score|normali[sz]e)\s+"
-                r"(?:these|the\s+following|all)\b"
+            _do(
+                r"\b(?:classify|categori[sz]e|tag|label)\s+(?:\S+\s+){0,4}(?:each|every|these|all)\b"
             ),
         ),
     )
     complex_ = (
-        Signal("refactor", _rx(r"\brefactor(?:s|ed|ing)?\b")),
-        Signal("architect", _rx(r"\b(?:re)?architect(?:s|ed|ing|ure|ures|ural)?\b")),
-        Signal(
-            "design system",
-            _rx(
-                r"\b(?:re)?design(?:s|ed|ing)?\s+(?:an?\s+|the\s+|our\s+|my\s+)?(?:\S+[\s-]+){0,3}"
-                r"(?:system|service|platform|pipeline|cache|database|schema|protocol|scheduler"
-                r"|queue|backend|infrastructure|api|model|policy|strategy|setup|generator)s?\b"
-                r"|\bsystem\s+design\b|\bdesign\s+of\b"
-            ),
-        ),
-        Signal("debug", _rx(r"\bdebug(?:s|ged|ging)?\b|\bdiagnos(?:e|es|ed|ing|is)\b")),
+        Signal("refactor", _do(r"\brefactor\b")),
+        Signal("debug", _do(r"\bdebug\b|\bdiagnose\b|\btroubleshoot\b")),
         Signal(
             "investigate why",
-            _rx(
-                r"\b(?:investigate|figure\s+out|work\s+out|find\s+out|reason\s+(?:through|about))"
-                r"\s+(?:why|what|whether|where|how)\b|\breason\s+through\b|\bhelp\s+me\s+find\b"
+            _do(
+                r"\b(?:investigate|figure\s+out|work\s+out|find\s+out|explain)\s+why\b"
+                r"|\bfind\s+(?:the\s+)?root[\s-]+cause\b|\bhelp\s+me\s+(?:debug|find\s+why)\b"
             ),
         ),
         Signal(
-            "concurrency",
-            _rx(
-                r"\b(?:lock[\s-]free|contention|memory\s+ordering|split[\s-]brain|priority\s+"
-                r"inversion|leader\s+election|thread\s+dump|exactly[\s-]once|undefined\s+"
-                r"behaviou?r|shard(?:s|ed|ing)?)\b"
+            "design system",
+            _do(
+                r"\b(?:re)?design\s+(?:an?\s+|the\s+|our\s+|my\s+)?(?:\S+[\s-]+){0,3}"
+                r"(?:system|service|platform|pipeline|cache|database|protocol|scheduler"
+                r"|queue|backend|infrastructure|architecture|sharding|replication)s?\b"
+                r"|\barchitect\b"
             ),
         ),
-        Signal("race condition", _rx(r"\brace\s+conditions?\b")),
         Signal(
             "security audit",
-            _rx(
-                r"\bsecurity\s+(?:audit|review|assessment|weakness(?:es)?|problems?|issues?"
-                r"|implications?|holes?)\b|\baudit{GAP}(?:security|vulnerab)"
-                r"|\bthreat[\s-]model|\bvulnerabilit(?:y|ies)\b"
-            ),
+            _do(r"\b(?:audit|threat[\s-]model|pen[\s-]?test)\b"),
         ),
         Signal(
-            "performance optimize",
-            _rx(
-                r"\bperformance\s+optimi[sz](?:e|ation|ing)\b"
-                r"|\boptimi[sz](?:e|ing){GAP}(?:performance|latency|throughput|memory)\b"
-                r"|\bbottlenecks?\b|\bp9[59](?:\.9)?\s+latency\b"
-            ),
+            "prove",
+            _do(r"\bprove\s+(?:that|the)\b|\bderive\b"),
         ),
-        Signal("explain the trade-offs", _rx(r"\btrade[\s-]?offs?\b")),
-        Signal(
-            "compare approaches",
-            _rx(
-                r"\b(?:compar(?:e|ing)|evaluat(?:e|ing)|weigh)(?:\s+\S+){0,4}\s+(?:approaches|options"
-                r"|strategies|designs|architectures|alternatives)\b|\bpros\s+and\s+cons\b"
-                r"|\bevaluate\s+whether\b"
-                r"|\b(?:propose|suggest|come\s+up\s+with|plan)(?:\s+\S+){0,3}\s+(?:strategy"
-                r"|architecture|approach|migration|move|cutover)\b"
-            ),
-        ),
-        Signal("root cause", _rx(r"\broot[\s-]+caus(?:e|es|ed|ing)\b")),
-        Signal(
-            "memory leak",
-            _rx(
-                r"\b(?:memory|space|file\s+descriptor|connection)\s+leak(?:s|ing)?\b"
-                r"|\bleak(?:s|ing)\s+(?:memory|file\s+descriptors|connections)\b"
-            ),
-        ),
-        Signal("deadlock", _rx(r"\bdead[\s-]?lock(?:s|ed|ing)?\b")),
     )
     bulk = (
         Signal(
             "generate tests",
-            _rx(
+            _do(
                 r"\b(?:generate|write|add|create)(?:\s+\S+){0,3}\s+(?:unit\s+|integration\s+)?"
-                r"tests?\b|\btest\s+cases\s+for\b"
+                r"tests?\s+(?:for|to|that|covering)\b"
             ),
         ),
         Signal(
             "add docstrings",
-            _rx(
-                r"\b(?:add|write|generate)(?:s|ing)?{GAP}(?:docstrings?|jsdoc|javadoc"
+            _do(
+                r"\b(?:add|write|generate){GAP}(?:docstrings?|jsdoc|javadoc"
                 r"|type\s+(?:hints|annotations)|return\s+type\s+annotations)\b"
             ),
         ),
+        Signal("translate", _do(r"\btranslate\b")),
+        Signal("add comments", _do(r"\badd{GAP}(?:comments?|logging\s+statements)\b")),
         Signal(
-            "translate all",
-            _rx(
-                r"\btranslat(?:e|ing)\s+(?:all|every|each|these|the\s+following|this\s+list)\b"
-                r"|\btranslat(?:e|ing){GAP}(?:strings|labels|messages)\b"
-            ),
-        ),
-        Signal(
-            "add comments",
-            _rx(
-                r"\b(?:add|write)(?:s|ing)?{GAP}(?:comments?|header|headers|logging\s+statements)\b"
-            ),
-        ),
-        Signal(
-            "rename variable",
-            _rx(
-                r"\brenam(?:e|ing)(?:\s+\S+){0,3}\s+(?:variables?|functions?|methods?|fields?"
-                r"|columns?)\b|\b(?:rename|replace|update|convert|wrap)\s+(?:all|every|each)\b"
-                r"|\b(?:rename|replace|update|convert|change|wrap)(?:\s+\S+){0,8}\s+"
-                r"(?:everywhere|throughout|across)\b"
+            "rename",
+            _do(
+                r"\brename\b|\b(?:replace|update|convert|change|wrap)\s+(?:all|every|each)\b"
+                r"|\b(?:replace|update|change)(?:\s+\S+){0,8}\s+(?:everywhere|throughout)\b"
             ),
         ),
         Signal(
             "format code",
-            _rx(
+            _do(
                 r"\b(?:re)?format(?:ting)?{GAP}code\b|\b(?:prettify|lint)\s+(?:this|the|my)\b"
-                r"|\breformat\s+(?:this|the|these)\b|\bfix\s+(?:the\s+)?indentation\b"
+                r"|\breformat\b|\bfix\s+(?:the\s+)?indentation\b"
             ),
+        ),
+        Signal(
+            "proofread",
+            _do(r"\b(?:fix|correct)\s+(?:the\s+)?(?:grammar|spelling|typos?|punctuation)\b"),
         ),
         Signal(
             "boilerplate",
-            _rx(
-                r"\b(?:generate|create|write|scaffold|produce|give\s+me)(?:\s+\S+){0,3}\s+"
-                r"boilerplate\b|\bboilerplate\s+(?:for|code\s+for)\b|\bskeleton\b"
-                r"|\bgetters?\s+and\s+setters?\b"
-            ),
-        ),
-        Signal(
-            "template",
-            _rx(
-                r"\b(?:create|generate|write|make|draft|fill\s+in|fill\s+out)(?:\s+\S+){0,3}"
-                r"\s+templates?\b|\btemplates?\s+for\b"
+            _do(
+                r"\b(?:generate|create|write|scaffold)(?:\s+\S+){0,3}\s+"
+                r"(?:boilerplate|stubs?|skeleton|getters?\s+and\s+setters?)\b|\bscaffold\b"
             ),
         ),
         Signal(
             "placeholder",
-            _rx(
-                r"\bplaceholder\s+(?:text|content|data|values?|copy|images?|entries|rows)\b"
-                r"|\b(?:with|add|insert|generate|create)\s+(?:\w+\s+){0,2}placeholders?\b"
-                r"|\b(?:seed|fake|dummy|sample|mock)\s+(?:data|rows|records|objects|users|values)\b"
-            ),
-        ),
-        Signal(
-            "stub",
-            _rx(
-                r"\b(?:create|generate|write|add)(?:\s+\S+){0,3}\s+stubs?\b|\bstub\s+out\b"
-                r"|\bstub\s+(?:implementations?|functions?|methods?|classes)\b"
+            _do(
+                r"\b(?:generate|create|make|write)(?:\s+\S+){0,3}\s+(?:placeholder|fake|dummy|mock"
+                r"|seed)\s+(?:text|content|data|values?|rows|records|users|entries)\b"
             ),
         ),
     )

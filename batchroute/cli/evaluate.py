@@ -1,4 +1,4 @@
-"""`batchroute eval-classifier LABELED.csv --job JOB.yaml`: accuracy and misroute cost."""
+"""`batchroute eval-classifier LABELLED.csv --job JOB.yaml [--model M.json]`: how well it routes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.table import Table
 
 from batchroute.classify import Router, build_router
 from batchroute.classify.evaluate import Evaluation, evaluate_router, read_labelled
+from batchroute.classify.model import load_model
 from batchroute.config import load_job
 from batchroute.exitcodes import ExitCode
 from batchroute.report.terminal import format_usd
@@ -32,25 +33,35 @@ __all__ = ["eval_classifier_command", "render_evaluation"]
     help="Exit 8 when accuracy is below this (e.g. 0.8), for CI.",
 )
 @click.option(
-    "--rules-only", is_flag=True, help="Ignore the job's trained classifier; score the rules."
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Evaluate this model file (from `batchroute train`) in place of the job's.",
 )
+@click.option("--rules-only", is_flag=True, help="Ignore the job's model; score the rules alone.")
 @click.pass_context
 def eval_classifier_command(
     ctx: click.Context,
     labelled: Path,
     job_file: Path,
     min_accuracy: float | None,
+    model_path: Path | None,
     rules_only: bool,
 ) -> None:
     """Route labelled prompts (columns prompt,tier) as the job would and score the result."""
+    if rules_only and model_path is not None:
+        raise click.UsageError("give at most one of --model and --rules-only")
     job = load_job(job_file)
-    router = build_router(job)
+    model = None if model_path is None else load_model(model_path)
+    router = build_router(job, model=model)
+    by = str(job_file) if model_path is None else f"{job_file} with {model_path}"
     if rules_only:
         router = Router(router.rules)
+        by += " (rules only)"
     prompts, tiers = read_labelled(labelled)
     result = evaluate_router(router, prompts, tiers, job=job)
     console = Console(soft_wrap=True)
-    render_evaluation(result, console=console, title=f"{labelled} routed by {job_file}")
+    render_evaluation(result, console=console, title=f"{labelled} routed by {by}")
     if not result.passes(min_accuracy):
         console.print(f"[red]FAIL[/red]: accuracy {result.accuracy:.1%} < {min_accuracy:.1%}")
         ctx.exit(int(ExitCode.GATE))
@@ -62,8 +73,12 @@ def render_evaluation(result: Evaluation, *, console: Console, title: str) -> No
     """Print an evaluation as rich tables: per-tier scores, confusion matrix, misroute cost."""
     console.print(f"[bold]{title}[/bold]")
     console.print(
-        f"Accuracy {result.accuracy:.1%} ({result.correct:,}/{result.rows:,} rows); decided by "
-        + ", ".join(f"{source}: {n:,}" for source, n in result.sources.items())
+        f"Accuracy {result.accuracy:.1%} ({result.correct:,}/{result.rows:,} rows); "
+        f"under-routed {result.under_routed_share:.1%} ({result.under_routed_rows:,}); "
+        f"over-routed {result.over_routed_share:.1%} ({result.over_routed_rows:,})"
+    )
+    console.print(
+        "Decided by " + ", ".join(f"{source}: {n:,}" for source, n in result.sources.items())
     )
     scores = Table(title="Per tier")
     for column in ("tier", "labelled", "routed", "precision", "recall"):
@@ -81,9 +96,9 @@ def render_evaluation(result: Evaluation, *, console: Console, title: str) -> No
         matrix.add_row(tier, *(f"{n:,}" for n in row))
     console.print(matrix)
     console.print(
-        f"Over-routed: {result.over_routed_rows:,} rows, "
+        f"Over-routed (to a dearer tier that can do the work): {result.over_routed_rows:,} rows, "
         f"{format_usd(result.over_routing_cost_usd)} lost at the job's prices; "
-        f"under-routed (to a less capable tier): {result.under_routed_rows:,} rows"
+        f"under-routed (to a tier that cannot): {result.under_routed_rows:,} rows"
     )
     if result.unpriced_tiers:
         console.print(f"Unpriced tiers counted at $0: {', '.join(result.unpriced_tiers)}")

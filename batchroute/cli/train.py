@@ -1,4 +1,4 @@
-"""`batchroute train LABELED.csv --out MODEL`: learn text → tier from labelled examples."""
+"""`batchroute train LABELLED.csv... --out MODEL.json`: learn text → tier from labelled examples."""
 
 from __future__ import annotations
 
@@ -10,19 +10,20 @@ from rich.console import Console
 from rich.table import Table
 
 from batchroute.classify.evaluate import read_labelled
-from batchroute.classify.learned import save_model, train_classifier
+from batchroute.classify.learned import train_classifier
+from batchroute.classify.model import save_model
 
 __all__ = ["train_command"]
 
 
 @click.command("train")
-@click.argument("labelled", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("labelled", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--out",
     "out_path",
     type=click.Path(path_type=Path, dir_okay=False),
     required=True,
-    help="The model file to write; a job names it in routing.classifier.path.",
+    help="The model file (JSON) to write; a job names it in routing.classifier.path.",
 )
 @click.option(
     "--cv-folds",
@@ -32,15 +33,26 @@ __all__ = ["train_command"]
     help="Report stratified k-fold accuracy on the training set first (0 skips it).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for CV and the fit.")
-def train_command(labelled: Path, out_path: Path, cv_folds: int, seed: int) -> None:
-    """Train the optional classifier (needs `pip install 'batchroute[ml]'`) on prompt,tier rows."""
-    prompts, tiers = read_labelled(labelled)
+def train_command(labelled: tuple[Path, ...], out_path: Path, cv_folds: int, seed: int) -> None:
+    """Train the router model (needs `pip install 'batchroute[ml]'`) on prompt,tier CSV files.
+
+    LABELLED may be files or directories of `*.csv` files; all their rows are used.
+    """
+    files = [
+        f for path in labelled for f in (sorted(path.glob("*.csv")) if path.is_dir() else [path])
+    ]
+    prompts: list[str] = []
+    tiers: list[str] = []
+    for path in files:
+        more_prompts, more_tiers = read_labelled(path)
+        prompts += more_prompts
+        tiers += more_tiers
     counts = Counter(tiers)
     folds = cv_folds if cv_folds >= 2 and min(counts.values()) >= cv_folds else 0
     model = train_classifier(prompts, tiers, seed=seed, cv_folds=folds)
     path = save_model(model, out_path)
     console = Console(soft_wrap=True)
-    table = Table(title=f"Trained on {labelled}")
+    table = Table(title=f"Trained on {len(files)} file(s), {len(prompts):,} prompts")
     table.add_column("tier")
     table.add_column("examples", justify="right")
     for tier in model.tiers:
@@ -50,8 +62,8 @@ def train_command(labelled: Path, out_path: Path, cv_folds: int, seed: int) -> N
         console.print(f"{folds}-fold cross-validated accuracy: {model.cv_accuracy:.1%}")
     elif cv_folds >= 2:
         console.print(f"Skipped {cv_folds}-fold CV: a tier has fewer than {cv_folds} examples.")
-    console.print(f"Wrote {path}")
+    console.print(f"Wrote {path} ({model.n_features:,} features)")
     console.print(
-        "Use it in a job: routing: {classifier: {kind: model, path: "
-        f"{path}, min_confidence: 0.6}}}}"
+        f"Use it in a job: routing: {{classifier: {{kind: model, path: {path}}}}}; "
+        f"evaluate it: batchroute eval-classifier LABELLED.csv --job JOB.yaml --model {path}"
     )

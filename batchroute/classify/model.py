@@ -1,0 +1,390 @@
+"""The router model: a linear model over word uni- and bigrams, as a plain JSON file.
+
+`batchroute train` fits TF-IDF word n-grams into a logistic regression with scikit-learn and
+exports the fitted numbers here; predicting needs only numpy and polars, and loading a model file
+is reading JSON, so it can never execute code. A model file is one JSON object::
+
+    {"format": "batchroute-router", "format_version": 2, "tiers": [...],
+     "token_pattern": "...", "markers": "...", "unigrams": [...], "bigrams": [[i, j], ...],
+     "idf": [...], "coef": [[...per tier...], ...], "intercept": [...],
+     "tier_bias": {...}, "min_confidence": 0.0, "trained_on": N, "cv_accuracy": 0.9,
+     "batchroute_version": "...", "sklearn_version": "..."}
+
+`unigrams` are the vocabulary's single words; a bigram is a pair of unigram indices. Feature `f`
+is `unigrams[f]` for `f < len(unigrams)`, then the bigrams in order; `idf[f]` and `coef[f]` (one
+weight per tier) belong to it. Scoring a frame is polars over the whole column: add the marker
+words (`decorate`), tokenise with `str.extract_all`, explode, join the words against the unigram
+table and the word pairs against the bigram table by integer keys, count, weight by
+`(1 + ln tf) · idf`, then per-row sums with `numpy.bincount`. That is exactly scikit-learn's
+`TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)` on the decorated text, followed by a
+multinomial `LogisticRegression.predict_proba`.
+
+The package ships one such file, `batchroute/data/router.json`, which a job uses when it names
+no other (`routing.classifier.kind: model`, the default).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from batchroute import __version__
+from batchroute.errors import ClassifierModelError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "TOKEN_PATTERN",
+    "RouterModel",
+    "decorate",
+    "decorate_expr",
+    "load_model",
+    "save_model",
+    "shipped_model",
+]
+
+FORMAT_NAME = "batchroute-router"
+FORMAT_VERSION = 2
+"""Bumped whenever the model file's layout changes; other versions are refused.
+
+Version 1 was a joblib pickle of a scikit-learn pipeline; version 2 is this plain JSON.
+"""
+
+TOKEN_PATTERN = r"\b\w\w+\b"
+"""scikit-learn's default word pattern (two or more word characters), in polars' regex syntax."""
+
+LENGTH_BUCKETS = (60, 150, 400, 1200)
+"""Prompt lengths (characters) that split the `xxlen0`..`xxlen4` marker words."""
+
+MARKERS = "xxbos text xxeos xxlen(60,150,400,1200) xxqm"
+"""The marker words added around a text before it is tokenised (see `decorate`).
+
+`xxbos` and `xxeos` make the first and last words features of their own (as bigrams: "xxbos
+translate" is a request, "xxbos which" a question), `xxlenN` is the length bucket, and `xxqm`
+marks a question mark, which the word pattern would otherwise drop.
+"""
+
+SHIPPED_MODEL = "router.json"
+"""The trained model in `batchroute/data/` that a job uses by default."""
+
+_ROW = "row"
+_WORD = "word"
+_UNI = "uni"
+_TRAIN_HINT = "train one with `batchroute train LABELLED.csv --out MODEL.json`"
+
+
+@dataclass(frozen=True, eq=False)
+class RouterModel:
+    """A fitted text → tier linear model, with the per-tier bias that calibration sets."""
+
+    tiers: tuple[str, ...]
+    """The model's classes, in the column order of `predict_proba`."""
+    unigrams: tuple[str, ...]
+    bigrams: np.ndarray[Any, Any]
+    """(n_bigrams, 2) unigram indices."""
+    idf: np.ndarray[Any, Any]
+    coef: np.ndarray[Any, Any]
+    """(n_features, n_tiers) weights."""
+    intercept: np.ndarray[Any, Any]
+    tier_bias: Mapping[str, float] = field(default_factory=dict)
+    """Per tier, 0 when absent: a negative bias makes the tier harder to choose (see `decide`)."""
+    min_confidence: float | None = None
+    """The confidence gate calibration chose, replacing the job's; None when not calibrated."""
+    trained_on: int = 0
+    cv_accuracy: float | None = None
+    sklearn_version: str = ""
+    _tables: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        n_uni = len(self.unigrams)
+        self._tables[_UNI] = pl.DataFrame(
+            {
+                _WORD: pl.Series(self.unigrams, dtype=pl.String),
+                _UNI: pl.Series(np.arange(n_uni, dtype=np.uint32)),
+            }
+        )
+        pairs = self.bigrams.astype(np.uint64)
+        keys = pairs[:, 0] * np.uint64(n_uni) + pairs[:, 1] if len(pairs) else pairs[:, 0]
+        self._tables["bi"] = pl.DataFrame(
+            {
+                "key": pl.Series(keys, dtype=pl.UInt64),
+                "fid": pl.Series(np.arange(n_uni, n_uni + len(pairs), dtype=np.uint32)),
+            }
+        )
+
+    def __repr__(self) -> str:
+        bias = {t: round(b, 3) for t, b in self.tier_bias.items() if b}
+        return (
+            f"<RouterModel tiers={list(self.tiers)} [features: {len(self.idf):,}, "
+            f"examples: {self.trained_on}, bias: {bias}, gate: {self.min_confidence}]>"
+        )
+
+    @property
+    def n_features(self) -> int:
+        return len(self.idf)
+
+    def predict_proba(self, texts: pl.Series | Sequence[str]) -> np.ndarray[Any, Any]:
+        """Each text's probability per tier (columns in `tiers` order), over the whole column."""
+        series = texts if isinstance(texts, pl.Series) else pl.Series(list(texts), dtype=pl.String)
+        n = len(series)
+        k = len(self.tiers)
+        if n == 0:
+            return np.zeros((0, k))
+        rows, fids, counts = self._features(series.cast(pl.String).fill_null(""))
+        weight = (1.0 + np.log(counts)) * self.idf[fids]
+        norm = np.sqrt(np.bincount(rows, weights=weight * weight, minlength=n))
+        norm[norm == 0.0] = 1.0
+        logits = np.empty((n, k))
+        for j in range(k):
+            logits[:, j] = np.bincount(rows, weights=weight * self.coef[fids, j], minlength=n)
+        logits /= norm[:, None]
+        logits += self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return probs
+
+    def _features(
+        self, texts: pl.Series
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """(row, feature index, count) of every vocabulary n-gram present in each text."""
+        n_uni = len(self.unigrams)
+        words = (
+            pl.DataFrame({_WORD: texts})
+            .lazy()
+            .with_row_index(_ROW)
+            .select(
+                _ROW,
+                decorate_expr(pl.col(_WORD))
+                .str.to_lowercase()
+                .str.extract_all(TOKEN_PATTERN)
+                .alias(_WORD),
+            )
+            .explode(_WORD)
+            .drop_nulls(_WORD)
+            .join(self._tables[_UNI].lazy(), on=_WORD, how="left", maintain_order="left")
+            .select(_ROW, _UNI)
+        )
+        uni = pl.col(_UNI)
+        same_row = pl.col(_ROW).shift(-1) == pl.col(_ROW)
+        bigrams = (
+            words.select(
+                _ROW,
+                pl.when(same_row)
+                .then(uni.cast(pl.UInt64) * n_uni + uni.shift(-1).cast(pl.UInt64))
+                .alias("key"),
+            )
+            .drop_nulls("key")
+            .join(self._tables["bi"].lazy(), on="key", how="inner")
+            .select(_ROW, "fid")
+        )
+        # One integer key per (row, feature): counting one u64 column is the cheapest group-by
+        # (a quarter faster than grouping by two columns, bench_classify's rows, one core).
+        n_features = self.n_features
+
+        def key(feature: str) -> pl.Expr:
+            row = pl.col(_ROW).cast(pl.UInt64)
+            return (row * n_features + pl.col(feature).cast(pl.UInt64)).alias("key")
+
+        found = pl.concat([words.drop_nulls(_UNI).select(key(_UNI)), bigrams.select(key("fid"))])
+        counted = found.group_by("key").agg(pl.len().alias("n")).collect(engine="in-memory")
+        keys = counted["key"].to_numpy()
+        return (
+            (keys // n_features).astype(np.int64),
+            (keys % n_features).astype(np.int64),
+            counted["n"].to_numpy().astype(np.float64),
+        )
+
+    def decide(
+        self,
+        scores: np.ndarray[Any, Any],
+        *,
+        allowed: Collection[str],
+        bias: Mapping[str, float] | None = None,
+        row_costs: np.ndarray[Any, Any] | None = None,
+        serves: Mapping[str, Collection[str]] | None = None,
+        penalty: float = 0.0,
+    ) -> tuple[list[str | None], np.ndarray[Any, Any]]:
+        """Each row's tier among the `allowed` tiers, and the probability of that tier.
+
+        Without `row_costs` the most probable tier wins, after the bias is added to the
+        log-probabilities. With them (n × allowed tiers, in `tiers` order) the tier of least
+        expected cost wins (see `batchroute.classify.decision.least_expected_cost`), and the bias
+        acts on prices instead: a tier's own price is multiplied by `exp(-bias)`, so a negative
+        bias makes the tier dearer to choose, whatever its coverage of other tiers' work.
+        """
+        from batchroute.classify.decision import least_expected_cost
+
+        bias = self.tier_bias if bias is None else bias
+        cols = [i for i, tier in enumerate(self.tiers) if tier in allowed]
+        if not cols or scores.shape[0] == 0:
+            return [None] * scores.shape[0], np.full(scores.shape[0], np.nan)
+        names = [self.tiers[i] for i in cols]
+        shift = np.array([bias.get(tier, 0.0) for tier in names])
+        logits = np.log(np.clip(scores[:, cols], 1e-12, None))
+        if row_costs is None or serves is None:
+            logits += shift
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        if row_costs is None or serves is None:
+            best = probs.argmax(axis=1)
+        else:
+            best = least_expected_cost(
+                probs,
+                row_costs,
+                tiers=names,
+                serves=serves,
+                penalty=penalty,
+                price_scale=np.exp(-shift),
+            )
+        labels = np.array(names, dtype=object)
+        return list(labels[best]), probs[np.arange(len(best)), best]
+
+    def with_bias(
+        self, bias: Mapping[str, float], *, min_confidence: float | None = None
+    ) -> RouterModel:
+        """A copy of this model with another per-tier bias (and confidence gate)."""
+        return replace(self, tier_bias=dict(bias), min_confidence=min_confidence, _tables={})
+
+    def to_json(self) -> dict[str, Any]:
+        """The model as the JSON object of a model file."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "batchroute_version": __version__,
+            "sklearn_version": self.sklearn_version,
+            "tiers": list(self.tiers),
+            "token_pattern": TOKEN_PATTERN,
+            "markers": MARKERS,
+            "tier_bias": dict(self.tier_bias),
+            "min_confidence": self.min_confidence,
+            "trained_on": self.trained_on,
+            "cv_accuracy": self.cv_accuracy,
+            "intercept": [float(x) for x in self.intercept],
+            "unigrams": list(self.unigrams),
+            "bigrams": self.bigrams.astype(int).tolist(),
+            "idf": [float(x) for x in self.idf],
+            "coef": self.coef.astype(float).tolist(),
+        }
+
+
+def _bucket(length: int) -> int:
+    return sum(length >= edge for edge in LENGTH_BUCKETS)
+
+
+def decorate(text: str) -> str:
+    """A text with its marker words, as the model reads it (one text; for training)."""
+    question = " xxqm" if "?" in text else ""
+    return f"xxbos {text} xxeos xxlen{_bucket(len(text))}{question}"
+
+
+def decorate_expr(text: pl.Expr) -> pl.Expr:
+    """`decorate` over a whole string column (polars; for predicting)."""
+    length = text.str.len_chars()
+    bucket = pl.sum_horizontal(*((length >= edge).cast(pl.UInt8) for edge in LENGTH_BUCKETS))
+    question = pl.when(text.str.contains("?", literal=True)).then(pl.lit(" xxqm"))
+    return pl.concat_str(
+        pl.lit("xxbos "),
+        text,
+        pl.lit(" xxeos xxlen"),
+        bucket.cast(pl.String),
+        question.otherwise(pl.lit("")),
+    )
+
+
+def save_model(model: RouterModel, path: Path | str) -> Path:
+    """Write a model file that `load_model` (and a job's `classifier.path`) can read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(model.to_json(), separators=(",", ":")) + "\n", encoding="utf-8")
+    return path
+
+
+def load_model(path: Path | str) -> RouterModel:
+    """Read a model file, refusing a missing, corrupt or incompatible one with a clear message."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ClassifierModelError(f"no such model file; {_TRAIN_HINT}", path=path) from None
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise ClassifierModelError(
+            f"is not a batchroute model file (not JSON text); {_TRAIN_HINT}", path=path
+        ) from None
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ClassifierModelError(
+            f"is not a batchroute model file (invalid JSON at line {exc.lineno}); {_TRAIN_HINT}",
+            path=path,
+        ) from None
+    return model_from_json(payload, path=path)
+
+
+def model_from_json(payload: Any, *, path: Path | str) -> RouterModel:
+    """A `RouterModel` from a model file's JSON object, checking its format and shapes."""
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise ClassifierModelError(f"is not a batchroute model file; {_TRAIN_HINT}", path=path)
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ClassifierModelError(
+            f"has model format {version!r}, but this batchroute ({__version__}) reads format "
+            f"{FORMAT_VERSION}; retrain it with `batchroute train`",
+            path=path,
+        )
+    if payload.get("token_pattern") != TOKEN_PATTERN or payload.get("markers") != MARKERS:
+        raise ClassifierModelError(
+            f"reads text with {payload.get('token_pattern')!r} and {payload.get('markers')!r}, "
+            f"not {TOKEN_PATTERN!r} and {MARKERS!r}; retrain it with `batchroute train`",
+            path=path,
+        )
+    try:
+        tiers = tuple(str(t) for t in payload["tiers"])
+        unigrams = tuple(str(w) for w in payload["unigrams"])
+        bigrams = np.asarray(payload["bigrams"], dtype=np.int64).reshape(-1, 2)
+        idf = np.asarray(payload["idf"], dtype=np.float64)
+        coef = np.asarray(payload["coef"], dtype=np.float64).reshape(-1, len(tiers))
+        intercept = np.asarray(payload["intercept"], dtype=np.float64)
+        bias = {str(k): float(v) for k, v in (payload.get("tier_bias") or {}).items()}
+        gate = payload.get("min_confidence")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ClassifierModelError(
+            f"is a damaged model file ({type(exc).__name__}: {exc}); {_TRAIN_HINT}", path=path
+        ) from None
+    n_features = len(unigrams) + len(bigrams)
+    if (
+        len(idf) != n_features
+        or coef.shape[0] != n_features
+        or intercept.shape != (len(tiers),)
+        or (len(bigrams) and (bigrams.min() < 0 or bigrams.max() >= len(unigrams)))
+    ):
+        raise ClassifierModelError(
+            f"is a damaged model file (its tables disagree in size); {_TRAIN_HINT}", path=path
+        )
+    return RouterModel(
+        tiers=tiers,
+        unigrams=unigrams,
+        bigrams=bigrams,
+        idf=idf,
+        coef=coef,
+        intercept=intercept,
+        tier_bias=bias,
+        min_confidence=None if gate is None else float(gate),
+        trained_on=int(payload.get("trained_on") or 0),
+        cv_accuracy=payload.get("cv_accuracy"),
+        sklearn_version=str(payload.get("sklearn_version") or ""),
+    )
+
+
+def shipped_model() -> RouterModel:
+    """The trained model that ships with batchroute (`batchroute/data/router.json`)."""
+    source = resources.files("batchroute") / "data" / SHIPPED_MODEL
+    return model_from_json(json.loads(source.read_text(encoding="utf-8")), path=str(source))
