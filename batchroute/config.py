@@ -27,6 +27,7 @@ __all__ = [
     "TIERS",
     "BudgetConfig",
     "CacheConfig",
+    "CheckConfig",
     "ClassifierConfig",
     "EndpointConfig",
     "InputConfig",
@@ -41,6 +42,7 @@ __all__ = [
     "RunConfig",
     "SignalOverride",
     "TierConfig",
+    "VerifyConfig",
     "load_job",
     "parse_job",
 ]
@@ -142,11 +144,63 @@ class RequestConfig(_Section):
         return isinstance(fmt, Mapping) and fmt.get("type") in {"json_object", "json_schema"}
 
 
+CheckName = Literal["json", "not_truncated", "not_refusal", "min_chars", "max_chars", "regex"]
+
+
+class CheckConfig(_Section):
+    """One check an answer must pass before its row counts as ok (README: "Verify and escalate").
+
+    A check is written as its name alone (`- not_truncated`) or as a mapping with `check:` and
+    the check's own settings; `batchroute.dispatch.verify` compiles and runs it.
+    """
+
+    check: CheckName
+    json_schema: Mapping[str, Any] | None = None
+    """`json`: a JSON Schema the parsed answer must be valid against."""
+    patterns: tuple[str, ...] | None = None
+    """`not_refusal`: regular expressions (case-insensitive) that mark a refusal; None for the
+    defaults in `batchroute.dispatch.verify.DEFAULT_REFUSAL_PATTERNS`."""
+    value: Annotated[int, Field(ge=0)] | None = None
+    """`min_chars` / `max_chars`: the bound, in characters."""
+    pattern: str | None = None
+    """`regex`: a regular expression searched for in the answer."""
+    must_match: bool = True
+    """`regex`: whether the answer must match `pattern` (true) or must not (false)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        return {"check": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _settings_fit(self) -> CheckConfig:
+        from batchroute.dispatch.verify import (
+            validate_check,  # config <-> verify: a cycle at import
+        )
+
+        validate_check(self)
+        return self
+
+
+class VerifyConfig(_Section):
+    """The job-wide checks and escalation limits; a tier's own `verify` replaces `default`."""
+
+    default: tuple[CheckConfig, ...] = ()
+    """Checks for every tier that sets no `verify` of its own."""
+    max_escalations: Annotated[int, Field(ge=0)] = 2
+    """How many tiers up its escalation path a row may climb after a failed check."""
+
+
 class TierConfig(_Section):
-    """The model a tier routes to, with optional request overrides."""
+    """The model a tier routes to, with optional request overrides, checks and escalation."""
 
     model: str
     request: RequestConfig | None = None
+    verify: tuple[CheckConfig, ...] | None = None
+    """This tier's checks; None for `verify.default`, [] for none."""
+    escalate_to: Tier | None = None
+    """The tier a failed check sends the row to; None for the default path
+    (bulk -> standard -> complex, structured -> complex)."""
 
 
 class ModelConfig(_Section):
@@ -292,6 +346,7 @@ class JobConfig(_Section):
     output: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
     cache: CacheConfig = CacheConfig()
+    verify: VerifyConfig = VerifyConfig()
     simulator: SimConfig = SimConfig()
 
     @model_validator(mode="before")
@@ -331,6 +386,8 @@ class JobConfig(_Section):
             raise ValueError(
                 f"baseline_model names '{self.baseline_model}', which is not a model in this job"
             )
+        for tier in self.tiers:
+            self.escalation_path(tier)  # raises, naming the key, for a cycle or an unmapped tier
         return self
 
     def tier(self, tier: str) -> TierConfig:
@@ -351,6 +408,34 @@ class JobConfig(_Section):
             model = self.models[model].fallback
         return tuple(chain)
 
+    def checks(self, tier: str) -> tuple[CheckConfig, ...]:
+        """The checks a tier's answers must pass: its own `verify`, else `verify.default`."""
+        own = self.tier(tier).verify
+        return self.verify.default if own is None else own
+
+    def escalation_path(self, tier: str) -> tuple[str, ...]:
+        """The tiers above `tier` that a failed check climbs to, in order (cycles are errors)."""
+        path: list[str] = []
+        current = tier
+        while True:
+            spec = self.tiers.get(current)  # type: ignore[call-overload]
+            explicit = spec.escalate_to if isinstance(spec, TierConfig) else None
+            if explicit is not None and explicit not in self.tiers:
+                raise ValueError(
+                    f"tiers.{current}.escalate_to names '{explicit}', a tier this job does not map"
+                )
+            following = explicit or _default_escalation(current, self.tiers)
+            if following is None:
+                return tuple(path)
+            if following == tier or following in path:
+                cycle = " -> ".join([tier, *path, following])
+                raise ValueError(
+                    f"tiers.{current}.escalate_to: the escalation path {cycle} cycles; "
+                    "point it at a more capable tier"
+                )
+            path.append(following)
+            current = following
+
     def endpoint_for(self, model: str) -> EndpointConfig:
         """The endpoint a model is served from."""
         key = self.models[model].endpoint
@@ -359,6 +444,19 @@ class JobConfig(_Section):
     def api_model(self, model: str) -> str:
         """The model name sent on the wire."""
         return self.models[model].api_model or model
+
+
+_DEFAULT_ESCALATION: dict[str, tuple[str, ...]] = {
+    "bulk": ("standard", "complex"),
+    "structured": ("complex",),
+    "standard": ("complex",),
+    "complex": (),
+}
+"""Each tier's default escalation path; a tier the job does not map is passed over."""
+
+
+def _default_escalation(tier: str, mapped: Mapping[Any, Any]) -> str | None:
+    return next((t for t in _DEFAULT_ESCALATION.get(tier, ()) if t in mapped), None)
 
 
 class Job:

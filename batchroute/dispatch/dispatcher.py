@@ -97,6 +97,6 @@ class Dispatcher:
         # A tier the job does not map goes where unmatched rows go (`standard` is required).
         plan = self._plans.get(row.tier) or self._plans["standard"]
         try:
-            return await RowWalk(self.fleet, plan, row).run()
+            return await RowWalk(self.fleet, plan, row, plans=self._plans).run()
         finally:
             self.rows_done += 1

@@ -39,6 +39,12 @@ class AttemptRecord:
     reasoning_tokens: int | None
     latency_ms: float
     started_at: datetime
+    tier: str | None = None
+    """The tier whose chain the attempt was on (escalation moves a row up its path)."""
+    escalation_depth: int = 0
+    verify: str | None = None
+    """The checks' verdict on this attempt's answer: passed, failed, or None (not checked)."""
+    verify_failures: str | None = None
 
 
 @dataclass(slots=True)
@@ -63,4 +69,13 @@ class RowOutcome:
     latency_ms: float | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    verified: bool | None = None
+    """Whether the final answer passed its tier's checks; None when the tier has none."""
+    verify_failures: list[str] = field(default_factory=list)
+    """Every failed check on the way, as `tier/model: check: why`."""
+    escalated_from: str | None = None
+    """The row's own tier, when a failed check sent it up its escalation path."""
+    escalation_depth: int = 0
+    answered_tier: str | None = None
+    """The tier whose chain gave the final answer."""
     attempt_records: list[AttemptRecord] = field(default_factory=list)

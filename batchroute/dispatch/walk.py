@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -22,6 +23,7 @@ from batchroute.dispatch.fleet import Fleet, ModelState
 from batchroute.dispatch.params import adapt_body
 from batchroute.dispatch.policy import Action, Ending, RowState, decide, is_retryable
 from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
+from batchroute.dispatch.verify import Verifier
 from batchroute.pricing.budget import reserved_output_tokens
 from batchroute.schema import ErrorType, Status
 
@@ -43,6 +45,12 @@ class TierPlan:
     max_tokens: int
     reserved_output_tokens: dict[str, int]
     """Per model: the output tokens the budget reserves for (`pricing.budget`)."""
+    tier: str = "standard"
+    verifier: Verifier = Verifier(())
+    """The checks each answer of this tier must pass (`dispatch.verify`)."""
+    escalation: tuple[str, ...] = ()
+    """The tiers a failed check climbs to, in order (`JobConfig.escalation_path`)."""
+    max_escalations: int = 0
 
 
 def plan_tiers(config: JobConfig) -> dict[str, TierPlan]:
@@ -71,6 +79,10 @@ def plan_tiers(config: JobConfig) -> dict[str, TierPlan]:
                 )
                 for model, body in bodies.items()
             },
+            tier=tier,
+            verifier=Verifier(config.checks(tier)),
+            escalation=config.escalation_path(tier),
+            max_escalations=config.verify.max_escalations,
         )
     return plans
 
@@ -95,18 +107,33 @@ class RowWalk:
     __slots__ = (
         "attempts",
         "context_blocked",
+        "escalating",
         "fleet",
         "last_message",
         "last_type",
+        "origin",
         "outcome",
         "plan",
+        "plans",
         "retry",
         "row",
     )
 
-    def __init__(self, fleet: Fleet, plan: TierPlan, row: RowRequest) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        plan: TierPlan,
+        row: RowRequest,
+        *,
+        plans: Mapping[str, TierPlan] | None = None,
+    ) -> None:
         self.fleet = fleet
         self.plan = plan
+        self.origin = plan
+        """The row's own tier's plan: its escalation path and its planned cost start here."""
+        self.plans: Mapping[str, TierPlan] = plans or {plan.tier: plan}
+        """Every tier's plan, for escalation; the row's own alone means it cannot escalate."""
+        self.escalating = False
         self.row = row
         self.retry: RetryConfig = fleet.config.retry
         self.outcome = RowOutcome(
@@ -118,7 +145,21 @@ class RowWalk:
         self.last_message: str | None = None
 
     async def run(self) -> RowOutcome:
-        """Walk the chain until an answer or an ending; never raises for a row's problem."""
+        """Walk the chain, and up the escalation path while answers fail their checks, until an
+        answer that passes or an ending; never raises for a row's problem."""
+        while True:
+            outcome = await self._walk_chain()
+            if outcome is not None:
+                return outcome
+            # A failed check chose to escalate (`_verify`): the row starts the next tier's chain.
+            self.escalating = False
+            self.outcome.escalated_from = self.outcome.escalated_from or self.plan.tier
+            self.outcome.escalation_depth += 1
+            self.plan = self.plans[self._escalation_target()]
+            self.context_blocked = False
+
+    async def _walk_chain(self) -> RowOutcome | None:
+        """The current tier's chain: an outcome, or None when the row escalates."""
         position = self._next_model(0)
         while position is not None:
             self.outcome.fallback_depth = position
@@ -126,6 +167,8 @@ class RowWalk:
             outcome = await self._try_model(model)
             if outcome is not None:
                 return outcome
+            if self.escalating:
+                return None
             position = self._next_model(position + 1)
         return self._stopped() or self._end(Ending.NO_MODEL_LEFT)
 
@@ -251,6 +294,8 @@ class RowWalk:
             error_type, message = self._read(model, reply, record, tokens, cost)
             if error_type is None:
                 assert reply.completion is not None
+                if self.plan.verifier:
+                    return self._verify(model, reply.completion, record)
                 return self._succeed(model, reply.completion, record.latency_ms)
             self.last_type = error_type
             self.last_message = f"{message} [{model.name}]"
@@ -321,6 +366,8 @@ class RowWalk:
             limiter.release()
         self.attempts += 1
         record = AttemptRecord(
+            tier=self.plan.tier,
+            escalation_depth=self.outcome.escalation_depth,
             model=model.name,
             attempt=self.attempts,
             status_code=reply.status_code,
@@ -367,7 +414,12 @@ class RowWalk:
         if completion.finish_reason == "content_filter":
             error_type = ErrorType.CONTENT_FILTER
             message = f"HTTP {reply.status_code}: the answer was withheld (content_filter)"
-        elif self.plan.wants_json and not _is_json(completion.content):
+        elif (
+            self.plan.wants_json
+            and not self.plan.verifier.checks_json
+            and not _is_json(completion.content)
+        ):
+            # With a `json` check, the check judges the answer and a failure escalates instead.
             error_type = ErrorType.INVALID_JSON
             message = f"HTTP {reply.status_code}: JSON was asked for, the answer is not JSON"
         else:
@@ -394,8 +446,62 @@ class RowWalk:
         """
         return completion.input_tokens + max(completion.output_tokens, self.plan.max_tokens)
 
+    # -- verify and escalate ----------------------------------------------------------------------
+
+    def _escalation_target(self) -> str:
+        """The next tier up the row's escalation path (from the row's own tier)."""
+        return self.origin.escalation[self.outcome.escalation_depth - 1]
+
+    def _can_escalate(self) -> bool:
+        path = self.origin.escalation
+        depth = self.outcome.escalation_depth
+        return (
+            depth < self.origin.max_escalations
+            and depth < len(path)
+            and path[depth] in self.plans
+            and self.attempts < self.retry.max_attempts_per_row
+        )
+
+    def _verify(
+        self, model: ModelState, completion: Completion, record: AttemptRecord
+    ) -> RowOutcome | None:
+        """Run the tier's checks on an answer: the row succeeds, escalates (None) or fails."""
+        failures = self.plan.verifier.failures(completion.content, completion.finish_reason)
+        if not failures:
+            record.verify = "passed"
+            self.outcome.verified = True
+            return self._succeed(model, completion, record.latency_ms)
+        why = "; ".join(failures)
+        record.verify = "failed"
+        record.verify_failures = why
+        # The rejected answer was paid for: it is a failed attempt, priced as one.
+        record.error_type = ErrorType.VERIFICATION_FAILED
+        self.outcome.failed_input_tokens += completion.input_tokens
+        self.outcome.failed_output_tokens += completion.output_tokens
+        self.outcome.verify_failures.append(f"{self.plan.tier}/{model.name}: {why}")
+        self.last_type = ErrorType.VERIFICATION_FAILED
+        self.last_message = f"the answer failed its checks: {why} [{model.name}]"
+        if self._can_escalate():
+            record.action = Action.ESCALATE
+            self.escalating = True
+            return None
+        # None passed: the row fails, keeping the last answer and why it was refused.
+        record.action = Action.FAIL
+        self._keep_answer(model, completion, record.latency_ms)
+        self.outcome.verified = False
+        return self._finish(Status.FAILED, ErrorType.VERIFICATION_FAILED, self.last_message)
+
+    def _keep_answer(self, model: ModelState, completion: Completion, latency_ms: float) -> None:
+        outcome = self.outcome
+        outcome.model_used = model.name
+        outcome.answered_tier = self.plan.tier
+        outcome.content = completion.content
+        outcome.finish_reason = completion.finish_reason
+        outcome.latency_ms = latency_ms
+
     def _succeed(self, model: ModelState, completion: Completion, latency_ms: float) -> RowOutcome:
         outcome = self.outcome
+        outcome.answered_tier = self.plan.tier
         outcome.model_used = model.name
         outcome.content = completion.content
         outcome.finish_reason = completion.finish_reason
@@ -404,5 +510,5 @@ class RowWalk:
         outcome.cached_tokens = completion.cached_tokens
         outcome.reasoning_tokens = completion.reasoning_tokens
         outcome.latency_ms = latency_ms
-        self.fleet.count_answer(self.fleet.models[self.plan.chain[0]], model, completion)
+        self.fleet.count_answer(self.fleet.models[self.origin.chain[0]], model, completion)
         return self._finish(Status.OK, None, None)

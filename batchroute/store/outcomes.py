@@ -51,6 +51,10 @@ _attempt_values = attrgetter(
     "reasoning_tokens",
     "latency_ms",
     "started_at",
+    "tier",
+    "escalation_depth",
+    "verify",
+    "verify_failures",
 )
 """The values of an AttemptRecord, in ATTEMPT_SCHEMA's order after the row's own columns."""
 
@@ -81,6 +85,11 @@ def _outcome_values(outcome: RowOutcome) -> tuple[Any, ...]:
         outcome.latency_ms,
         outcome.started_at,
         outcome.finished_at,
+        outcome.verified,
+        "; ".join(outcome.verify_failures) if outcome.verify_failures else None,
+        outcome.escalated_from,
+        outcome.escalation_depth,
+        outcome.answered_tier,
     )
 
 
@@ -128,6 +137,7 @@ class OutcomeBuffer:
             context
             + (None, status, error_type, message, 0, 0, None, None)
             + (0, 0, 0, 0, 0, 0, None, None, None, None, None, now)
+            + (None, None, None, 0, None)
         )
 
     def add_frame(self, frame: pl.DataFrame) -> None:
@@ -197,5 +207,10 @@ def skipped_results(
         pl.lit(None, pl.Float64).alias("latency_ms"),
         pl.lit(None, RESULT_SCHEMA["started_at"]).alias("started_at"),
         pl.lit(now, RESULT_SCHEMA["finished_at"]).alias("finished_at"),
+        pl.lit(None, pl.Boolean).alias("verified"),
+        pl.lit(None, pl.String).alias("verify_failures"),
+        pl.lit(None, pl.String).alias("escalated_from"),
+        pl.lit(0, pl.Int32).alias("escalation_depth"),
+        pl.lit(None, pl.String).alias("answered_tier"),
         *metadata_columns,
     )
