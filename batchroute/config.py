@@ -429,8 +429,15 @@ class JobConfig(_Section):
                 return tuple(path)
             if following == tier or following in path:
                 cycle = " -> ".join([tier, *path, following])
+                # Only an explicit escalate_to can close a cycle (the defaults climb): name it.
+                culprit = next(
+                    t
+                    for t in (tier, *path)
+                    if isinstance(self.tiers.get(t), TierConfig)  # type: ignore[call-overload]
+                    and self.tier(t).escalate_to is not None
+                )
                 raise ValueError(
-                    f"tiers.{current}.escalate_to: the escalation path {cycle} cycles; "
+                    f"tiers.{culprit}.escalate_to: the escalation path {cycle} cycles; "
                     "point it at a more capable tier"
                 )
             path.append(following)
