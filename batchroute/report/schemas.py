@@ -150,6 +150,10 @@ SAVINGS_SCHEMA: Final = pl.Schema(
         **SUPERSEDED_COLUMNS,
         "run_id": pl.String,
         "repriced": pl.Boolean,
+        "escalated_rows": pl.Int64,
+        "verify_rejected_cost_usd": COST_DTYPE,
+        "escalation_cost_usd": COST_DTYPE,
+        "checks_and_escalations_cost_usd": COST_DTYPE,
     }
 )
 """savings.parquet: one row. The counterfactuals (`baseline_cost_usd`, `strongest_cost_usd`)

@@ -10,7 +10,7 @@ null and flagged, and totals add up only the priced groups, flagged `unpriced`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -40,6 +40,7 @@ from batchroute.report.schemas import (
     SUPERSEDED_COLUMNS,
     TIER_DISTRIBUTION_SCHEMA,
 )
+from batchroute.report.verification import add_verification_costs
 from batchroute.schema import COST_DTYPE, Status
 from batchroute.store.manifest import read_manifest
 
@@ -299,6 +300,10 @@ def write_reports(
             budget_hit=budget_hit,
             finished_at=finished_at,
         )
+        savings = add_verification_costs(
+            summary.savings, run_dir / "attempts.parquet", prices=prices, repriced=info.repriced
+        )
+        summary = replace(summary, savings=savings.select(SAVINGS_SCHEMA.names()))
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise OutputError(f"cannot read the run's Parquet files ({exc})", path=run_dir) from None
     try:

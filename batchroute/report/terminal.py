@@ -207,6 +207,15 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
         f"{format_usd(s['failed_cost_usd'])}. Savings are counted on total spend, against the "
         "answers kept priced on one model."
     )
+    checks = s.get("checks_and_escalations_cost_usd")
+    if checks:  # None before verify existed, 0 when nothing was rejected or escalated
+        console.print(
+            f"Routing saved {format_usd(s['savings_vs_baseline_usd'])} against "
+            f"{s['baseline_model']} after paying {format_usd(checks)} for checks and "
+            f"escalations ({format_usd(s['verify_rejected_cost_usd'])} for answers the checks "
+            f"rejected, {format_usd(s['escalation_cost_usd'])} on stronger tiers for "
+            f"{s['escalated_rows']} escalated row(s))."
+        )
     if s["repriced"]:
         console.print(
             f"Repriced: every figure was priced again from the recorded usage with "

@@ -65,7 +65,8 @@ def test_escalations_are_recorded_in_results_and_attempts(make_job: JobFactory) 
 
 def test_escalation_cost_reconciles_exactly_with_the_attempts(make_job: JobFactory) -> None:
     job = make_job(bulk_rows(60), simulator=QUALITY_FAULTS, verify=VERIFY, request=REQUEST)
-    assert run_cli("run", str(job))[0] == 0
+    code, out, _ = run_cli("run", str(job))
+    assert code == 0
     results = pl.read_parquet("runs/t/results.parquet")
     attempts = pl.read_parquet("runs/t/attempts.parquet")
     spend = results["cost_usd"].sum() + results["failed_cost_usd"].sum()
@@ -76,6 +77,14 @@ def test_escalation_cost_reconciles_exactly_with_the_attempts(make_job: JobFacto
     climbed_usd = attempts.filter(pl.col("escalation_depth") > 0)["cost_usd"].sum()
     escalated = results.filter(pl.col("escalation_depth") > 0)
     assert escalated["cost_usd"].sum() == climbed_usd  # the escalated answers' own cost
+    savings = pl.read_parquet("runs/t/savings.parquet").row(0, named=True)
+    assert savings["escalated_rows"] == escalated.height
+    assert savings["verify_rejected_cost_usd"] == rejected_usd
+    assert savings["escalation_cost_usd"] == climbed_usd
+    assert savings["checks_and_escalations_cost_usd"] == rejected_usd + climbed_usd
+    assert savings["total_cost_usd"] == spend
+    report = run_cli("report", "runs/t")[1]
+    assert "after paying" in report and "for checks and escalations" in report
 
 
 def test_the_budget_cap_holds_with_escalations(make_job: JobFactory) -> None:
