@@ -31,6 +31,7 @@ __all__ = [
     "ClassifierConfig",
     "EndpointConfig",
     "InputConfig",
+    "JudgeConfig",
     "Job",
     "JobConfig",
     "ModelConfig",
@@ -144,7 +145,9 @@ class RequestConfig(_Section):
         return isinstance(fmt, Mapping) and fmt.get("type") in {"json_object", "json_schema"}
 
 
-CheckName = Literal["json", "not_truncated", "not_refusal", "min_chars", "max_chars", "regex"]
+CheckName = Literal[
+    "json", "not_truncated", "not_refusal", "min_chars", "max_chars", "regex", "judge"
+]
 
 
 class CheckConfig(_Section):
@@ -166,6 +169,8 @@ class CheckConfig(_Section):
     """`regex`: a regular expression searched for in the answer."""
     must_match: bool = True
     """`regex`: whether the answer must match `pattern` (true) or must not (false)."""
+    rubric: str | None = None
+    """`judge`: what the judge grades against; None for `verify.judge.rubric`."""
 
     @model_validator(mode="before")
     @classmethod
@@ -182,6 +187,39 @@ class CheckConfig(_Section):
         return self
 
 
+DEFAULT_JUDGE_PROMPT = """You grade an AI assistant's answer against a rubric.
+
+Rubric: {rubric}
+
+The request:
+{request}
+
+The answer (graded model: {model}):
+{answer}
+
+Reply with one JSON object and nothing else: {"score": <a number from 0 to 1>, "reason": "<one \
+short sentence>"}. Score 1 when the answer fully meets the rubric, 0 when it does not at all."""
+
+
+class JudgeConfig(_Section):
+    """The model that grades answers for `judge` checks, and how (README: "Verify and escalate")."""
+
+    model: str
+    """A model of this job (added with defaults if `models` does not list it); it needs a price."""
+    rubric: str = "The answer is correct, complete, and does what the request asks."
+    prompt: str = DEFAULT_JUDGE_PROMPT
+    """The judge's prompt; `{rubric}`, `{request}`, `{answer}` and `{model}` are filled in."""
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.7
+    """The lowest `score` that passes."""
+    max_tokens: PositiveInt = 200
+
+    @model_validator(mode="after")
+    def _prompt_shows_the_answer(self) -> JudgeConfig:
+        if "{answer}" not in self.prompt:
+            raise ValueError("prompt must contain {answer}, where the graded answer goes")
+        return self
+
+
 class VerifyConfig(_Section):
     """The job-wide checks and escalation limits; a tier's own `verify` replaces `default`."""
 
@@ -189,6 +227,8 @@ class VerifyConfig(_Section):
     """Checks for every tier that sets no `verify` of its own."""
     max_escalations: Annotated[int, Field(ge=0)] = 2
     """How many tiers up its escalation path a row may climb after a failed check."""
+    judge: JudgeConfig | None = None
+    """The judge for `judge` checks."""
 
 
 class TierConfig(_Section):
@@ -363,6 +403,11 @@ class JobConfig(_Section):
             spec.get("model") if isinstance(spec, Mapping) else spec for spec in tiers.values()
         ]
         missing = [m for m in named if isinstance(m, str) and m not in models]
+        verify = data.get("verify")
+        judge = verify.get("judge") if isinstance(verify, Mapping) else None
+        judge_model = judge.get("model") if isinstance(judge, Mapping) else None
+        if isinstance(judge_model, str) and judge_model not in models:
+            missing.append(judge_model)
         if not missing:
             return data
         return {**data, "models": {**models, **{m: {} for m in missing}}}
@@ -388,7 +433,20 @@ class JobConfig(_Section):
             )
         for tier in self.tiers:
             self.escalation_path(tier)  # raises, naming the key, for a cycle or an unmapped tier
+        self._judged_checks_have_a_judge()
         return self
+
+    def _judged_checks_have_a_judge(self) -> None:
+        if self.verify.judge is not None:
+            return
+        lists = {"verify.default": self.verify.default}
+        lists.update({f"tiers.{t}.verify": self.tier(t).verify or () for t in self.tiers})
+        for key, checks in lists.items():
+            for i, check in enumerate(checks):
+                if check.check == "judge":
+                    raise ValueError(
+                        f"{key}[{i}]: a judge check needs verify.judge (at least its model)"
+                    )
 
     def tier(self, tier: str) -> TierConfig:
         """The tier's settings, with the short form `tier: model` expanded."""

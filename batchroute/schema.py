@@ -156,8 +156,10 @@ ATTEMPT_SCHEMA: Final = _schema(
         "escalation_depth": pl.Int32,
         "verify": pl.String,
         "verify_failures": pl.String,
+        "judge": pl.Boolean,
     }
 )
 """attempts.parquet: one row per HTTP attempt. `action` is what followed: ok, retry, fallback,
 escalate, fail or abort. `error_type` is null for a successful attempt. `verify` is the checks'
-verdict on the attempt's answer (passed, failed; null when it had none or was not checked)."""
+verdict on the attempt's answer (passed, failed; null when it had none or was not checked);
+`judge` marks a judge's grading call."""

@@ -45,6 +45,8 @@ class AttemptRecord:
     verify: str | None = None
     """The checks' verdict on this attempt's answer: passed, failed, or None (not checked)."""
     verify_failures: str | None = None
+    judge: bool = False
+    """Whether the attempt was a judge grading an answer (its cost is reported apart)."""
 
 
 @dataclass(slots=True)

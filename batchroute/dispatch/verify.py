@@ -12,6 +12,8 @@ so checking an answer allocates little beyond the parse the `json` check needs. 
     min_chars      the answer has at least `value` characters
     max_chars      the answer has at most `value` characters
     regex          `pattern` is found (`must_match: true`) or is not found (`must_match: false`)
+    judge          a model grades the answer against a rubric (`dispatch.judge`); it runs last,
+                   and only when every deterministic check passed, since it costs a call
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def validate_check(check: CheckConfig) -> None:
         "patterns": check.patterns is not None and name != "not_refusal",
         "value": check.value is not None and name not in {"min_chars", "max_chars"},
         "pattern": check.pattern is not None and name != "regex",
+        "rubric": check.rubric is not None and name != "judge",
     }
     wrong = [key for key, bad in misplaced.items() if bad]
     if wrong:
@@ -161,15 +164,19 @@ def _compile(check: CheckConfig) -> _Check:
 class Verifier:
     """A tier's checks, compiled once; `failures` runs them all on one answer."""
 
-    __slots__ = ("_checks", "checks_json", "names")
+    __slots__ = ("_checks", "checks_json", "judge_rubric", "names")
 
     def __init__(self, checks: tuple[CheckConfig, ...]) -> None:
         self.names = tuple(check.check for check in checks)
         self.checks_json = "json" in self.names
+        judged = [check for check in checks if check.check == "judge"]
+        self.judge_rubric: str | None = (judged[0].rubric or "") if judged else None
+        """With a `judge` check: its own rubric ("" for the judge's default); else None."""
+        checks = tuple(check for check in checks if check.check != "judge")
         self._checks = tuple(_compile(check) for check in checks)
 
     def __bool__(self) -> bool:
-        return bool(self._checks)
+        return bool(self._checks) or self.judge_rubric is not None
 
     def __repr__(self) -> str:
         return f"<Verifier [{', '.join(self.names) or 'no checks'}]>"

@@ -20,6 +20,7 @@ from typing import Any, Final
 from batchroute.config import JobConfig, RetryConfig
 from batchroute.dispatch.client import Completion, Reply, send_chat
 from batchroute.dispatch.fleet import Fleet, ModelState
+from batchroute.dispatch.judge import JudgePlan, JudgeRequest, read_verdict
 from batchroute.dispatch.params import adapt_body
 from batchroute.dispatch.policy import Action, Ending, RowState, decide, is_retryable
 from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
@@ -51,11 +52,14 @@ class TierPlan:
     escalation: tuple[str, ...] = ()
     """The tiers a failed check climbs to, in order (`JobConfig.escalation_path`)."""
     max_escalations: int = 0
+    judge: JudgePlan | None = None
+    """The job's judge, for a `judge` check."""
 
 
 def plan_tiers(config: JobConfig) -> dict[str, TierPlan]:
     """Each tier's chain and per-model request bodies (see `params.adapt_body`)."""
     plans: dict[str, TierPlan] = {}
+    judge = JudgePlan.of(config)
     for tier in config.tiers:
         request = config.tier_request(tier)
         chain = config.chain(tier)
@@ -83,6 +87,7 @@ def plan_tiers(config: JobConfig) -> dict[str, TierPlan]:
             verifier=Verifier(config.checks(tier)),
             escalation=config.escalation_path(tier),
             max_escalations=config.verify.max_escalations,
+            judge=judge,
         )
     return plans
 
@@ -295,7 +300,7 @@ class RowWalk:
             if error_type is None:
                 assert reply.completion is not None
                 if self.plan.verifier:
-                    return self._verify(model, reply.completion, record)
+                    return await self._verify(model, reply.completion, record)
                 return self._succeed(model, reply.completion, record.latency_ms)
             self.last_type = error_type
             self.last_message = f"{message} [{model.name}]"
@@ -329,7 +334,7 @@ class RowWalk:
             await fleet.sleep(self._backoff(retries, reply))
 
     async def _send(
-        self, model: ModelState, tokens: int
+        self, model: ModelState, tokens: int, *, call: JudgeRequest | None = None
     ) -> tuple[Reply, AttemptRecord, float] | None:
         """One paced, budgeted HTTP attempt; None if it was not sent after the wait."""
         fleet = self.fleet
@@ -343,16 +348,24 @@ class RowWalk:
                 limiter.settle(tokens, 0)
                 return None
             row = self.row
-            cost = model.reservation(
-                row.prompt_token_bound if row.prompt_token_bound is not None else row.prompt_tokens,
-                self.plan.reserved_output_tokens[model.name],
-            )
+            if call is not None:  # a judge's grading request, not the row's own
+                cost = model.reservation(call.prompt_token_bound, call.reserved_output_tokens)
+            else:
+                cost = model.reservation(
+                    row.prompt_token_bound
+                    if row.prompt_token_bound is not None
+                    else row.prompt_tokens,
+                    self.plan.reserved_output_tokens[model.name],
+                )
             if not fleet.budget.reserve(cost):
                 limiter.sending()
                 limiter.settle(tokens, 0)
                 return None
-            body = dict(self.plan.bodies[model.name])
-            body["messages"] = self.row.messages
+            if call is not None:
+                body = call.body
+            else:
+                body = dict(self.plan.bodies[model.name])
+                body["messages"] = self.row.messages
             limiter.sending()
             started_at = _now()
             start = time.perf_counter()
@@ -368,6 +381,7 @@ class RowWalk:
         record = AttemptRecord(
             tier=self.plan.tier,
             escalation_depth=self.outcome.escalation_depth,
+            judge=call is not None,
             model=model.name,
             attempt=self.attempts,
             status_code=reply.status_code,
@@ -462,11 +476,17 @@ class RowWalk:
             and self.attempts < self.retry.max_attempts_per_row
         )
 
-    def _verify(
+    async def _verify(
         self, model: ModelState, completion: Completion, record: AttemptRecord
     ) -> RowOutcome | None:
         """Run the tier's checks on an answer: the row succeeds, escalates (None) or fails."""
-        failures = self.plan.verifier.failures(completion.content, completion.finish_reason)
+        verifier = self.plan.verifier
+        failures = verifier.failures(completion.content, completion.finish_reason)
+        if not failures and verifier.judge_rubric is not None:
+            # The judge costs a call: it runs only on answers every free check passed.
+            judged = await self._judge(model, completion)
+            if judged is not None:
+                failures = [judged]
         if not failures:
             record.verify = "passed"
             self.outcome.verified = True
@@ -490,6 +510,51 @@ class RowWalk:
         self._keep_answer(model, completion, record.latency_ms)
         self.outcome.verified = False
         return self._finish(Status.FAILED, ErrorType.VERIFICATION_FAILED, self.last_message)
+
+    async def _judge(self, graded: ModelState, completion: Completion) -> str | None:
+        """Have the judge grade an answer; None when it passes, else why the check failed.
+
+        The call is an attempt like any other (limits, retries, budget, the attempt log, marked
+        `judge`). Whatever keeps the judge from grading is a failure of the check, not a pass.
+        """
+        judge = self.plan.judge
+        assert judge is not None, "a judge check implies verify.judge (config)"
+        fleet = self.fleet
+        model = fleet.models[judge.model]
+        call = judge.request(
+            self.row.messages,
+            completion.content or "",
+            graded_model=graded.name,
+            rubric=self.plan.verifier.judge_rubric,
+        )
+        tokens = call.prompt_token_bound + call.reserved_output_tokens
+        retries = 0
+        while True:
+            if fleet.abort is not None or fleet.stopping or fleet.budget.exhausted:
+                return "judge: not graded (the run stopped, or the budget cap was reached)"
+            if model.unavailable is not None:
+                return f"judge: not graded (the judge model {model.name} is unavailable)"
+            if self.attempts >= self.retry.max_attempts_per_row:
+                return "judge: not graded (the row's attempts ran out)"
+            sent = await self._send(model, tokens, call=call)
+            if sent is None:
+                continue
+            reply, record, cost = sent
+            error_type, message = self._read(model, reply, record, tokens, cost)
+            if error_type is None:
+                assert reply.completion is not None
+                return read_verdict(reply.completion.content, threshold=judge.threshold)
+            if error_type == ErrorType.MODEL_NOT_FOUND:
+                fleet.mark_unavailable(model, message)
+            elif error_type == ErrorType.AUTH:
+                fleet.abort_for_auth(model, reply.status_code)
+            if is_retryable(error_type) and retries < self.retry.max_retries_per_model:
+                retries += 1
+                record.action = Action.RETRY
+                await fleet.sleep(self._backoff(retries, reply))
+                continue
+            record.action = Action.FAIL
+            return f"judge: the judge's call failed ({message} [{model.name}])"
 
     def _keep_answer(self, model: ModelState, completion: Completion, latency_ms: float) -> None:
         outcome = self.outcome

@@ -154,6 +154,7 @@ SAVINGS_SCHEMA: Final = pl.Schema(
         "verify_rejected_cost_usd": COST_DTYPE,
         "escalation_cost_usd": COST_DTYPE,
         "checks_and_escalations_cost_usd": COST_DTYPE,
+        "judge_cost_usd": COST_DTYPE,
     }
 )
 """savings.parquet: one row. The counterfactuals (`baseline_cost_usd`, `strongest_cost_usd`)

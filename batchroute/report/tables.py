@@ -21,6 +21,7 @@ from batchroute.config import TIERS, Job
 from batchroute.errors import OutputError
 from batchroute.pricing.costs import (
     model_rates,
+    paid_apart,
     price_attempts,
     rate_literals,
     reprice_results,
@@ -278,8 +279,10 @@ def write_reports(
         attempts_path = run_dir / "attempts.parquet"
         attempts: pl.LazyFrame | None = None
         if attempts_path.is_file():
-            attempts = pl.scan_parquet(attempts_path).select(
-                "row_key", "model", "error_type", "cost_usd", "priced", *_TOKENS
+            scanned = pl.scan_parquet(attempts_path)
+            judged = ["judge"] if "judge" in scanned.collect_schema().names() else []
+            attempts = scanned.select(
+                "row_key", "model", "error_type", "cost_usd", "priced", *_TOKENS, *judged
             )
             if info.repriced:
                 attempts = price_attempts(attempts, prices)
@@ -325,7 +328,7 @@ def _superseded(results: pl.LazyFrame, attempts: pl.LazyFrame) -> pl.LazyFrame:
     keys = results.select("row_key", _ok=pl.col("status") == Status.OK)
     kept = keys.filter(pl.col("_ok")).select("row_key")  # anti joins: duplicates are harmless
     present = keys.select("row_key")
-    answered = pl.col("error_type").is_null()
+    answered = ~paid_apart(attempts)  # a judge's call answered nothing
     superseded = attempts.filter(answered).join(kept, on="row_key", how="anti")
     orphan_failed = attempts.filter(~answered).join(present, on="row_key", how="anti")
     unpriced = (~pl.col("priced").fill_null(False)).cast(pl.Int64)

@@ -214,7 +214,8 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
             f"{s['baseline_model']} after paying {format_usd(checks)} for checks and "
             f"escalations ({format_usd(s['verify_rejected_cost_usd'])} for answers the checks "
             f"rejected, {format_usd(s['escalation_cost_usd'])} on stronger tiers for "
-            f"{s['escalated_rows']} escalated row(s))."
+            f"{s['escalated_rows']} escalated row(s), {format_usd(s.get('judge_cost_usd'))} "
+            "for the judge)."
         )
     if s["repriced"]:
         console.print(

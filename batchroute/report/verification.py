@@ -25,10 +25,11 @@ VERIFY_SAVINGS_COLUMNS: dict[str, pl.DataType] = {
     "verify_rejected_cost_usd": COST_DTYPE,
     "escalation_cost_usd": COST_DTYPE,
     "checks_and_escalations_cost_usd": COST_DTYPE,
+    "judge_cost_usd": COST_DTYPE,
 }
 """savings.parquet's last columns: rows that climbed a tier; what the answers the checks
-rejected cost; what every attempt on a tier above the row's own cost; and the two together
-(an answer rejected on an escalated tier is counted once)."""
+rejected cost; what every attempt on a tier above the row's own cost; what the judge's calls
+cost; and all of it together (an attempt in two of those parts is counted once)."""
 
 
 def add_verification_costs(
@@ -44,13 +45,15 @@ def add_verification_costs(
                 attempts = price_attempts(attempts, prices)
             rejected = pl.col("verify") == "failed"
             climbed = pl.col("escalation_depth") > 0
+            judged = pl.col("judge").fill_null(False) if "judge" in names else pl.lit(False)
             cost = pl.col("cost_usd")
             row = (
                 attempts.select(
                     escalated_rows=pl.col("row_key").filter(climbed).n_unique(),
                     verify_rejected_cost_usd=cost.filter(rejected).sum(),
                     escalation_cost_usd=cost.filter(climbed).sum(),
-                    checks_and_escalations_cost_usd=cost.filter(rejected | climbed).sum(),
+                    checks_and_escalations_cost_usd=cost.filter(rejected | climbed | judged).sum(),
+                    judge_cost_usd=cost.filter(judged).sum(),
                 )
                 .collect()
                 .row(0, named=True)

@@ -27,7 +27,7 @@ __all__ = ["GRADED_MODEL_MARK", "QualityDraws", "REFUSAL_TEXT"]
 REFUSAL_TEXT: Final = "I'm sorry, but I can't help with that request."
 GRADED_MODEL_MARK: Final = "graded model:"
 """The judge mode finds the graded model's name after this mark in the judge's prompt."""
-_GRADED = re.compile(re.escape(GRADED_MODEL_MARK) + r"\s*(\S+)")
+_GRADED = re.compile(re.escape(GRADED_MODEL_MARK) + r"\s*([\w.:/@-]+)")
 _CHATTER: Final = "Sure! Here is the JSON you asked for:\n"
 
 

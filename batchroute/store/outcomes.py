@@ -55,6 +55,7 @@ _attempt_values = attrgetter(
     "escalation_depth",
     "verify",
     "verify_failures",
+    "judge",
 )
 """The values of an AttemptRecord, in ATTEMPT_SCHEMA's order after the row's own columns."""
 

@@ -283,3 +283,100 @@ def test_the_default_escalation_path_passes_over_unmapped_tiers() -> None:
     assert config.escalation_path("complex") == ()
     sparse = job_of(tiers={"standard": "mid", "bulk": "small"}).config
     assert sparse.escalation_path("bulk") == ("standard",)
+
+
+# -- the judge ----------------------------------------------------------------------------------
+
+JUDGE = {"model": "grader", "threshold": 0.6}
+GRADER = {"input_per_mtok": 1, "output_per_mtok": 4}
+
+
+def judged_job(**overrides: Any) -> Job:
+    return job_of(
+        models={**models_with(), "grader": GRADER},
+        verify={"default": ["not_truncated", "judge"], "judge": JUDGE, **overrides},
+    )
+
+
+def test_the_judge_passes_an_answer_in_a_call_of_its_own() -> None:
+    sims = {"grader": SimModelConfig(judge={"fail_rate": 0.0})}
+    [outcome] = ask(judged_job(), sim=sims)
+    assert outcome.status == Status.OK and outcome.verified is True
+    assert actions(outcome) == [("small", "ok", "passed"), ("grader", "ok", None)]
+    assert [r.judge for r in outcome.attempt_records] == [False, True]
+    assert outcome.model_used == "small" and outcome.attempts == 2
+
+
+def test_a_failing_grade_escalates_and_the_judge_grades_the_next_answer_too() -> None:
+    sims = {"grader": SimModelConfig(judge={"fail_rates": {"small": 1.0}})}
+    [outcome] = ask(judged_job(), sim=sims)
+    assert actions(outcome) == [
+        ("small", "escalate", "failed"),
+        ("grader", "ok", None),
+        ("mid", "ok", "passed"),
+        ("grader", "ok", None),
+    ]
+    assert outcome.model_used == "mid" and outcome.escalated_from == "bulk"
+    assert "judge: scored" in outcome.verify_failures[0]
+    assert "below the threshold 0.6" in outcome.verify_failures[0]
+
+
+def test_a_judge_that_replies_garbage_fails_the_check_never_passes_it() -> None:
+    sims = {"grader": SimModelConfig(judge={"garbage_rate": 1.0})}
+    outcomes = ask(judged_job(max_escalations=0), sim=sims, rows=5)
+    for outcome in outcomes:
+        assert outcome.status == Status.FAILED, "garbage is never a pass"
+        assert outcome.error_type == ErrorType.VERIFICATION_FAILED
+        assert "not the JSON asked for" in (outcome.error_message or "")
+
+
+def test_the_judge_is_skipped_when_a_free_check_already_failed() -> None:
+    sims = {
+        "small": SimModelConfig(truncate_rate=1.0),
+        "grader": SimModelConfig(judge={"fail_rate": 0.0}),
+    }
+    [outcome] = ask(judged_job(max_escalations=0), sim=sims)
+    assert actions(outcome) == [("small", "fail", "failed")]
+
+
+@pytest.mark.parametrize(
+    ("reply", "passes", "says"),
+    [
+        ('{"score": 0.9, "reason": "fine"}', True, None),
+        ('{"score": 1}', True, None),
+        ('{"score": 0.1, "reason": "wrong"}', False, "scored 0.1, below the threshold 0.5: wrong"),
+        ('{"score": true}', False, "no score from 0 to 1"),
+        ('{"score": 1.5}', False, "no score from 0 to 1"),
+        ('{"score": "0.9"}', False, "no score from 0 to 1"),
+        ('{"score": NaN}', False, "no score from 0 to 1"),
+        ('["score", 0.9]', False, "no score from 0 to 1"),
+        ('{"score": 0.9', False, "not the JSON asked for"),
+        ("Looks good to me!", False, "not the JSON asked for"),
+        (None, False, "no content"),
+    ],
+)
+def test_read_verdict_is_strict(reply: str | None, passes: bool, says: str | None) -> None:
+    from batchroute.dispatch.judge import read_verdict
+
+    why = read_verdict(reply, threshold=0.5)
+    assert (why is None) == passes
+    if says is not None:
+        assert why is not None and says in why
+
+
+def test_a_judge_model_with_no_price_is_an_error_naming_the_key() -> None:
+    from batchroute.errors import PriceError
+
+    job = job_of(
+        verify={"default": ["judge"], "judge": {"model": "unknown-judge-9"}},
+        prices={"allow_unpriced": True},
+    )
+    with pytest.raises(PriceError) as caught:
+        resolve_prices(job)
+    assert "verify.judge.model" in str(caught.value)
+
+
+def test_a_judge_check_without_a_judge_is_a_load_error() -> None:
+    with pytest.raises(JobError) as caught:
+        job_of(tiers={"standard": {"model": "mid", "verify": ["judge"]}})
+    assert "tiers.standard.verify[0]: a judge check needs verify.judge" in str(caught.value)

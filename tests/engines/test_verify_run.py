@@ -129,3 +129,45 @@ def test_changing_the_checks_rebuys_the_rows_they_judge(make_job: JobFactory) ->
     assert run_cli("run", str(job))[0] == 0
     session = json.loads(Path("runs/t/run.json").read_text())["sessions"][-1]
     assert session["sent_rows"] == 20
+
+
+def test_judge_cost_is_reported_apart_and_reconciles_with_the_attempts(
+    make_job: JobFactory,
+) -> None:
+    simulator = {
+        "seed": 5,
+        "models": {
+            "small": {"truncate_rate": 0.2},
+            "grader": {"judge": {"fail_rates": {"small": 0.3}, "garbage_rate": 0.05}},
+        },
+    }
+    models = {
+        "big": {"input_per_mtok": 5, "output_per_mtok": 25, "fallback": "mid"},
+        "mid": {"input_per_mtok": 3, "output_per_mtok": 15, "fallback": "big"},
+        "small": {"input_per_mtok": 0.27, "output_per_mtok": 1.1, "fallback": "mid"},
+        "grader": {"input_per_mtok": 1, "output_per_mtok": 4},
+    }
+    verify = {
+        "default": ["not_truncated", {"check": "judge", "rubric": "Answers the question."}],
+        "judge": {"model": "grader"},
+    }
+    job = make_job(
+        bulk_rows(60), simulator=simulator, verify=verify, request=REQUEST, models=models
+    )
+    code, _, err = run_cli("run", str(job))
+    assert code in (0, 1), err
+    results = pl.read_parquet("runs/t/results.parquet")
+    attempts = pl.read_parquet("runs/t/attempts.parquet")
+    judged = attempts.filter(pl.col("judge"))
+    assert judged.height > 60 and (judged["model"] == "grader").all()
+    assert results["attempts"].sum() == attempts.height
+    spend = results["cost_usd"].sum() + results["failed_cost_usd"].sum()
+    assert spend == attempts["cost_usd"].sum()
+    savings = pl.read_parquet("runs/t/savings.parquet").row(0, named=True)
+    assert savings["judge_cost_usd"] == judged["cost_usd"].sum() > 0
+    assert savings["total_cost_usd"] == spend
+    overhead = attempts.filter(
+        pl.col("judge") | (pl.col("verify") == "failed") | (pl.col("escalation_depth") > 0)
+    )
+    assert savings["checks_and_escalations_cost_usd"] == overhead["cost_usd"].sum()
+    assert (results["escalation_depth"] > 0).sum() > 0
