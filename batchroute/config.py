@@ -212,6 +212,8 @@ class JudgeConfig(_Section):
     threshold: Annotated[float, Field(ge=0, le=1)] = 0.7
     """The lowest `score` that passes."""
     max_tokens: PositiveInt = 200
+    expected_output_tokens: PositiveInt = 40
+    """What `plan` assumes a verdict costs in output tokens (a short JSON object)."""
 
     @model_validator(mode="after")
     def _prompt_shows_the_answer(self) -> JudgeConfig:
@@ -229,6 +231,8 @@ class VerifyConfig(_Section):
     """How many tiers up its escalation path a row may climb after a failed check."""
     judge: JudgeConfig | None = None
     """The judge for `judge` checks."""
+    expected_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """The share of checked answers `plan` expects to fail and climb one tier."""
 
 
 class TierConfig(_Section):

@@ -278,6 +278,14 @@ def print_plan(
         console.print(
             f"Routing saves {format_usd(saved)} ({share:.1f}%) against {baseline} for every row."
         )
+    if "judge_cost_usd" in plan.columns:
+        judging = plan["judge_cost_usd"].sum()
+        climbing = plan["escalation_cost_usd"].sum()
+        if judging or climbing:
+            console.print(
+                f"The forecast includes checks: {format_usd(judging)} for the judge and "
+                f"{format_usd(climbing)} for escalations (verify.expected_failure_rate)."
+            )
     if invalid_rows:
         console.print(f"{invalid_rows:,} invalid rows will not be sent and cost nothing.")
     if totals.unpriced:
