@@ -279,8 +279,8 @@ def print_plan(
             f"Routing saves {format_usd(saved)} ({share:.1f}%) against {baseline} for every row."
         )
     if "judge_cost_usd" in plan.columns:
-        judging = plan["judge_cost_usd"].sum()
-        climbing = plan["escalation_cost_usd"].sum()
+        judging = Decimal(plan["judge_cost_usd"].sum())
+        climbing = Decimal(plan["escalation_cost_usd"].sum())
         if judging or climbing:
             console.print(
                 f"The forecast includes checks: {format_usd(judging)} for the judge and "
