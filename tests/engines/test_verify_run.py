@@ -171,3 +171,47 @@ def test_judge_cost_is_reported_apart_and_reconciles_with_the_attempts(
     )
     assert savings["checks_and_escalations_cost_usd"] == overhead["cost_usd"].sum()
     assert (results["escalation_depth"] > 0).sum() > 0
+
+
+def test_train_from_runs_labels_escalated_rows_with_the_tier_that_passed(
+    make_job: JobFactory, tmp_path: Path
+) -> None:
+    from batchroute.classify.run_labels import split_of
+
+    rows = bulk_rows(60)
+    job = make_job(rows, simulator=QUALITY_FAULTS, verify=VERIFY, request=REQUEST)
+    assert run_cli("run", str(job))[0] == 0
+    results = pl.read_parquet("runs/t/results.parquet")
+    escalated = results.filter((pl.col("escalation_depth") > 0) & pl.col("verified"))
+    assert escalated.height > 0
+    prompts = {row["id"]: row["prompt"] for row in rows}
+    pairs = zip(escalated["id"], escalated["answered_tier"], strict=True)
+    expected = {prompts[i]: t for i, t in pairs}
+    labelled = tmp_path / "labelled" / "train.csv"
+    labelled.parent.mkdir()
+    base = pl.read_csv(Path(__file__).parents[2] / "sample_data/labelled/train.csv").head(40)
+    held_out = next(iter(expected))  # a prompt already labelled elsewhere is never added again
+    pl.DataFrame({"prompt": [held_out], "tier": ["complex"]}).write_csv(labelled.parent / "x.csv")
+    base.write_csv(labelled)
+
+    code, out, err = run_cli(
+        "train", str(labelled), "--out", "m.joblib", "--from-runs", "runs/t", "--cv-folds", "0"
+    )
+    assert code == 0, err
+    found: dict[str, str] = {}
+    for split in ("train", "test", "holdout"):
+        frame = pl.read_csv(labelled.parent / f"from-runs-{split}.csv")
+        for prompt, tier in frame.iter_rows():
+            assert split_of(prompt) == split
+            found[prompt] = tier
+    del expected[held_out]
+    assert found == expected
+    assert Path("m.joblib").is_file()
+    # a second extraction adds nothing twice
+    again_args = ("--from-runs", "runs/t", "--cv-folds", "0")
+    assert run_cli("train", str(labelled), "--out", "m.joblib", *again_args)[0] == 0
+    again = sum(
+        pl.read_csv(labelled.parent / f"from-runs-{s}.csv").height
+        for s in ("train", "test", "holdout")
+    )
+    assert again == len(expected)
