@@ -575,5 +575,7 @@ class RowWalk:
         outcome.cached_tokens = completion.cached_tokens
         outcome.reasoning_tokens = completion.reasoning_tokens
         outcome.latency_ms = latency_ms
-        self.fleet.count_answer(self.fleet.models[self.origin.chain[0]], model, completion)
+        # Against the answering tier's own model: the overrun warning is about fallback, and an
+        # escalation's cost is reported apart (savings: checks and escalations).
+        self.fleet.count_answer(self.fleet.models[self.plan.chain[0]], model, completion)
         return self._finish(Status.OK, None, None)

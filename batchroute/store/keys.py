@@ -50,6 +50,12 @@ def tier_contexts(config: JobConfig) -> dict[str, str]:
                 "checks": [check.model_dump(mode="json") for check in checks],
                 "path": list(config.escalation_path(tier)[: config.verify.max_escalations]),
             }
+            judge = config.verify.judge
+            if judge is not None and any(check.check == "judge" for check in checks):
+                context["judge"] = {
+                    **judge.model_dump(mode="json", exclude={"expected_output_tokens"}),
+                    "model": config.api_model(judge.model),
+                }
         contexts[tier] = json.dumps(context, sort_keys=True, separators=(",", ":"), default=str)
     own = dict(contexts)
     for name, context_json in own.items():

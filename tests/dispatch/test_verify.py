@@ -380,3 +380,17 @@ def test_a_judge_check_without_a_judge_is_a_load_error() -> None:
     with pytest.raises(JobError) as caught:
         job_of(tiers={"standard": {"model": "mid", "verify": ["judge"]}})
     assert "tiers.standard.verify[0]: a judge check needs verify.judge" in str(caught.value)
+
+
+def test_row_keys_change_with_the_checks_the_judge_and_the_path_only_when_checked() -> None:
+    from batchroute.store.keys import tier_contexts
+
+    plain = tier_contexts(job_of().config)
+    assert plain == tier_contexts(job_of(verify={"max_escalations": 1}).config)  # no checks
+    checked = tier_contexts(judged_job().config)
+    stricter = tier_contexts(judged_job(judge={**JUDGE, "threshold": 0.9}).config)
+    shorter = tier_contexts(judged_job(max_escalations=1).config)
+    for tier in ("bulk", "standard", "structured"):
+        assert len({plain[tier], checked[tier], stricter[tier]}) == 3, tier
+    assert shorter["bulk"] != checked["bulk"]
+    assert shorter["complex"] == checked["complex"]  # nowhere to climb either way
