@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from jsonschema import Draft202012Validator
@@ -39,6 +39,9 @@ DEFAULT_REFUSAL_PATTERNS: Final = (
     r"\bas an ai(?: language model)?,? i (?:can(?:'|no)?t|cannot|am unable|don'?t)",
 )
 """What marks a refusal when a `not_refusal` check gives no `patterns` of its own."""
+
+_PASSED: Final[tuple[str, ...]] = ()
+_NO_CONTENT: Final = ("content: the answer has no content",)
 
 _Check = Callable[[str, "str | None"], "str | None"]
 """A compiled check: (content, finish_reason) -> None when it passes, else why it failed."""
@@ -181,13 +184,15 @@ class Verifier:
     def __repr__(self) -> str:
         return f"<Verifier [{', '.join(self.names) or 'no checks'}]>"
 
-    def failures(self, content: str | None, finish_reason: str | None) -> list[str]:
+    def failures(self, content: str | None, finish_reason: str | None) -> Sequence[str]:
         """Why the answer fails its checks, one `check: why` each; empty when it passes."""
         if content is None:
-            return ["content: the answer has no content"]
-        failed = []
+            return _NO_CONTENT
+        failed: list[str] | None = None  # a passing answer allocates nothing
         for check in self._checks:
             why = check(content, finish_reason)
             if why is not None:
+                if failed is None:
+                    failed = []
                 failed.append(why)
-        return failed
+        return _PASSED if failed is None else failed

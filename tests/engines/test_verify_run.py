@@ -215,3 +215,15 @@ def test_train_from_runs_labels_escalated_rows_with_the_tier_that_passed(
         for s in ("train", "test", "holdout")
     )
     assert again == len(expected)
+
+
+def test_a_bad_verify_key_is_a_clear_error_from_the_cli_not_a_traceback(
+    make_job: JobFactory,
+) -> None:
+    tiers = {"standard": {"model": "mid", "escalate_to": "bulk"}, "bulk": "small"}
+    job = make_job(bulk_rows(3), tiers=tiers, verify=VERIFY)
+    for command in ("validate", "plan", "run"):
+        code, out, err = run_cli(command, str(job))
+        assert code != 0
+        assert "Traceback" not in out + err
+        assert "tiers.standard.escalate_to: the escalation path" in err, command
