@@ -5,6 +5,11 @@ most once in turn, within `retry.max_attempts_per_row` HTTP attempts, and return
 with one `AttemptRecord` per attempt. What to do after each reply is `policy.decide`'s; the side
 effects on the shared fleet (a 429 slows the model, a 404 retires it, a 401 aborts the run) are
 made here, through the fleet's public methods.
+
+An answer is checked against its tier's checks (`verify.py`, and the judge's call, `judge.py`)
+before it counts. One that fails sends the row up its escalation path: the walk starts the next
+tier's chain with that tier's request, within the same attempt cap, and the first answer that
+passes is the row's. Fallback moves along a chain; escalation moves between tiers.
 """
 
 from __future__ import annotations
