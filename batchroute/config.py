@@ -28,9 +28,11 @@ __all__ = [
     "BatchConfig",
     "BudgetConfig",
     "CacheConfig",
+    "CheckConfig",
     "ClassifierConfig",
     "EndpointConfig",
     "InputConfig",
+    "JudgeConfig",
     "Job",
     "JobConfig",
     "ModelConfig",
@@ -42,6 +44,7 @@ __all__ = [
     "RunConfig",
     "SignalOverride",
     "TierConfig",
+    "VerifyConfig",
     "load_job",
     "parse_job",
 ]
@@ -144,13 +147,108 @@ class RequestConfig(_Section):
         return isinstance(fmt, Mapping) and fmt.get("type") in {"json_object", "json_schema"}
 
 
+CheckName = Literal[
+    "json", "not_truncated", "not_refusal", "min_chars", "max_chars", "regex", "judge"
+]
+
+
+class CheckConfig(_Section):
+    """One check an answer must pass before its row counts as ok (README: "Verify and escalate").
+
+    A check is written as its name alone (`- not_truncated`) or as a mapping with `check:` and
+    the check's own settings; `batchroute.dispatch.verify` compiles and runs it.
+    """
+
+    check: CheckName
+    json_schema: Mapping[str, Any] | None = None
+    """`json`: a JSON Schema the parsed answer must be valid against."""
+    patterns: tuple[str, ...] | None = None
+    """`not_refusal`: regular expressions (case-insensitive) that mark a refusal; None for the
+    defaults in `batchroute.dispatch.verify.DEFAULT_REFUSAL_PATTERNS`."""
+    value: Annotated[int, Field(ge=0)] | None = None
+    """`min_chars` / `max_chars`: the bound, in characters."""
+    pattern: str | None = None
+    """`regex`: a regular expression searched for in the answer."""
+    must_match: bool = True
+    """`regex`: whether the answer must match `pattern` (true) or must not (false)."""
+    rubric: str | None = None
+    """`judge`: what the judge grades against; None for `verify.judge.rubric`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        return {"check": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _settings_fit(self) -> CheckConfig:
+        from batchroute.dispatch.verify import (
+            validate_check,  # config <-> verify: a cycle at import
+        )
+
+        validate_check(self)
+        return self
+
+
+DEFAULT_JUDGE_PROMPT = """You grade an AI assistant's answer against a rubric.
+
+Rubric: {rubric}
+
+The request:
+{request}
+
+The answer (graded model: {model}):
+{answer}
+
+Reply with one JSON object and nothing else: {"score": <a number from 0 to 1>, "reason": "<one \
+short sentence>"}. Score 1 when the answer fully meets the rubric, 0 when it does not at all."""
+
+
+class JudgeConfig(_Section):
+    """The model that grades answers for `judge` checks, and how (README: "Verify and escalate")."""
+
+    model: str
+    """A model of this job (added with defaults if `models` does not list it); it needs a price."""
+    rubric: str = "The answer is correct, complete, and does what the request asks."
+    prompt: str = DEFAULT_JUDGE_PROMPT
+    """The judge's prompt; `{rubric}`, `{request}`, `{answer}` and `{model}` are filled in."""
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.7
+    """The lowest `score` that passes."""
+    max_tokens: PositiveInt = 200
+    expected_output_tokens: PositiveInt = 40
+    """What `plan` assumes a verdict costs in output tokens (a short JSON object)."""
+
+    @model_validator(mode="after")
+    def _prompt_shows_the_answer(self) -> JudgeConfig:
+        if "{answer}" not in self.prompt:
+            raise ValueError("prompt must contain {answer}, where the graded answer goes")
+        return self
+
+
+class VerifyConfig(_Section):
+    """The job-wide checks and escalation limits; a tier's own `verify` replaces `default`."""
+
+    default: tuple[CheckConfig, ...] = ()
+    """Checks for every tier that sets no `verify` of its own."""
+    max_escalations: Annotated[int, Field(ge=0)] = 2
+    """How many tiers up its escalation path a row may climb after a failed check."""
+    judge: JudgeConfig | None = None
+    """The judge for `judge` checks."""
+    expected_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """The share of checked answers `plan` expects to fail and climb one tier."""
+
+
 class TierConfig(_Section):
-    """The model a tier routes to, with optional request overrides."""
+    """The model a tier routes to, with optional request overrides, checks and escalation."""
 
     model: str
     request: RequestConfig | None = None
     mode: Mode | None = None
     """`batch` sends the tier through the Batch API (cheaper, within 24 h); default: the job's."""
+    verify: tuple[CheckConfig, ...] | None = None
+    """This tier's checks; None for `verify.default`, [] for none."""
+    escalate_to: Tier | None = None
+    """The tier a failed check sends the row to; None for the default path
+    (bulk -> standard -> complex, structured -> complex)."""
 
 
 class ModelConfig(_Section):
@@ -324,6 +422,7 @@ class JobConfig(_Section):
     output: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
     cache: CacheConfig = CacheConfig()
+    verify: VerifyConfig = VerifyConfig()
     simulator: SimConfig = SimConfig()
 
     @model_validator(mode="before")
@@ -342,6 +441,15 @@ class JobConfig(_Section):
         ]
         named += [spec.get("fallback") for spec in models.values() if isinstance(spec, Mapping)]
         missing = [m for m in dict.fromkeys(named) if isinstance(m, str) and m not in models]
+        verify = data.get("verify")
+        judge = verify.get("judge") if isinstance(verify, Mapping) else None
+        judge_model = judge.get("model") if isinstance(judge, Mapping) else None
+        if (
+            isinstance(judge_model, str)
+            and judge_model not in models
+            and judge_model not in missing
+        ):
+            missing.append(judge_model)
         if not missing:
             return data
         return {**data, "models": {**models, **{m: {} for m in missing}}}
@@ -365,7 +473,22 @@ class JobConfig(_Section):
             raise ValueError(
                 f"baseline_model names '{self.baseline_model}', which is not a model in this job"
             )
+        for tier in self.tiers:
+            self.escalation_path(tier)  # raises, naming the key, for a cycle or an unmapped tier
+        self._judged_checks_have_a_judge()
         return self
+
+    def _judged_checks_have_a_judge(self) -> None:
+        if self.verify.judge is not None:
+            return
+        lists = {"verify.default": self.verify.default}
+        lists.update({f"tiers.{t}.verify": self.tier(t).verify or () for t in self.tiers})
+        for key, checks in lists.items():
+            for i, check in enumerate(checks):
+                if check.check == "judge":
+                    raise ValueError(
+                        f"{key}[{i}]: a judge check needs verify.judge (at least its model)"
+                    )
 
     def tier(self, tier: str) -> TierConfig:
         """The tier's settings, with the short form `tier: model` expanded."""
@@ -389,6 +512,41 @@ class JobConfig(_Section):
             model = self.models[model].fallback
         return tuple(chain)
 
+    def checks(self, tier: str) -> tuple[CheckConfig, ...]:
+        """The checks a tier's answers must pass: its own `verify`, else `verify.default`."""
+        own = self.tier(tier).verify
+        return self.verify.default if own is None else own
+
+    def escalation_path(self, tier: str) -> tuple[str, ...]:
+        """The tiers above `tier` that a failed check climbs to, in order (cycles are errors)."""
+        path: list[str] = []
+        current = tier
+        while True:
+            spec = self.tiers.get(current)  # type: ignore[call-overload]
+            explicit = spec.escalate_to if isinstance(spec, TierConfig) else None
+            if explicit is not None and explicit not in self.tiers:
+                raise ValueError(
+                    f"tiers.{current}.escalate_to names '{explicit}', a tier this job does not map"
+                )
+            following = explicit or _default_escalation(current, self.tiers)
+            if following is None:
+                return tuple(path)
+            if following == tier or following in path:
+                cycle = " -> ".join([tier, *path, following])
+                # Only an explicit escalate_to can close a cycle (the defaults climb): name it.
+                culprit = next(
+                    t
+                    for t in (tier, *path)
+                    if isinstance(self.tiers.get(t), TierConfig)  # type: ignore[call-overload]
+                    and self.tier(t).escalate_to is not None
+                )
+                raise ValueError(
+                    f"tiers.{culprit}.escalate_to: the escalation path {cycle} cycles; "
+                    "point it at a more capable tier"
+                )
+            path.append(following)
+            current = following
+
     def endpoint_for(self, model: str) -> EndpointConfig:
         """The endpoint a model is served from."""
         key = self.models[model].endpoint
@@ -397,6 +555,19 @@ class JobConfig(_Section):
     def api_model(self, model: str) -> str:
         """The model name sent on the wire."""
         return self.models[model].api_model or model
+
+
+_DEFAULT_ESCALATION: dict[str, tuple[str, ...]] = {
+    "bulk": ("standard", "complex"),
+    "structured": ("complex",),
+    "standard": ("complex",),
+    "complex": (),
+}
+"""Each tier's default escalation path; a tier the job does not map is passed over."""
+
+
+def _default_escalation(tier: str, mapped: Mapping[Any, Any]) -> str | None:
+    return next((t for t in _DEFAULT_ESCALATION.get(tier, ()) if t in mapped), None)
 
 
 class Job:

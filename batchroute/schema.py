@@ -70,6 +70,7 @@ class ErrorType:
     INVALID_JSON: Final = "invalid_json"  # JSON was asked for, the answer is not JSON
     BAD_REQUEST: Final = "bad_request"  # any other 4xx
     AUTH: Final = "auth"  # 401/403
+    VERIFICATION_FAILED: Final = "verification_failed"  # an answer failed its tier's checks
     ATTEMPTS_EXHAUSTED: Final = "attempts_exhausted"  # the row's attempt budget ran out
     NO_MODEL_AVAILABLE: Final = "no_model_available"  # every model on the chain was skipped
     INVALID_ROW: Final = "invalid_row"  # empty prompt, unknown tier hint: never sent
@@ -127,6 +128,11 @@ RESULT_SCHEMA: Final = _schema(
         "batch": pl.Boolean,
         "cache_hit": pl.Boolean,
         "cache_saved_usd": COST_DTYPE,
+        "verified": pl.Boolean,
+        "verify_failures": pl.String,
+        "escalated_from": pl.String,
+        "escalation_depth": pl.Int32,
+        "answered_tier": pl.String,
     }
 )
 """results.parquet, before the passthrough metadata columns, which follow in input order."""
@@ -150,7 +156,14 @@ ATTEMPT_SCHEMA: Final = _schema(
         "latency_ms": pl.Float64,
         "started_at": _TIME,
         "batch": pl.Boolean,
+        "tier": pl.String,
+        "escalation_depth": pl.Int32,
+        "verify": pl.String,
+        "verify_failures": pl.String,
+        "judge": pl.Boolean,
     }
 )
 """attempts.parquet: one row per HTTP attempt. `action` is what followed: ok, retry, fallback,
-fail or abort. `error_type` is null for a successful attempt."""
+escalate, fail or abort. `error_type` is null for a successful attempt. `verify` is the checks'
+verdict on the attempt's answer (passed, failed; null when it had none or was not checked);
+`judge` marks a judge's grading call."""

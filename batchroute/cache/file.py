@@ -7,6 +7,7 @@ readers never wait for a writer, and writers wait their turn for up to `BUSY_TIM
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from batchroute.errors import CacheError
@@ -40,7 +41,7 @@ def connect(path: Path) -> sqlite3.Connection:
             check_same_thread=False,  # the cache guards its reader with a lock
         )
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _enter_wal(connection)
         connection.execute("PRAGMA synchronous = NORMAL")
         # The hash index takes random inserts and lookups: keep its pages in memory, read the
         # file through mmap, and checkpoint less often so a page rewritten by several batches
@@ -58,6 +59,24 @@ def connect(path: Path) -> sqlite3.Connection:
             path=path,
         )
     return connection
+
+
+def _enter_wal(connection: sqlite3.Connection) -> str:
+    """Switch to WAL, waiting out another process doing the same to a new file.
+
+    Changing the journal mode takes the file alone, and SQLite may answer "database is locked"
+    at once, without its busy handler, while another connection holds it: retry until the
+    busy timeout, as every other statement here waits.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode: str = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            return mode
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def prepare(connection: sqlite3.Connection, path: Path) -> None:

@@ -115,7 +115,8 @@ class RunCache:
         """Per row, the cached answer of its chain's first model, or None; one `get_many`.
 
         Only the first model: it is the request the walk sends first. A fallback's answer is
-        looked up by the walk (`get`), only when the row does fall back.
+        looked up by the walk (`get`), only when the row does fall back. A tier with checks
+        (`verify`) is never served from the cache: its answers must pass this run's checks.
         """
         keys: list[bytes] = []
         plans: list[TierPlan] = []
@@ -126,7 +127,7 @@ class RunCache:
             keys.append(self.key(first, plan.bodies[first], row_messages))
         answers = self.cache.get_many(keys)
         return [
-            None if answer is None else (0, plan.chain[0], answer)
+            None if answer is None or plan.verifier else (0, plan.chain[0], answer)
             for plan, answer in zip(plans, answers, strict=True)
         ]
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from batchroute.classify.evaluate import read_labelled
 from batchroute.classify.learned import train_classifier
 from batchroute.classify.model import save_model
+from batchroute.classify.run_labels import labels_from_runs, write_run_labels
 
 __all__ = ["train_command"]
 
@@ -33,7 +34,18 @@ __all__ = ["train_command"]
     help="Report stratified k-fold accuracy on the training set first (0 skips it).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for CV and the fit.")
-def train_command(labelled: tuple[Path, ...], out_path: Path, cv_folds: int, seed: int) -> None:
+@click.option(
+    "--from-runs",
+    "run_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Run directories whose escalated rows become labels (repeatable); they are added to "
+    "from-runs-{train,test,holdout}.csv beside the first LABELLED path, and the train split is "
+    "trained on.",
+)
+def train_command(
+    labelled: tuple[Path, ...], out_path: Path, cv_folds: int, seed: int, run_dirs: tuple[Path, ...]
+) -> None:
     """Train the router model (needs `pip install 'batchroute[ml]'`) on prompt,tier CSV files.
 
     LABELLED may be files or directories of `*.csv` files; all their rows are used.
@@ -47,6 +59,15 @@ def train_command(labelled: tuple[Path, ...], out_path: Path, cv_folds: int, see
         more_prompts, more_tiers = read_labelled(path)
         prompts += more_prompts
         tiers += more_tiers
+    if run_dirs:
+        folder = labelled[0] if labelled[0].is_dir() else labelled[0].parent
+        existing = [p for p in folder.glob("*.csv") if not p.name.startswith("from-runs")]
+        split_paths = write_run_labels(labels_from_runs(run_dirs), folder, existing=existing)
+        extra_prompts, extra_tiers = read_labelled(split_paths["train"])
+        prompts, tiers = prompts + extra_prompts, tiers + extra_tiers
+        click.echo(
+            f"Labels from runs: {len(extra_prompts):,} to train on in {split_paths['train']}"
+        )
     counts = Counter(tiers)
     folds = cv_folds if cv_folds >= 2 and min(counts.values()) >= cv_folds else 0
     model = train_classifier(prompts, tiers, seed=seed, cv_folds=folds)

@@ -100,6 +100,6 @@ class Dispatcher:
         # A tier the job does not map goes where unmatched rows go (`standard` is required).
         plan = self._plans.get(row.tier) or self._plans["standard"]
         try:
-            return await RowWalk(self.fleet, plan, row, self.cache).run()
+            return await RowWalk(self.fleet, plan, row, self.cache, plans=self._plans).run()
         finally:
             self.rows_done += 1

@@ -36,6 +36,8 @@ class Action:
     OK: Final = "ok"
     RETRY: Final = "retry"
     FALLBACK: Final = "fallback"
+    ESCALATE: Final = "escalate"
+    """The answer failed its tier's checks: the row goes up its escalation path."""
     FAIL: Final = "fail"
     ABORT: Final = "abort"
 

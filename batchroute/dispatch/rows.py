@@ -41,6 +41,14 @@ class AttemptRecord:
     started_at: datetime
     batch: bool = False
     """Sent through the Batch API (priced at batch rates), not online."""
+    tier: str | None = None
+    """The tier whose chain the attempt was on (escalation moves a row up its path)."""
+    escalation_depth: int = 0
+    verify: str | None = None
+    """The checks' verdict on this attempt's answer: passed, failed, or None (not checked)."""
+    verify_failures: str | None = None
+    judge: bool = False
+    """Whether the attempt was a judge grading an answer (its cost is reported apart)."""
 
 
 @dataclass(slots=True)
@@ -65,6 +73,15 @@ class RowOutcome:
     latency_ms: float | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    verified: bool | None = None
+    """Whether the final answer passed its tier's checks; None when the tier has none."""
+    verify_failures: list[str] = field(default_factory=list)
+    """Every failed check on the way, as `tier/model: check: why`."""
+    escalated_from: str | None = None
+    """The row's own tier, when a failed check sent it up its escalation path."""
+    escalation_depth: int = 0
+    answered_tier: str | None = None
+    """The tier whose chain gave the final answer."""
     attempt_records: list[AttemptRecord] = field(default_factory=list)
     batch: bool = False
     """Answered through the Batch API (priced at batch rates)."""

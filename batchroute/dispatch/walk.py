@@ -5,6 +5,11 @@ most once in turn, within `retry.max_attempts_per_row` HTTP attempts, and return
 with one `AttemptRecord` per attempt. What to do after each reply is `policy.decide`'s; the side
 effects on the shared fleet (a 429 slows the model, a 404 retires it, a 401 aborts the run) are
 made here, through the fleet's public methods.
+
+An answer is checked against its tier's checks (`verify.py`, and the judge's call, `judge.py`)
+before it counts. One that fails sends the row up its escalation path: the walk starts the next
+tier's chain with that tier's request, within the same attempt cap, and the first answer that
+passes is the row's. Fallback moves along a chain; escalation moves between tiers.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -19,9 +25,11 @@ from typing import Any, Final, Protocol
 from batchroute.config import JobConfig, RetryConfig
 from batchroute.dispatch.client import Completion, Reply, send_chat
 from batchroute.dispatch.fleet import Fleet, ModelState
+from batchroute.dispatch.judge import JudgePlan, JudgeRequest, read_verdict
 from batchroute.dispatch.params import adapt_body
 from batchroute.dispatch.policy import Action, Ending, RowState, decide, is_retryable
 from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
+from batchroute.dispatch.verify import Verifier
 from batchroute.pricing.budget import reserved_output_tokens
 from batchroute.schema import ErrorType, Status
 
@@ -75,11 +83,20 @@ class TierPlan:
     max_tokens: int
     reserved_output_tokens: dict[str, int]
     """Per model: the output tokens the budget reserves for (`pricing.budget`)."""
+    tier: str = "standard"
+    verifier: Verifier = Verifier(())
+    """The checks each answer of this tier must pass (`dispatch.verify`)."""
+    escalation: tuple[str, ...] = ()
+    """The tiers a failed check climbs to, in order (`JobConfig.escalation_path`)."""
+    max_escalations: int = 0
+    judge: JudgePlan | None = None
+    """The job's judge, for a `judge` check."""
 
 
 def plan_tiers(config: JobConfig) -> dict[str, TierPlan]:
     """Each tier's chain and per-model request bodies (see `params.adapt_body`)."""
     plans: dict[str, TierPlan] = {}
+    judge = JudgePlan.of(config)
     for tier in config.tiers:
         request = config.tier_request(tier)
         chain = config.chain(tier)
@@ -103,6 +120,11 @@ def plan_tiers(config: JobConfig) -> dict[str, TierPlan]:
                 )
                 for model, body in bodies.items()
             },
+            tier=tier,
+            verifier=Verifier(config.checks(tier)),
+            escalation=config.escalation_path(tier),
+            max_escalations=config.verify.max_escalations,
+            judge=judge,
         )
     return plans
 
@@ -127,22 +149,36 @@ class RowWalk:
     __slots__ = (
         "attempts",
         "context_blocked",
+        "escalating",
         "fleet",
         "last_message",
         "last_type",
+        "origin",
         "outcome",
         "plan",
+        "plans",
         "retry",
         "row",
         "cache",
     )
 
     def __init__(
-        self, fleet: Fleet, plan: TierPlan, row: RowRequest, cache: AnswerCache | None = None
+        self,
+        fleet: Fleet,
+        plan: TierPlan,
+        row: RowRequest,
+        cache: AnswerCache | None = None,
+        *,
+        plans: Mapping[str, TierPlan] | None = None,
     ) -> None:
         self.fleet = fleet
         self.cache = cache
         self.plan = plan
+        self.origin = plan
+        """The row's own tier's plan: its escalation path and its planned cost start here."""
+        self.plans: Mapping[str, TierPlan] = plans or {plan.tier: plan}
+        """Every tier's plan, for escalation; the row's own alone means it cannot escalate."""
+        self.escalating = False
         self.row = row
         self.retry: RetryConfig = fleet.config.retry
         self.outcome = RowOutcome(
@@ -154,20 +190,37 @@ class RowWalk:
         self.last_message: str | None = None
 
     async def run(self) -> RowOutcome:
-        """Walk the chain until an answer or an ending; never raises for a row's problem."""
+        """Walk the chain, and up the escalation path while answers fail their checks, until an
+        answer that passes or an ending; never raises for a row's problem."""
+        while True:
+            outcome = await self._walk_chain()
+            if outcome is not None:
+                return outcome
+            # A failed check chose to escalate (`_verify`): the row starts the next tier's chain.
+            self.escalating = False
+            self.outcome.escalated_from = self.outcome.escalated_from or self.plan.tier
+            self.outcome.escalation_depth += 1
+            self.plan = self.plans[self._escalation_target()]
+            self.context_blocked = False
+
+    async def _walk_chain(self) -> RowOutcome | None:
+        """The current tier's chain: an outcome, or None when the row escalates."""
         position = self._next_model(0)
         while position is not None:
             self.outcome.fallback_depth = position
             model = self.fleet.models[self.plan.chain[position]]
             # The chain's first model was looked up with the row's whole batch (the runner);
-            # a fallback is looked up here, just before its request would be sent.
-            if position > 0 and self.cache is not None:
+            # a fallback is looked up here, just before its request would be sent. A tier with
+            # checks is never served from the cache: its answers must pass this run's checks.
+            if position > 0 and self.cache is not None and not self.plan.verifier:
                 cached = self.cache.get(model.name, self.plan.bodies[model.name], self.row.messages)
                 if cached is not None:
                     return self._served(model, cached)
             outcome = await self._try_model(model)
             if outcome is not None:
                 return outcome
+            if self.escalating:
+                return None
             position = self._next_model(position + 1)
         return self._stopped() or self._end(Ending.NO_MODEL_LEFT)
 
@@ -293,6 +346,8 @@ class RowWalk:
             error_type, message = self._read(model, reply, record, tokens, cost)
             if error_type is None:
                 assert reply.completion is not None
+                if self.plan.verifier:
+                    return await self._verify(model, reply.completion, record)
                 return self._succeed(model, reply.completion, record.latency_ms)
             self.last_type = error_type
             self.last_message = f"{message} [{model.name}]"
@@ -326,7 +381,7 @@ class RowWalk:
             await fleet.sleep(self._backoff(retries, reply))
 
     async def _send(
-        self, model: ModelState, tokens: int
+        self, model: ModelState, tokens: int, *, call: JudgeRequest | None = None
     ) -> tuple[Reply, AttemptRecord, float] | None:
         """One paced, budgeted HTTP attempt; None if it was not sent after the wait."""
         fleet = self.fleet
@@ -340,16 +395,24 @@ class RowWalk:
                 limiter.settle(tokens, 0)
                 return None
             row = self.row
-            cost = model.reservation(
-                row.prompt_token_bound if row.prompt_token_bound is not None else row.prompt_tokens,
-                self.plan.reserved_output_tokens[model.name],
-            )
+            if call is not None:  # a judge's grading request, not the row's own
+                cost = model.reservation(call.prompt_token_bound, call.reserved_output_tokens)
+            else:
+                cost = model.reservation(
+                    row.prompt_token_bound
+                    if row.prompt_token_bound is not None
+                    else row.prompt_tokens,
+                    self.plan.reserved_output_tokens[model.name],
+                )
             if not fleet.budget.reserve(cost):
                 limiter.sending()
                 limiter.settle(tokens, 0)
                 return None
-            body = dict(self.plan.bodies[model.name])
-            body["messages"] = self.row.messages
+            if call is not None:
+                body = call.body
+            else:
+                body = dict(self.plan.bodies[model.name])
+                body["messages"] = self.row.messages
             limiter.sending()
             started_at = _now()
             start = time.perf_counter()
@@ -363,6 +426,9 @@ class RowWalk:
             limiter.release()
         self.attempts += 1
         record = AttemptRecord(
+            tier=self.plan.tier,
+            escalation_depth=self.outcome.escalation_depth,
+            judge=call is not None,
             model=model.name,
             attempt=self.attempts,
             status_code=reply.status_code,
@@ -409,7 +475,12 @@ class RowWalk:
         if completion.finish_reason == "content_filter":
             error_type = ErrorType.CONTENT_FILTER
             message = f"HTTP {reply.status_code}: the answer was withheld (content_filter)"
-        elif self.plan.wants_json and not _is_json(completion.content):
+        elif (
+            self.plan.wants_json
+            and not self.plan.verifier.checks_json
+            and not _is_json(completion.content)
+        ):
+            # With a `json` check, the check judges the answer and a failure escalates instead.
             error_type = ErrorType.INVALID_JSON
             message = f"HTTP {reply.status_code}: JSON was asked for, the answer is not JSON"
         else:
@@ -436,8 +507,113 @@ class RowWalk:
         """
         return completion.input_tokens + max(completion.output_tokens, self.plan.max_tokens)
 
+    # -- verify and escalate ----------------------------------------------------------------------
+
+    def _escalation_target(self) -> str:
+        """The next tier up the row's escalation path (from the row's own tier)."""
+        return self.origin.escalation[self.outcome.escalation_depth - 1]
+
+    def _can_escalate(self) -> bool:
+        path = self.origin.escalation
+        depth = self.outcome.escalation_depth
+        return (
+            depth < self.origin.max_escalations
+            and depth < len(path)
+            and path[depth] in self.plans
+            and self.attempts < self.retry.max_attempts_per_row
+        )
+
+    async def _verify(
+        self, model: ModelState, completion: Completion, record: AttemptRecord
+    ) -> RowOutcome | None:
+        """Run the tier's checks on an answer: the row succeeds, escalates (None) or fails."""
+        verifier = self.plan.verifier
+        failures = verifier.failures(completion.content, completion.finish_reason)
+        if not failures and verifier.judge_rubric is not None:
+            # The judge costs a call: it runs only on answers every free check passed.
+            judged = await self._judge(model, completion)
+            if judged is not None:
+                failures = [judged]
+        if not failures:
+            record.verify = "passed"
+            self.outcome.verified = True
+            return self._succeed(model, completion, record.latency_ms)
+        why = "; ".join(failures)
+        record.verify = "failed"
+        record.verify_failures = why
+        # The rejected answer was paid for: it is a failed attempt, priced as one.
+        record.error_type = ErrorType.VERIFICATION_FAILED
+        self.outcome.failed_input_tokens += completion.input_tokens
+        self.outcome.failed_output_tokens += completion.output_tokens
+        self.outcome.verify_failures.append(f"{self.plan.tier}/{model.name}: {why}")
+        self.last_type = ErrorType.VERIFICATION_FAILED
+        self.last_message = f"the answer failed its checks: {why} [{model.name}]"
+        if self._can_escalate():
+            record.action = Action.ESCALATE
+            self.escalating = True
+            return None
+        # None passed: the row fails, keeping the last answer and why it was refused.
+        record.action = Action.FAIL
+        self._keep_answer(model, completion, record.latency_ms)
+        self.outcome.verified = False
+        return self._finish(Status.FAILED, ErrorType.VERIFICATION_FAILED, self.last_message)
+
+    async def _judge(self, graded: ModelState, completion: Completion) -> str | None:
+        """Have the judge grade an answer; None when it passes, else why the check failed.
+
+        The call is an attempt like any other (limits, retries, budget, the attempt log, marked
+        `judge`). Whatever keeps the judge from grading is a failure of the check, not a pass.
+        """
+        judge = self.plan.judge
+        assert judge is not None, "a judge check implies verify.judge (config)"
+        fleet = self.fleet
+        model = fleet.models[judge.model]
+        call = judge.request(
+            self.row.messages,
+            completion.content or "",
+            graded_model=graded.name,
+            rubric=self.plan.verifier.judge_rubric,
+        )
+        tokens = call.prompt_token_bound + call.reserved_output_tokens
+        retries = 0
+        while True:
+            if fleet.abort is not None or fleet.stopping or fleet.budget.exhausted:
+                return "judge: not graded (the run stopped, or the budget cap was reached)"
+            if model.unavailable is not None:
+                return f"judge: not graded (the judge model {model.name} is unavailable)"
+            if self.attempts >= self.retry.max_attempts_per_row:
+                return "judge: not graded (the row's attempts ran out)"
+            sent = await self._send(model, tokens, call=call)
+            if sent is None:
+                continue
+            reply, record, cost = sent
+            error_type, message = self._read(model, reply, record, tokens, cost)
+            if error_type is None:
+                assert reply.completion is not None
+                return read_verdict(reply.completion.content, threshold=judge.threshold)
+            if error_type == ErrorType.MODEL_NOT_FOUND:
+                fleet.mark_unavailable(model, message)
+            elif error_type == ErrorType.AUTH:
+                fleet.abort_for_auth(model, reply.status_code)
+            if is_retryable(error_type) and retries < self.retry.max_retries_per_model:
+                retries += 1
+                record.action = Action.RETRY
+                await fleet.sleep(self._backoff(retries, reply))
+                continue
+            record.action = Action.FAIL
+            return f"judge: the judge's call failed ({message} [{model.name}])"
+
+    def _keep_answer(self, model: ModelState, completion: Completion, latency_ms: float) -> None:
+        outcome = self.outcome
+        outcome.model_used = model.name
+        outcome.answered_tier = self.plan.tier
+        outcome.content = completion.content
+        outcome.finish_reason = completion.finish_reason
+        outcome.latency_ms = latency_ms
+
     def _succeed(self, model: ModelState, completion: Completion, latency_ms: float) -> RowOutcome:
         outcome = self.outcome
+        outcome.answered_tier = self.plan.tier
         outcome.model_used = model.name
         outcome.content = completion.content
         outcome.finish_reason = completion.finish_reason
@@ -456,6 +632,7 @@ class RowWalk:
     def _served(self, model: ModelState, cached: CachedReply) -> RowOutcome:
         """The row answered by the response cache: nothing sent for it on this model."""
         outcome = self.outcome
+        outcome.answered_tier = self.plan.tier
         outcome.model_used = model.name
         outcome.content = cached.content
         outcome.finish_reason = cached.finish_reason

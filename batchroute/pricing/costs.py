@@ -28,6 +28,7 @@ __all__ = [
     "batch_saving",
     "failed_costs",
     "model_rates",
+    "paid_apart",
     "price_attempts",
     "price_outcomes",
     "price_results",
@@ -223,13 +224,22 @@ def price_attempts(attempts: pl.LazyFrame, prices: PriceTable) -> pl.LazyFrame:
     )
 
 
+def paid_apart(attempts: pl.LazyFrame) -> pl.Expr:
+    """Attempts whose cost is no kept answer's: failed ones (an `error_type`) and judge calls."""
+    failed = pl.col("error_type").is_not_null()
+    if "judge" in attempts.collect_schema().names():  # attempts written before judges had none
+        return failed | pl.col("judge").fill_null(False)
+    return failed
+
+
 def failed_costs(priced_attempts: pl.LazyFrame) -> pl.LazyFrame:
-    """Per `row_key`, the summed cost of its failed attempts (those with an `error_type`).
+    """Per `row_key`, the summed cost of its failed attempts (those with an `error_type`) and of
+    its judge calls (`paid_apart`), which results.parquet counts in `failed_cost_usd`.
 
     `_failed_cost` is null when any of those attempts was on an unpriced model.
     """
     return (
-        priced_attempts.filter(pl.col("error_type").is_not_null())
+        priced_attempts.filter(paid_apart(priced_attempts))
         .group_by("row_key")
         .agg(
             _failed_cost=pl.when(pl.col("priced").all()).then(pl.col("cost_usd").sum()),

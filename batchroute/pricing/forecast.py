@@ -48,6 +48,7 @@ __all__ = [
     "prompt_tokens_expr",
     "tier_output_tokens",
     "tier_prices",
+    "verification_forecast",
 ]
 
 PLAN_SCHEMA: Final = pl.Schema(
@@ -66,10 +67,13 @@ PLAN_SCHEMA: Final = pl.Schema(
             "baseline_cost_usd": COST_DTYPE,
             "price_source": pl.String,
             "price_sha256": pl.String,
+            "judge_cost_usd": COST_DTYPE,
+            "escalation_cost_usd": COST_DTYPE,
         },
     )
 )
-"""plan.parquet: one row per tier that has rows, in tier order."""
+"""plan.parquet: one row per tier that has rows, in tier order. `forecast_cost_usd` includes
+the verification forecast, `judge_cost_usd` + `escalation_cost_usd` (`verification_forecast`)."""
 
 
 def baseline_model(config: JobConfig) -> str:
@@ -171,12 +175,28 @@ class ForecastAccumulator:
         }
         config = self.job.config
         batched = pl.col("tier").is_in([t for t in config.tiers if config.tier_mode(t) == "batch"])
+        verifying = [
+            verification_forecast(
+                self.job.config,
+                self.prices,
+                tier=t,
+                rows=self._rows[t],
+                input_tokens=self._input_tokens[t],
+            )
+            for t in tiers
+        ]
+        counts = counts.with_columns(
+            pl.Series("judge_cost_usd", [v[0] for v in verifying], dtype=COST_DTYPE),
+            pl.Series("escalation_cost_usd", [v[1] for v in verifying], dtype=COST_DTYPE),
+        )
         return (
             counts.with_columns(
                 share=pl.col("rows") / max(total_rows, 1),
                 forecast_cost_usd=usage_cost_expr(  # batch-mode tiers at batch prices
                     **tokens, rates=model_rates(pl.col("model"), self.prices, batch=batched)
-                ),
+                )
+                + pl.col("judge_cost_usd").fill_null(0)
+                + pl.col("escalation_cost_usd").fill_null(0),
                 priced=pl.col("model").is_in(list(self.prices.prices)),
                 baseline_model=pl.lit(baseline),
                 baseline_cost_usd=usage_cost_expr(
@@ -194,6 +214,48 @@ class ForecastAccumulator:
             f"<ForecastAccumulator {self.job.name!r} [rows: {sum(self._rows.values())}, "
             f"invalid: {self.invalid_rows}]>"
         )
+
+
+def verification_forecast(
+    config: JobConfig, prices: PriceTable, *, tier: str, rows: int, input_tokens: int
+) -> tuple[Decimal, Decimal]:
+    """What checking a tier's rows is forecast to cost: (the judge's calls, escalations).
+
+    `verify.expected_failure_rate` of the checked rows are assumed to fail once and climb one
+    tier, where they cost that tier's output; with a `judge` check, every answer (the escalated
+    ones too) is graded once, its prompt being the row, the answer and the judge's template.
+    An unpriced model prices at 0 here: `plan` already flags it.
+    """
+    name = tier if tier in config.tiers else "standard"
+    checks = config.checks(name)
+    if not checks or not rows:
+        return Decimal(0), Decimal(0)
+    verify = config.verify
+    path = config.escalation_path(name)[: verify.max_escalations]
+    climbing = verify.expected_failure_rate if path else 0.0
+    escalation = Decimal(0)
+    if path:
+        above = prices.get(config.tier(path[0]).model)
+        if above is not None:
+            escalation = usage_cost(
+                above,
+                input_tokens=round(input_tokens * climbing),
+                output_tokens=round(rows * climbing * tier_output_tokens(config, path[0])),
+            )
+    judge = verify.judge
+    judged = next((c for c in checks if c.check == "judge"), None)
+    price = prices.get(judge.model) if judge is not None else None
+    if judge is None or judged is None or price is None:
+        return Decimal(0), escalation
+    calls = rows * (1 + climbing)
+    template = count_text_tokens(judge.prompt) + count_text_tokens(judged.rubric or judge.rubric)
+    per_call = template + tier_output_tokens(config, name)
+    judging = usage_cost(
+        price,
+        input_tokens=round(input_tokens * (1 + climbing) + calls * per_call),
+        output_tokens=round(calls * judge.expected_output_tokens),
+    )
+    return judging, escalation
 
 
 @dataclass(frozen=True, slots=True)

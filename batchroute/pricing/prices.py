@@ -246,6 +246,16 @@ def resolve_prices(job: Job) -> PriceTable:
             or (base.context_window if base is not None else None),
         )
 
+    judge = config.verify.judge
+    if judge is not None and judge.model in missing:
+        # Even with allow_unpriced: the judge's cost is reported apart, and must be known.
+        raise PriceError(
+            f"the judge model '{judge.model}' has no price in the job, its price file or "
+            f"batchroute's default table; add input_per_mtok/output_per_mtok under "
+            f"models.{judge.model}, or a prices.file",
+            path=job.path,
+            key="verify.judge.model",
+        )
     if missing and not config.prices.allow_unpriced:
         names_text = ", ".join(f"'{m}'" for m in missing)
         raise PriceError(

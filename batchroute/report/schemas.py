@@ -155,6 +155,11 @@ SAVINGS_SCHEMA: Final = pl.Schema(
         "cache_hits": pl.Int64,
         "cache_hit_rate": pl.Float64,
         "cache_saved_usd": COST_DTYPE,
+        "escalated_rows": pl.Int64,
+        "verify_rejected_cost_usd": COST_DTYPE,
+        "escalation_cost_usd": COST_DTYPE,
+        "checks_and_escalations_cost_usd": COST_DTYPE,
+        "judge_cost_usd": COST_DTYPE,
     }
 )
 """savings.parquet: one row. The counterfactuals (`baseline_cost_usd`, `strongest_cost_usd`)

@@ -10,7 +10,7 @@ null and flagged, and totals add up only the priced groups, flagged `unpriced`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +22,7 @@ from batchroute.errors import OutputError
 from batchroute.pricing.costs import (
     batch_saving,
     model_rates,
+    paid_apart,
     price_attempts,
     rate_literals,
     reprice_results,
@@ -41,6 +42,7 @@ from batchroute.report.schemas import (
     SUPERSEDED_COLUMNS,
     TIER_DISTRIBUTION_SCHEMA,
 )
+from batchroute.report.verification import add_verification_costs
 from batchroute.schema import COST_DTYPE, Status
 from batchroute.store.manifest import read_manifest
 from batchroute.store.plan import read_plan
@@ -281,8 +283,10 @@ def write_reports(
         attempts_path = run_dir / "attempts.parquet"
         attempts: pl.LazyFrame | None = None
         if attempts_path.is_file():
-            attempts = pl.scan_parquet(attempts_path).select(
-                "row_key", "model", "error_type", "cost_usd", "priced", *_TOKENS
+            scanned = pl.scan_parquet(attempts_path)
+            judged = ["judge"] if "judge" in scanned.collect_schema().names() else []
+            attempts = scanned.select(
+                "row_key", "model", "error_type", "cost_usd", "priced", *_TOKENS, *judged
             )
             if info.repriced:
                 attempts = price_attempts(attempts, prices)
@@ -303,6 +307,10 @@ def write_reports(
             budget_hit=budget_hit,
             finished_at=finished_at,
         )
+        savings = add_verification_costs(
+            summary.savings, run_dir / "attempts.parquet", prices=prices, repriced=info.repriced
+        )
+        summary = replace(summary, savings=savings.select(SAVINGS_SCHEMA.names()))
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise OutputError(f"cannot read the run's Parquet files ({exc})", path=run_dir) from None
     try:
@@ -314,9 +322,10 @@ def write_reports(
 
 
 def _superseded_answers(results: pl.LazyFrame, attempts: pl.LazyFrame) -> pl.LazyFrame:
-    """Successful attempts whose row key has no answer in the results any more."""
+    """Answering attempts (not failed, not a judge's call) whose row key has no answer in the
+    results any more."""
     kept = results.filter(pl.col("status") == Status.OK).select("row_key")
-    return attempts.filter(pl.col("error_type").is_null()).join(kept, on="row_key", how="anti")
+    return attempts.filter(~paid_apart(attempts)).join(kept, on="row_key", how="anti")
 
 
 def _with_cache_columns(results: pl.LazyFrame) -> pl.LazyFrame:
@@ -351,9 +360,7 @@ def _superseded(results: pl.LazyFrame, attempts: pl.LazyFrame) -> pl.LazyFrame:
     """
     present = results.select("row_key")  # anti joins: duplicates are harmless
     superseded = _superseded_answers(results, attempts)
-    orphan_failed = attempts.filter(pl.col("error_type").is_not_null()).join(
-        present, on="row_key", how="anti"
-    )
+    orphan_failed = attempts.filter(paid_apart(attempts)).join(present, on="row_key", how="anti")
     unpriced = (~pl.col("priced").fill_null(False)).cast(pl.Int64)
     return (
         pl.concat(

@@ -186,6 +186,16 @@ def print_report(summary: ReportSummary, *, console: Console) -> None:
     cached = cache_saving_text(s, format_usd)
     if cached:
         console.print(cached)
+    checks = s.get("checks_and_escalations_cost_usd")
+    if checks:  # None before verify existed, 0 when nothing was rejected or escalated
+        console.print(
+            f"Routing saved {format_usd(s['savings_vs_baseline_usd'])} against "
+            f"{s['baseline_model']} after paying {format_usd(checks)} for checks and "
+            f"escalations ({format_usd(s['verify_rejected_cost_usd'])} for answers the checks "
+            f"rejected, {format_usd(s['escalation_cost_usd'])} on stronger tiers for "
+            f"{s['escalated_rows']} escalated row(s), {format_usd(s.get('judge_cost_usd'))} "
+            "for the judge)."
+        )
     if s["repriced"]:
         console.print(
             f"Repriced: every figure was priced again from the recorded usage with "
@@ -242,6 +252,14 @@ def print_plan(
         console.print(
             f"Routing saves {format_usd(saved)} ({share:.1f}%) against {baseline} for every row."
         )
+    if "judge_cost_usd" in plan.columns:
+        judging = Decimal(plan["judge_cost_usd"].sum())
+        climbing = Decimal(plan["escalation_cost_usd"].sum())
+        if judging or climbing:
+            console.print(
+                f"The forecast includes checks: {format_usd(judging)} for the judge and "
+                f"{format_usd(climbing)} for escalations (verify.expected_failure_rate)."
+            )
     if invalid_rows:
         console.print(f"{invalid_rows:,} invalid rows will not be sent and cost nothing.")
     if totals.unpriced:

@@ -11,7 +11,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["BATCH_ENDINGS", "FaultRates", "SimBatchConfig", "SimConfig", "SimModelConfig"]
+__all__ = [
+    "BATCH_ENDINGS",
+    "FaultRates",
+    "JudgeMode",
+    "SimBatchConfig",
+    "SimConfig",
+    "SimModelConfig",
+]
 
 Rate = Annotated[float, Field(ge=0, le=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -59,6 +66,17 @@ class FaultRates(_Section):
         )
 
 
+class JudgeMode(_Section):
+    """The model answers every request as a judge, grading with strict JSON (`sim.quality`)."""
+
+    fail_rate: Rate = 0.0
+    """The share of graded answers it fails, for a graded model not in `fail_rates`."""
+    fail_rates: Mapping[str, Rate] = Field(default_factory=dict)
+    """Per graded model (named in the judge's prompt after `graded model:`), its fail rate."""
+    garbage_rate: Rate = 0.0
+    """The share of replies that are prose instead of the strict JSON asked for."""
+
+
 class SimModelConfig(_Section):
     """How the simulator serves one model."""
 
@@ -81,6 +99,14 @@ class SimModelConfig(_Section):
     reasoning_fraction: Rate = 0.0
     """The share of completion tokens reported as reasoning tokens."""
     faults: FaultRates = FaultRates()
+    invalid_json_rate: Rate = 0.0
+    """The share of JSON answers wrapped in chatter, so they no longer parse."""
+    truncate_rate: Rate = 0.0
+    """The share of answers cut in half, ending with finish_reason length."""
+    refusal_rate: Rate = 0.0
+    """The share of answers that are a polite refusal."""
+    judge: JudgeMode | None = None
+    """Set, the model is a judge: it grades instead of answering (`sim.quality`)."""
 
 
 BATCH_ENDINGS = ("completed", "expired", "cancelled", "failed", "all_lines_failed")

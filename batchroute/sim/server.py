@@ -33,6 +33,7 @@ from batchroute.sim.answers import answer_for, prompt_digest
 from batchroute.sim.config import SimConfig, SimModelConfig
 from batchroute.sim.faults import FaultPicker
 from batchroute.sim.limits import ModelLimiter
+from batchroute.sim.quality import QualityDraws
 from batchroute.sim.stats import SimStats
 
 __all__ = ["MAX_BODY_BYTES", "SIM_STATE", "SimState", "create_app"]
@@ -59,12 +60,14 @@ class _ModelRuntime:
         "limiter",
         "name",
         "not_found",
+        "quality",
         "reasoning_fraction",
         "retry_after_s",
     )
 
-    def __init__(self, name: str, settings: SimModelConfig) -> None:
+    def __init__(self, name: str, settings: SimModelConfig, *, seed: int = 0) -> None:
         self.name = name
+        self.quality = QualityDraws(settings, seed=seed)
         self.latency_s = settings.latency_ms / 1000
         self.jitter_s = settings.latency_jitter_ms / 1000
         self.limiter = (
@@ -111,7 +114,9 @@ class SimState:
         """The runtime for a model name, created on first use (every name is served)."""
         runtime = self._models.get(name)
         if runtime is None:
-            runtime = self._models[name] = _ModelRuntime(name, self.config.for_model(name))
+            runtime = self._models[name] = _ModelRuntime(
+                name, self.config.for_model(name), seed=self.config.seed
+            )
         return runtime
 
     def reset(self) -> None:
@@ -375,8 +380,24 @@ def _choice(
     """One choice's content, finish reason and completion tokens."""
     if fault == "content_filter":
         return None, "content_filter", 0
-    content = answer_for(digest, response_format=body.get("response_format"))
+    quality = model.quality
+    response_format = body.get("response_format")
+    if quality.judge:
+        content = quality.verdict(body.get("messages") or (), digest=digest)
+    else:
+        content = answer_for(digest, response_format=response_format)
     finish_reason = "stop"
+    if quality.active and not quality.judge:
+        wants_json = isinstance(response_format, Mapping) and response_format.get("type") in {
+            "json_object",
+            "json_schema",
+        }
+        content, finish_reason = quality.degrade(
+            content, finish_reason, digest=digest, wants_json=wants_json
+        )
+        if finish_reason == "length":
+            tokens = count_text_tokens(content) * 2
+            return content, finish_reason, max_tokens if max_tokens is not None else tokens
     mode = model.completion_tokens
     if mode is None:
         completion_tokens = count_text_tokens(content)

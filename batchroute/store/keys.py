@@ -37,12 +37,32 @@ def tier_contexts(config: JobConfig) -> dict[str, str]:
     contexts: dict[str, str] = {}
     for tier in config.tiers:
         chain = config.chain(tier)
-        context = {
+        context: dict[str, object] = {
             "chain": [config.api_model(model) for model in chain],
             "base_urls": [config.endpoint_for(model).base_url for model in chain],
             "request": config.tier_request(tier).body_fields(),
         }
+        checks = config.checks(tier)
+        if checks:
+            # Checks decide which tier's answer a row keeps: the checks, the path and its tiers'
+            # own contexts are part of the key (a job without checks keeps its keys unchanged).
+            context["verify"] = {
+                "checks": [check.model_dump(mode="json") for check in checks],
+                "path": list(config.escalation_path(tier)[: config.verify.max_escalations]),
+            }
+            judge = config.verify.judge
+            if judge is not None and any(check.check == "judge" for check in checks):
+                context["judge"] = {
+                    **judge.model_dump(mode="json", exclude={"expected_output_tokens"}),
+                    "model": config.api_model(judge.model),
+                }
         contexts[tier] = json.dumps(context, sort_keys=True, separators=(",", ":"), default=str)
+    own = dict(contexts)
+    for name, context_json in own.items():
+        path = config.escalation_path(name)[: config.verify.max_escalations]
+        if config.checks(name) and path:
+            climbed = [own[t] for t in path]
+            contexts[name] = json.dumps([context_json, climbed], separators=(",", ":"))
     return contexts
 
 

@@ -52,6 +52,11 @@ _attempt_values = attrgetter(
     "latency_ms",
     "started_at",
     "batch",
+    "tier",
+    "escalation_depth",
+    "verify",
+    "verify_failures",
+    "judge",
 )
 """The values of an AttemptRecord, in ATTEMPT_SCHEMA's order after the row's own columns."""
 
@@ -85,6 +90,11 @@ def _outcome_values(outcome: RowOutcome) -> tuple[Any, ...]:
         outcome.batch,
         outcome.cache_hit,
         None,  # cache_saved_usd: priced from the usage when the results are assembled
+        outcome.verified,
+        "; ".join(outcome.verify_failures) if outcome.verify_failures else None,
+        outcome.escalated_from,
+        outcome.escalation_depth,
+        outcome.answered_tier,
     )
 
 
@@ -132,6 +142,7 @@ class OutcomeBuffer:
             context
             + (None, status, error_type, message, 0, 0, None, None)
             + (0, 0, 0, 0, 0, 0, None, None, None, None, None, now, False, False, None)
+            + (None, None, None, 0, None)
         )
 
     def add_frame(self, frame: pl.DataFrame) -> None:
@@ -204,5 +215,10 @@ def skipped_results(
         pl.lit(False).alias("batch"),
         pl.lit(False).alias("cache_hit"),
         pl.lit(0, COST_DTYPE).alias("cache_saved_usd"),
+        pl.lit(None, pl.Boolean).alias("verified"),
+        pl.lit(None, pl.String).alias("verify_failures"),
+        pl.lit(None, pl.String).alias("escalated_from"),
+        pl.lit(0, pl.Int32).alias("escalation_depth"),
+        pl.lit(None, pl.String).alias("answered_tier"),
         *metadata_columns,
     )
