@@ -29,6 +29,7 @@ __all__ = [
     "CacheConfig",
     "ClassifierConfig",
     "EndpointConfig",
+    "EngineConfig",
     "InputConfig",
     "Job",
     "JobConfig",
@@ -274,6 +275,18 @@ class CacheConfig(_Section):
     """Past this, the least recently used answers are evicted."""
 
 
+class EngineConfig(_Section):
+    """Where the rows are sent from: this process, or a Ray cluster (README: "Ray engine")."""
+
+    kind: Literal["local", "ray"] = "local"
+    """`local`: one process (the default). `ray`: shards of rows on Ray workers."""
+    address: str | None = None
+    """The Ray cluster to join (`auto`, `ray://host:10001`, `host:6379`); None starts a local
+    Ray instance. `--address` overrides it."""
+    workers: PositiveInt | None = None
+    """How many Ray workers (shards); default: the cluster's CPUs."""
+
+
 class JobConfig(_Section):
     """A whole job file."""
 
@@ -293,6 +306,7 @@ class JobConfig(_Section):
     run: RunConfig = RunConfig()
     cache: CacheConfig = CacheConfig()
     simulator: SimConfig = SimConfig()
+    engine: EngineConfig = EngineConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -55,6 +55,15 @@ __all__ = ["run_command"]
     "rows_rejected, run_finished) and stdout stays empty.",
 )
 @click.option("--quiet", is_flag=True, help="Only warnings and the closing lines; no tables.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    help="Send from this process (local) or from a Ray cluster (ray); overrides engine.kind.",
+)
+@click.option(
+    "--address",
+    help="The Ray cluster to join (auto, HOST:6379, ray://HOST:10001); overrides engine.address.",
+)
 def run_command(
     job_file: Path,
     limit: int | None,
@@ -65,6 +74,8 @@ def run_command(
     dry_run: bool,
     log_format: str,
     quiet: bool,
+    engine: str | None,
+    address: str | None,
 ) -> None:
     """Run JOB_FILE: classify every row, send it to its tier's model, write results and reports.
 
@@ -95,6 +106,8 @@ def run_command(
         limit=limit,
         max_cost_usd=Decimal(str(max_cost)) if max_cost is not None else None,
         retry_failed=not keep_failed,
+        engine=engine,
+        address=address,
     )
     console = make_console(stderr=True)
     progress = Progress(

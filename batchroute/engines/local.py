@@ -80,6 +80,10 @@ class RunOptions:
     limit: int | None = None
     max_cost_usd: Decimal | None = None
     retry_failed: bool = True
+    engine: str | None = None
+    """`--engine`: `local` or `ray`, over the job's `engine.kind`."""
+    address: str | None = None
+    """`--address`: the Ray cluster to join, over the job's `engine.address`."""
 
 
 @dataclass(slots=True)
@@ -104,6 +108,10 @@ class RunSummary:
 
 def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
     """Run a job to the end (or to a clean stop) and write its results and reports."""
+    if (options.engine or job.config.engine.kind) == "ray":
+        from batchroute.engines.ray import run_job_on_ray
+
+        return run_job_on_ray(job, options, progress=progress)
     prices = resolve_prices(job)
     router = build_router(job)
     dataset = open_dataset(job)
@@ -215,12 +223,7 @@ class _Run:
         cap = options.max_cost_usd if options.max_cost_usd is not None else cfg.budget.max_cost_usd
         self.budget = Budget(cap)
         self.buffer = OutcomeBuffer(metadata_columns=self.metadata_columns)
-        self.journal = Journal(
-            run_dir,
-            session=run_id,
-            metadata_columns=self.metadata_columns,
-            part_rows=cfg.output.checkpoint_rows,
-        )
+        self.journal = self._open_journal()
         self.forecast = ForecastAccumulator(job, prices)
         self.rejects: list[pl.DataFrame] = []
         self.stop_status: str | None = None  # a Status.SKIPPED_* once the run stops sending
@@ -239,6 +242,14 @@ class _Run:
             for model in cfg.models
             if (price := prices.get(model)) is not None
         }
+
+    def _open_journal(self) -> Journal:
+        return Journal(
+            self.run_dir,
+            session=self.run_id,
+            metadata_columns=self.metadata_columns,
+            part_rows=self.job.config.output.checkpoint_rows,
+        )
 
     # -- the session -------------------------------------------------------------------------
 
@@ -307,10 +318,7 @@ class _Run:
                 tier_models={str(tier): model for tier, model in self._requested.items()},
                 budget=self.budget,
             )
-            # Signals reach only the main thread (anyio refuses elsewhere): the Python API runs
-            # a job in a worker thread when the caller's thread already has an event loop.
-            if threading.current_thread() is threading.main_thread():
-                watchers.start_soon(self._watch_signals, watchers)
+            self._start_watchers(watchers)
             watchers.start_soon(self._flush_periodically)
             try:
                 with anyio.CancelScope() as self._run_scope:
@@ -589,25 +597,35 @@ class _Run:
 
     # -- stopping -----------------------------------------------------------------------------
 
+    def _start_watchers(self, watchers: anyio.abc.TaskGroup) -> None:
+        # Signals reach only the main thread (anyio refuses elsewhere): the Python API runs
+        # a job in a worker thread when the caller's thread already has an event loop.
+        if threading.current_thread() is threading.main_thread():
+            watchers.start_soon(self._watch_signals, watchers)
+
     async def _watch_signals(self, watchers: anyio.abc.TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                name = signal.Signals(signum).name
-                if self.stop_status != Status.SKIPPED_INTERRUPTED:
-                    self.stop_status = None  # an interrupt outranks a budget or abort stop
-                    # No new request leaves: rows waiting on a limiter or a backoff come back
-                    # skipped_interrupted at once; only requests already sent get the grace.
-                    self._dispatcher.stop()
-                    self._stop(
-                        Status.SKIPPED_INTERRUPTED,
-                        f"{name} received; finishing in-flight requests "
-                        f"(up to {self.job.config.run.grace_s:g} s), then writing results",
-                    )
-                    watchers.start_soon(self._cancel_in_flight_after_grace)
-                else:
-                    self.hard_stop = True
-                    logger.warning("%s received again; stopping now", name)
-                    self._run_scope.cancel()
+                self._interrupt(signal.Signals(signum).name, watchers)
+
+    def _interrupt(self, name: str, watchers: anyio.abc.TaskGroup) -> None:
+        """A stop request (a signal, or the Ray driver's): the first stops sending, the second
+        stops now."""
+        if self.stop_status != Status.SKIPPED_INTERRUPTED:
+            self.stop_status = None  # an interrupt outranks a budget or abort stop
+            # No new request leaves: rows waiting on a limiter or a backoff come back
+            # skipped_interrupted at once; only requests already sent get the grace.
+            self._dispatcher.stop()
+            self._stop(
+                Status.SKIPPED_INTERRUPTED,
+                f"{name} received; finishing in-flight requests "
+                f"(up to {self.job.config.run.grace_s:g} s), then writing results",
+            )
+            watchers.start_soon(self._cancel_in_flight_after_grace)
+        else:
+            self.hard_stop = True
+            logger.warning("%s received again; stopping now", name)
+            self._run_scope.cancel()
 
     async def _cancel_in_flight_after_grace(self) -> None:
         await anyio.sleep(self.job.config.run.grace_s)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -86,6 +87,9 @@ class RunManifest(_Record):
     price_sha256: str | None = None
     sessions: tuple[SessionRecord, ...] = ()
     """The resume history, oldest first."""
+    engine: dict[str, Any] | None = None
+    """The latest session's engine when not the local one: `{"kind": "ray", "workers": N,
+    "nodes": [...]}`."""
 
     @classmethod
     def for_session(
