@@ -129,6 +129,8 @@ class _DriverRun(_Run):
     """The driver's session: everything a session does except sending."""
 
     engine_record: dict[str, Any] | None = None
+    limiter_calls = 0
+    """Calls the lease actor served (rate leases, budget leases, returns)."""
 
     def execute_on_ray(
         self, ray: Any, workers: int, batches: _BatchSource, classify: _Classify
@@ -159,6 +161,7 @@ class _DriverRun(_Run):
             "kind": "ray",
             "workers": workers,
             "nodes": sorted({result.node for result in results}),
+            "limiter_calls": self.limiter_calls,
         }
         if self.hard_stop:
             summary = self._summary(counts={}, report=None)
