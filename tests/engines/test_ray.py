@@ -239,19 +239,14 @@ def test_sigterm_at_the_driver_stops_every_worker(ray_cluster: Any, make_job: Jo
     assert counts["ok"] == sent_at_end
 
 
-def test_missing_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, make_job: JobFactory) -> None:
-    import builtins
+def test_cli_engine_flag(ray_cluster: Any, make_job: JobFactory) -> None:
+    from click.testing import CliRunner
 
-    from batchroute.errors import EngineUnavailableError
+    from batchroute.cli import main
 
-    real_import = builtins.__import__
-
-    def no_ray(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError("no ray")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_ray)
-    with pytest.raises(EngineUnavailableError, match=r"pip install 'batchroute\[ray\]'") as info:
-        _run(make_job(sample_rows(3)), engine="ray")
-    assert info.value.exit_code == ExitCode.BAD_INPUT
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(sample_rows(12), endpoint=_endpoint(sim))
+        result = CliRunner().invoke(main, ["run", str(job), "--engine", "ray", "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert int(sim.stats()["total"]) == 12
+    assert json.loads(Path("runs/t/run.json").read_text())["engine"]["kind"] == "ray"
