@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -41,11 +40,17 @@ from batchroute.engines.local import (
     _removed_unless_used,
     _Run,
 )
-from batchroute.engines.shard import RunControl, ShardResult, ShardSpec, run_shard
+from batchroute.engines.shard import (
+    RunControl,
+    ShardResult,
+    ShardSpec,
+    add_counts,
+    run_shard,
+)
 from batchroute.errors import EngineUnavailableError, OutputError
 from batchroute.logs import log_event, run_id_var
 from batchroute.pricing.prices import resolve_prices
-from batchroute.progress import Progress
+from batchroute.progress import Progress, TierCounts
 from batchroute.report import write_reports
 from batchroute.schema import Status
 from batchroute.store.assembly import assemble_results
@@ -241,23 +246,23 @@ class _DriverRun(_Run):
             for index in range(workers)
         ]
         pending = list(refs)
-        interval = cfg.run.progress_interval_s
-        last_log = time.monotonic()
-        with _stop_on_signals(ray, control, refs, self):
+        progress = self.progress
+        # The driver's own counts (invalid and reused rows) plus every worker's, as they report.
+        base = {tier: replace(counts) for tier, counts in progress.tiers.items()}
+        in_flight: dict[str, int] = {}
+        progress.watch(
+            lambda: in_flight,
+            tier_models={str(tier): model for tier, model in self._requested.items()},
+        )
+        with (
+            progress.live(run_id=self.run_id, total_rows=self.total_rows),
+            _stop_on_signals(ray, control, refs, self),
+        ):
             while pending:
-                _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
-                if time.monotonic() - last_log >= interval and pending:
-                    last_log = time.monotonic()
-                    settled, sent = ray.get(control.totals.remote())
-                    log_event(
-                        logger,
-                        "progress",
-                        f"{settled + self.reused_rows}/{self.total_rows} rows settled "
-                        f"({sent} sent) on {workers} Ray workers",
-                        rows_done=settled + self.reused_rows,
-                        rows_total=self.total_rows,
-                        sent_rows=sent,
-                    )
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.25)
+                tiers, in_flight = ray.get(control.progress.remote())
+                for tier, counts in base.items():
+                    progress.tiers[tier] = add_counts(counts, tiers.get(tier, TierCounts()))
         results: list[ShardResult] = []
         for ref in refs:
             try:
@@ -303,6 +308,7 @@ def _stop_on_signals(ray: Any, control: Any, refs: list[Any], run: _DriverRun) -
         received.append(name)
         if len(received) == 1:
             run.stop_status = Status.SKIPPED_INTERRUPTED
+            run.progress.stopping(f"{name} received; the workers finish their in-flight requests")
             log_event(
                 logger,
                 "warning",

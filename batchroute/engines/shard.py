@@ -18,10 +18,9 @@ import logging
 import os
 import re
 import socket
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from batchroute.engines.leases import LeasedBudget, LeasedLimiter, LeaseKeeper
 from batchroute.engines.local import RunOptions, _BatchSource, _Classify, _Run
 from batchroute.logs import run_id_var
 from batchroute.pricing.prices import PriceTable
-from batchroute.progress import Progress
+from batchroute.progress import Progress, TierCounts
 from batchroute.store.journal import JOURNAL_GLOB, Journal, compact_journal
 from batchroute.store.parts import completed_keys
 from batchroute.store.rundir import PARTS_DIR
@@ -149,6 +148,7 @@ class _ShardRun(_Run):
         done = completed_keys(self.run_dir, retry_failed=self.options.retry_failed)
         answered = rows["row_key"].is_in(done.implode())
         self.reused_rows = int(answered.sum())
+        self.progress.settled(rows.filter(answered)["tier"], status="reused")
         rows = rows.filter(~answered)
 
         def batches(*, batch_rows: int) -> Iterator[Batch]:
@@ -222,10 +222,9 @@ class _ShardRun(_Run):
         """Report progress to the driver; stop sending when it asks (its SIGTERM/SIGINT)."""
         stops = 0
         while True:
-            settled = self.journal.rows_committed + self.reused_rows
-            wanted: int = await self._control.report.remote(
-                self.spec.index, settled, self.sent_rows, time.time()
-            )
+            tiers = {tier: astuple(counts) for tier, counts in self.progress.tiers.items()}
+            in_flight = {name: lim.in_flight for name, lim in self._dispatcher.limiters.items()}
+            wanted: int = await self._control.report.remote(self.spec.index, tiers, in_flight)
             while stops < wanted:
                 stops += 1
                 self._interrupt("SIGTERM (at the driver)", watchers)
@@ -250,16 +249,29 @@ class RunControl:
 
     def __init__(self) -> None:
         self.stops = 0
-        self.progress: dict[int, tuple[int, int]] = {}
+        self.shards: dict[int, tuple[dict[str, tuple[Any, ...]], dict[str, int]]] = {}
 
-    def report(self, shard: int, settled: int, sent: int, at: float) -> int:
-        self.progress[shard] = (settled, sent)
+    def report(
+        self, shard: int, tiers: dict[str, tuple[Any, ...]], in_flight: dict[str, int]
+    ) -> int:
+        """A worker's progress counters (`TierCounts` as tuples); returns the stop requests."""
+        self.shards[shard] = (tiers, in_flight)
         return self.stops
 
     def stop(self) -> None:
         self.stops += 1
 
-    def totals(self) -> tuple[int, int]:
-        settled = sum(s for s, _ in self.progress.values())
-        sent = sum(s for _, s in self.progress.values())
-        return settled, sent
+    def progress(self) -> tuple[dict[str, TierCounts], dict[str, int]]:
+        """Every worker's counters added up per tier, and its in-flight requests per model."""
+        tiers: dict[str, TierCounts] = {}
+        in_flight: dict[str, int] = {}
+        for counts, flying in self.shards.values():
+            for tier, values in counts.items():
+                tiers[tier] = add_counts(tiers.get(tier, TierCounts()), TierCounts(*values))
+            for model, value in flying.items():
+                in_flight[model] = in_flight.get(model, 0) + value
+        return tiers, in_flight
+
+
+def add_counts(a: TierCounts, b: TierCounts) -> TierCounts:
+    return TierCounts(*(x + y for x, y in zip(astuple(a), astuple(b), strict=True)))
