@@ -606,26 +606,22 @@ class _Run:
     async def _watch_signals(self, watchers: anyio.abc.TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                self._interrupt(signal.Signals(signum).name, watchers)
-
-    def _interrupt(self, name: str, watchers: anyio.abc.TaskGroup) -> None:
-        """A stop request (a signal, or the Ray driver's): the first stops sending, the second
-        stops now."""
-        if self.stop_status != Status.SKIPPED_INTERRUPTED:
-            self.stop_status = None  # an interrupt outranks a budget or abort stop
-            # No new request leaves: rows waiting on a limiter or a backoff come back
-            # skipped_interrupted at once; only requests already sent get the grace.
-            self._dispatcher.stop()
-            self._stop(
-                Status.SKIPPED_INTERRUPTED,
-                f"{name} received; finishing in-flight requests "
-                f"(up to {self.job.config.run.grace_s:g} s), then writing results",
-            )
-            watchers.start_soon(self._cancel_in_flight_after_grace)
-        else:
-            self.hard_stop = True
-            logger.warning("%s received again; stopping now", name)
-            self._run_scope.cancel()
+                name = signal.Signals(signum).name
+                if self.stop_status != Status.SKIPPED_INTERRUPTED:
+                    self.stop_status = None  # an interrupt outranks a budget or abort stop
+                    # No new request leaves: rows waiting on a limiter or a backoff come back
+                    # skipped_interrupted at once; only requests already sent get the grace.
+                    self._dispatcher.stop()
+                    self._stop(
+                        Status.SKIPPED_INTERRUPTED,
+                        f"{name} received; finishing in-flight requests "
+                        f"(up to {self.job.config.run.grace_s:g} s), then writing results",
+                    )
+                    watchers.start_soon(self._cancel_in_flight_after_grace)
+                else:
+                    self.hard_stop = True
+                    logger.warning("%s received again; stopping now", name)
+                    self._run_scope.cancel()
 
     async def _cancel_in_flight_after_grace(self) -> None:
         await anyio.sleep(self.job.config.run.grace_s)

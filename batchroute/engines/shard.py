@@ -36,6 +36,7 @@ from batchroute.engines.local import RunOptions, _BatchSource, _Classify, _Run
 from batchroute.logs import run_id_var
 from batchroute.pricing.prices import PriceTable
 from batchroute.progress import Progress, TierCounts
+from batchroute.schema import Status
 from batchroute.store.journal import JOURNAL_GLOB, Journal, compact_journal
 from batchroute.store.parts import completed_keys
 from batchroute.store.rundir import PARTS_DIR
@@ -227,8 +228,24 @@ class _ShardRun(_Run):
             wanted: int = await self._control.report.remote(self.spec.index, tiers, in_flight)
             while stops < wanted:
                 stops += 1
-                self._interrupt("SIGTERM (at the driver)", watchers)
+                self._interrupt(watchers)
             await anyio.sleep(CONTROL_POLL_S)
+
+    def _interrupt(self, watchers: anyio.abc.TaskGroup) -> None:
+        """The driver's first stop request stops sending (as the local engine's first signal
+        does: in-flight requests get `run.grace_s`); a second stops at once."""
+        if self.stop_status != Status.SKIPPED_INTERRUPTED:
+            self.stop_status = None  # an interrupt outranks a budget or abort stop
+            self._dispatcher.stop()
+            self._stop(
+                Status.SKIPPED_INTERRUPTED,
+                "the driver received SIGTERM or SIGINT; finishing in-flight requests "
+                f"(up to {self.job.config.run.grace_s:g} s), then writing results",
+            )
+            watchers.start_soon(self._cancel_in_flight_after_grace)
+        else:
+            self.hard_stop = True
+            self._run_scope.cancel()
 
 
 def _unchanged(frame: pl.DataFrame) -> pl.DataFrame:
