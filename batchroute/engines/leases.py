@@ -1,13 +1,14 @@
 """One limit per model across a cluster: the lease actor, and the worker's side of its leases.
 
 `ClusterLimits` is a plain class that the Ray engine runs as one actor for the whole run. It holds,
-for every model with an `rpm`, the cluster's request rate cut into per-second *units*
-(`floor(rpm / 60)`, at least one), who holds how many, until when, and the model's cooldown; and
-the run's budget cap. A worker does not ask it per request: it *leases* a share of each model's
-rate (`units`, and the matching share of `rpm` and `tpm`) for `lease_s` seconds, long enough for
-about `LEASE_REQUESTS` requests, and paces its own requests against that share with the ordinary
-`ModelLimiter`. It renews the lease before it runs out and gives the units back when its shard is
-done. Likewise it leases budget in chunks and returns what it did not spend.
+for every model with an `rpm` (or a `tpm`), the cluster's rate cut into per-second *units*
+(`floor(rpm / 60)`, at least one; one per worker for a model with only a `tpm`), who holds how
+many, until when, and the model's cooldown; and the run's budget cap. A worker does not ask it
+per request: it *leases* a share of each model's rate (`units`, and the matching share of `rpm`
+and `tpm`) for `lease_s` seconds, long enough for about `LEASE_REQUESTS` requests, and paces its
+own requests against that share with the ordinary `ModelLimiter`. It renews the lease before it
+runs out and gives the units back when its shard is done. Likewise it leases budget in chunks
+and returns what it did not spend.
 
 Why this holds the limit: the shares granted at any moment sum to at most the model's rpm (and
 tpm), and each worker's limiter keeps its own share on every sliding second (at most
@@ -71,10 +72,11 @@ class Lease:
 class _ModelShares:
     __slots__ = ("holders", "rpm", "tpm", "units", "cooldown_until")
 
-    def __init__(self, rpm: int, tpm: int | None) -> None:
+    def __init__(self, rpm: int | None, tpm: int | None, *, workers: int) -> None:
         self.rpm = rpm
         self.tpm = tpm
-        self.units = max(1, rpm // 60)
+        # A model with only a tpm is cut into one unit per worker.
+        self.units = max(1, rpm // 60) if rpm is not None else max(1, workers)
         self.holders: dict[str, tuple[int, float]] = {}  # worker -> (units, held until)
         self.cooldown_until = 0.0
 
@@ -92,7 +94,9 @@ class ClusterLimits:
     ) -> None:
         self._clock = clock
         self._models = {
-            name: _ModelShares(rpm, tpm) for name, (rpm, tpm) in models.items() if rpm is not None
+            name: _ModelShares(rpm, tpm, workers=workers)
+            for name, (rpm, tpm) in models.items()
+            if rpm is not None or tpm is not None
         }
         self._workers = workers
         self._finished: set[str] = set()
@@ -121,9 +125,10 @@ class ClusterLimits:
         if units == 0:
             shares.holders.pop(worker, None)
             return Lease(0, None, None, STARVED_RETRY_S, cooldown_s)
-        rpm = shares.rpm * units // shares.units
+        rpm = None if shares.rpm is None else shares.rpm * units // shares.units
         tpm = None if shares.tpm is None else shares.tpm * units // shares.units
-        lease_s = min(MAX_LEASE_S, max(MIN_LEASE_S, LEASE_REQUESTS * 60 / rpm))
+        per_lease = MAX_LEASE_S / 3 if rpm is None else LEASE_REQUESTS * 60 / rpm
+        lease_s = min(MAX_LEASE_S, max(MIN_LEASE_S, per_lease))
         shares.holders[worker] = (units, now + lease_s + LEASE_GRACE_S)
         return Lease(units, rpm, tpm, lease_s, cooldown_s)
 

@@ -198,7 +198,7 @@ class _ShardRun(_Run):
         fleet = dispatcher.fleet
         leased: dict[str, LeasedLimiter] = {}
         for name, limiter in list(fleet.limiters.items()):
-            if limiter.rpm is None:
+            if limiter.rpm is None and limiter.tpm is None:
                 continue  # an unpaced model needs no share of a rate
             leased[name] = LeasedLimiter(limiter)
             fleet.limiters[name] = fleet.models[name].limiter = leased[name]

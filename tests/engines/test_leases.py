@@ -37,6 +37,13 @@ def test_shares_never_add_up_past_the_limit() -> None:
     assert limits.lease("w4#c", "m").units == 0
 
 
+def test_a_model_with_only_a_tpm_is_shared_too() -> None:
+    limits = ClusterLimits({"m": (None, 90_000)}, workers=3, max_cost_usd=None, clock=Clock())
+    leases = [limits.lease(f"w{i}#a", "m") for i in range(3)]
+    assert [(lease.rpm, lease.tpm) for lease in leases] == [(None, 30_000)] * 3
+    assert limits.lease("w3#b", "m").units == 0
+
+
 def test_a_dead_workers_units_come_back_when_its_lease_expires() -> None:
     clock = Clock()
     limits = ClusterLimits({"m": (120, None)}, workers=2, max_cost_usd=None, clock=clock)
