@@ -109,3 +109,26 @@ def _direct(limits: ClusterLimits):  # type: ignore[no-untyped-def]
         return getattr(limits, method)(*args)
 
     return call
+
+
+def test_a_pause_on_one_worker_reaches_the_others_at_their_next_lease() -> None:
+    limits = ClusterLimits({"m": (600, None)}, workers=2, max_cost_usd=None)
+    here = LeasedLimiter(ModelLimiter("m", rpm=600, tpm=None, max_concurrency=4))
+    there = LeasedLimiter(ModelLimiter("m", rpm=600, tpm=None, max_concurrency=4))
+    keepers = [
+        LeaseKeeper({"m": limiter}, worker=f"w{i}#a", call=_direct(limits))
+        for i, limiter in enumerate((here, there))
+    ]
+
+    async def main() -> None:
+        for keeper in keepers:
+            await keeper.start()
+        for _ in range(3):  # a cluster of 429s pauses the model here
+            here.rate_limited(5.0)
+        assert here.is_cooling() and not there.is_cooling()
+        with anyio.move_on_after(0.25):
+            await keepers[0].run()  # reports the pause to the actor
+        await keepers[1].renew("m")
+        assert there.is_cooling()
+
+    anyio.run(main)
