@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -62,6 +63,8 @@ from batchroute.store.rundir import select_run_dir
 
 __all__ = ["run_job_on_ray"]
 
+CONNECT_TIMEOUT_S = 5.0
+"""How long `--address HOST:PORT` may take to accept a connection before the run gives up."""
 TASK_RETRIES = 3
 """How many times Ray runs a shard again whose worker died."""
 
@@ -90,6 +93,7 @@ def run_job_on_ray(job: Job, options: RunOptions, *, progress: Progress) -> RunS
     engine = job.config.engine
     address = options.address or engine.address
     if not ray.is_initialized():
+        _check_reachable(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -128,6 +132,22 @@ def run_job_on_ray(job: Job, options: RunOptions, *, progress: Progress) -> RunS
         summary = run.execute_on_ray(ray, workers, dataset.batches, router.classify)
     _log_finished(summary)
     return summary
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            return
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise EngineUnavailableError(
+            f"cannot reach the Ray cluster at {address} ({reason}); start one with "
+            "`ray start --head` there, or check engine.address / --address"
+        ) from None
 
 
 class _DriverRun(_Run):

@@ -50,3 +50,20 @@ def test_missing_ray_is_a_clear_error(
         run_job(job, RunOptions(engine="ray"), progress=Progress(live=False, enabled=False))
     assert info.value.exit_code == ExitCode.BAD_INPUT
     assert not Path("runs").exists(), "nothing is written"
+
+
+def test_an_unreachable_cluster_is_a_clear_error(make_job: JobFactory) -> None:
+    ray = pytest.importorskip("ray", reason="needs ray to get as far as connecting")
+    import socket
+
+    if ray.is_initialized():
+        pytest.skip("this process is already connected to a cluster, which the run would use")
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    job = load_job(make_job(sample_rows(3)))
+    options = RunOptions(engine="ray", address=f"127.0.0.1:{port}")
+    with pytest.raises(EngineUnavailableError, match="cannot reach the Ray cluster") as info:
+        run_job(job, options, progress=Progress(live=False, enabled=False))
+    assert info.value.exit_code == ExitCode.BAD_INPUT
