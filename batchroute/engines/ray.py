@@ -3,9 +3,9 @@
 The driver (this process) does what the single-process session does before and after sending:
 it reads and classifies the input, records the rows it read, settles invalid and already
 answered rows, and at the end compacts every journal, assembles results.parquet and writes the
-reports and run.json. In between it cuts the rows left to send into `workers` shards by
-row-index range and runs each as a Ray task (`shard.run_shard`), which sends them through
-batchroute's own dispatcher. One `ClusterLimits` actor (`leases.py`) holds each model's rate and
+reports and run.json. While it reads, it cuts the input into `workers` shards by row-index range
+and, as soon as a shard's last row is read, runs the shard's rows left to send as a Ray task
+(`shard.run_shard`), which sends them through batchroute's own dispatcher. One `ClusterLimits` actor (`leases.py`) holds each model's rate and
 the budget cap for the whole cluster; one `RunControl` actor carries progress to the driver and
 stop requests to the workers.
 
@@ -20,7 +20,7 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from types import FrameType
@@ -172,9 +172,7 @@ class _DriverRun(_Run):
 
                     sim = stack.enter_context(EmbeddedSimulator(self.job.config.simulator))
                     base_urls["simulator"] = sim.base_url
-                rows = self._read_all(batches, classify, done)
-                if rows.height:
-                    results = self._send_on_cluster(ray, workers, rows, base_urls)
+                results = self._send_on_cluster(ray, workers, batches, classify, done, base_urls)
         except BaseException:
             self.journal.close()
             if self.sent_rows == 0 and previous is not None:
@@ -208,12 +206,20 @@ class _DriverRun(_Run):
         manifest = self._manifest(previous, finished=True, summary=summary)
         return manifest.model_copy(update={"engine": self.engine_record})
 
-    def _read_all(
-        self, batches: _BatchSource, classify: _Classify, done: pl.Series
-    ) -> pl.DataFrame:
-        """Read and classify the input; settle invalid and answered rows; return the rest."""
+    def _read(
+        self,
+        batches: _BatchSource,
+        classify: _Classify,
+        done: pl.Series,
+        *,
+        shards: int,
+        shard_rows: int,
+        submit: Callable[[int, pl.DataFrame], None],
+    ) -> None:
+        """Read and classify the input, settle invalid and answered rows, and hand the rest to
+        `submit` shard by shard (`shard_rows` input rows each) as soon as a shard is read."""
         remaining = self.options.limit
-        sendable: list[pl.DataFrame] = []
+        shard, held = 0, list[pl.DataFrame]()
         for batch in batches(batch_rows=self.job.config.run.batch_rows):
             if remaining is not None and remaining <= 0:
                 break
@@ -222,20 +228,34 @@ class _DriverRun(_Run):
                 remaining -= rows.height
             if batch.rejects.height:
                 self.rejects.append(batch.rejects)
-            sendable.append(self._prepare(rows, classify, done))
-        results, attempts = self.buffer.take()
-        self.journal.commit(results, attempts)  # the index, and the invalid rows
-        if not sendable:
-            return pl.DataFrame()
-        return pl.concat(sendable, how="diagonal_relaxed")
+            sendable = self._prepare(rows, classify, done)
+            results, attempts = self.buffer.take()
+            self.journal.commit(results, attempts)  # the index, and the invalid rows
+            parts = sendable.with_columns(_shard=pl.col("row_index") // shard_rows)
+            for (index,), part in parts.partition_by(
+                "_shard", as_dict=True, include_key=False, maintain_order=True
+            ).items():
+                while shard < int(index):
+                    submit(shard, _concat(held))
+                    shard, held = shard + 1, []
+                held.append(part)
+        submit(shard, _concat(held))
+        for index in range(shard + 1, shards):
+            submit(index, pl.DataFrame())  # nothing left to send in it
 
     def _send_on_cluster(
-        self, ray: Any, workers: int, rows: pl.DataFrame, base_urls: dict[str, str]
+        self,
+        ray: Any,
+        workers: int,
+        batches: _BatchSource,
+        classify: _Classify,
+        done: pl.Series,
+        base_urls: dict[str, str],
     ) -> list[ShardResult]:
         cfg = self.job.config
         cap = self.budget.max_cost_usd
         models = {name: (model.rpm, model.tpm) for name, model in cfg.models.items()}
-        workers = min(workers, rows.height)
+        workers = max(1, min(workers, self.total_rows))
         limits = (
             ray.remote(ClusterLimits)
             .options(num_cpus=0)
@@ -245,30 +265,23 @@ class _DriverRun(_Run):
         task = ray.remote(run_shard).options(
             num_cpus=1, max_retries=TASK_RETRIES, scheduling_strategy="SPREAD"
         )
-        size = -(-rows.height // workers)
         options = replace(self.options, limit=None)
-        refs = [
-            task.remote(
-                self.job,
-                options,
-                self.prices,
-                ShardSpec(
-                    index=index,
-                    run_id=self.run_id,
-                    run_dir=self.run_dir.resolve(),
-                    ordinal=self.journal.ordinal,
-                    base_urls=base_urls,
-                ),
-                rows.slice(index * size, size),
-                limits,
-                control,
+        refs: list[Any] = []
+
+        def submit(index: int, rows: pl.DataFrame) -> None:
+            if rows.height == 0:
+                limits.finish.remote(f"w{index}#empty")  # its share goes to the others
+                return
+            spec = ShardSpec(
+                index=index,
+                run_id=self.run_id,
+                run_dir=self.run_dir.resolve(),
+                ordinal=self.journal.ordinal,
+                base_urls=base_urls,
             )
-            for index in range(workers)
-        ]
-        pending = list(refs)
+            refs.append(task.remote(self.job, options, self.prices, spec, rows, limits, control))
+
         progress = self.progress
-        # The driver's own counts (invalid and reused rows) plus every worker's, as they report.
-        base = {tier: replace(counts) for tier, counts in progress.tiers.items()}
         in_flight: dict[str, int] = {}
         progress.watch(
             lambda: in_flight,
@@ -278,6 +291,17 @@ class _DriverRun(_Run):
             progress.live(run_id=self.run_id, total_rows=self.total_rows),
             _stop_on_signals(ray, control, refs, self),
         ):
+            self._read(
+                batches,
+                classify,
+                done,
+                shards=workers,
+                shard_rows=max(1, -(-self.total_rows // workers)),
+                submit=submit,
+            )
+            # The driver's own counts (invalid and reused rows) plus every worker's.
+            base = {tier: replace(counts) for tier, counts in progress.tiers.items()}
+            pending = list(refs)
             while pending:
                 _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.25)
                 tiers, in_flight = ray.get(control.progress.remote())
@@ -350,3 +374,7 @@ def _stop_on_signals(ray: Any, control: Any, refs: list[Any], run: _DriverRun) -
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
