@@ -5,9 +5,9 @@ it reads and classifies the input, records the rows it read, settles invalid and
 answered rows, and at the end compacts every journal, assembles results.parquet and writes the
 reports and run.json. While it reads, it cuts the input into `workers` shards by row-index range
 and, as soon as a shard's last row is read, runs the shard's rows left to send as a Ray task
-(`shard.run_shard`), which sends them through batchroute's own dispatcher. One `ClusterLimits` actor (`leases.py`) holds each model's rate and
-the budget cap for the whole cluster; one `RunControl` actor carries progress to the driver and
-stop requests to the workers.
+(`shard.run_shard`), which sends them through batchroute's own dispatcher. One `ClusterLimits`
+actor (`leases.py`) holds each model's rate and the budget cap for the whole cluster; one
+`RunControl` actor carries progress to the driver and stop requests to the workers.
 
 The run directory must be one directory that the driver and every worker see (a shared
 filesystem, see the README): workers write their journals there, fsynced, and the driver reads
