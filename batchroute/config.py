@@ -31,6 +31,7 @@ __all__ = [
     "CheckConfig",
     "ClassifierConfig",
     "EndpointConfig",
+    "EngineConfig",
     "InputConfig",
     "JudgeConfig",
     "Job",
@@ -401,6 +402,18 @@ class BatchConfig(_Section):
     poll_max_s: PositiveFloat = 60.0
 
 
+class EngineConfig(_Section):
+    """Where the rows are sent from: this process, or a Ray cluster (README: "Ray engine")."""
+
+    kind: Literal["local", "ray"] = "local"
+    """`local`: one process (the default). `ray`: shards of rows on Ray workers."""
+    address: str | None = None
+    """The Ray cluster to join (`auto`, `ray://host:10001`, `host:6379`); None starts a local
+    Ray instance. `--address` overrides it."""
+    workers: PositiveInt | None = None
+    """How many Ray workers (shards); default: the cluster's CPUs."""
+
+
 class JobConfig(_Section):
     """A whole job file."""
 
@@ -424,6 +437,7 @@ class JobConfig(_Section):
     cache: CacheConfig = CacheConfig()
     verify: VerifyConfig = VerifyConfig()
     simulator: SimConfig = SimConfig()
+    engine: EngineConfig = EngineConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -7,6 +7,7 @@
     ├── RunLockedError              another live process holds the run directory (exit 6)
     ├── RunAbortedError             the run cannot go on: bad key, every model gone (exit 4)
     ├── ClassifierModelError        a trained classifier file is missing or incompatible (exit 6)
+    ├── EngineUnavailableError      the chosen engine (ray) is not installed or unreachable (exit 6)
     └── OutputError                 a run directory or report cannot be read or written (exit 7)
         └── CacheError              the response cache file cannot be created or read
 
@@ -25,6 +26,7 @@ __all__ = [
     "CacheError",
     "ClassifierModelError",
     "DatasetError",
+    "EngineUnavailableError",
     "JobError",
     "OutputError",
     "PriceError",
@@ -148,3 +150,9 @@ class OutputError(BatchrouteError):
 
 class CacheError(OutputError):
     """The response cache file cannot be created, opened or read (corrupt, locked, foreign)."""
+
+
+class EngineUnavailableError(BatchrouteError):
+    """The engine the job or `--engine` chose cannot run here: not installed, or unreachable."""
+
+    exit_code: ExitCode = ExitCode.BAD_INPUT

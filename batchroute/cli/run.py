@@ -72,6 +72,15 @@ __all__ = ["run_command"]
     "a later run collects.",
 )
 @click.option("--quiet", is_flag=True, help="Only warnings and the closing lines; no tables.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    help="Send from this process (local) or from a Ray cluster (ray); overrides engine.kind.",
+)
+@click.option(
+    "--address",
+    help="The Ray cluster to join (auto, HOST:6379, ray://HOST:10001); overrides engine.address.",
+)
 def run_command(
     job_file: Path,
     limit: int | None,
@@ -85,6 +94,8 @@ def run_command(
     log_format: str,
     wait: bool,
     quiet: bool,
+    engine: str | None,
+    address: str | None,
 ) -> None:
     """Run JOB_FILE: classify every row, send it to its tier's model, write results and reports.
 
@@ -122,6 +133,8 @@ def run_command(
         wait=wait,
         no_cache=no_cache,
         refresh_cache=refresh_cache,
+        engine=engine,
+        address=address,
     )
     console = make_console(stderr=True)
     progress = Progress(

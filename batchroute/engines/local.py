@@ -89,6 +89,10 @@ class RunOptions:
     """`--no-cache`: the response cache is neither read nor written."""
     refresh_cache: bool = False
     """`--refresh-cache`: every request is sent, and its answer stored over the old one."""
+    engine: str | None = None
+    """`--engine`: `local` or `ray`, over the job's `engine.kind`."""
+    address: str | None = None
+    """`--address`: the Ray cluster to join, over the job's `engine.address`."""
 
 
 @dataclass(slots=True)
@@ -115,6 +119,10 @@ class RunSummary:
 
 def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
     """Run a job to the end (or to a clean stop) and write its results and reports."""
+    if (options.engine or job.config.engine.kind) == "ray":
+        from batchroute.engines.ray import run_job_on_ray
+
+        return run_job_on_ray(job, options, progress=progress)
     prices = resolve_prices(job)
     router = build_router(job)
     dataset = open_dataset(job)
@@ -219,12 +227,7 @@ class _Run:
         cap = options.max_cost_usd if options.max_cost_usd is not None else cfg.budget.max_cost_usd
         self.budget = Budget(cap)
         self.buffer = OutcomeBuffer(metadata_columns=self.metadata_columns)
-        self.journal = Journal(
-            run_dir,
-            session=run_id,
-            metadata_columns=self.metadata_columns,
-            part_rows=cfg.output.checkpoint_rows,
-        )
+        self.journal = self._open_journal()
         self.forecast = ForecastAccumulator(job, prices)
         self.rejects: list[pl.DataFrame] = []
         self.stop_status: str | None = None  # a Status.SKIPPED_* once the run stops sending
@@ -252,6 +255,14 @@ class _Run:
             for model in cfg.models
             if (price := prices.get(model)) is not None
         }
+
+    def _open_journal(self) -> Journal:
+        return Journal(
+            self.run_dir,
+            session=self.run_id,
+            metadata_columns=self.metadata_columns,
+            part_rows=self.job.config.output.checkpoint_rows,
+        )
 
     # -- the session -------------------------------------------------------------------------
 
@@ -348,10 +359,7 @@ class _Run:
                 tier_models={str(tier): model for tier, model in self._requested.items()},
                 budget=self.budget,
             )
-            # Signals reach only the main thread (anyio refuses elsewhere): the Python API runs
-            # a job in a worker thread when the caller's thread already has an event loop.
-            if threading.current_thread() is threading.main_thread():
-                watchers.start_soon(self._watch_signals, watchers)
+            self._start_watchers(watchers)
             watchers.start_soon(self._flush_periodically)
             try:
                 with anyio.CancelScope() as self._run_scope:
@@ -695,6 +703,12 @@ class _Run:
             self._slots.release()
 
     # -- stopping -----------------------------------------------------------------------------
+
+    def _start_watchers(self, watchers: anyio.abc.TaskGroup) -> None:
+        # Signals reach only the main thread (anyio refuses elsewhere): the Python API runs
+        # a job in a worker thread when the caller's thread already has an event loop.
+        if threading.current_thread() is threading.main_thread():
+            watchers.start_soon(self._watch_signals, watchers)
 
     async def _watch_signals(self, watchers: anyio.abc.TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

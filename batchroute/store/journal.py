@@ -101,15 +101,20 @@ class Journal:
         session: str,
         metadata_columns: Sequence[str] = (),
         part_rows: int = 1000,
+        recover: bool = True,
+        ordinal: int | None = None,
     ) -> None:
+        """`recover=False, ordinal=N`: for one of several sessions writing the run directory at
+        once (a Ray worker): leave the others' journals alone and share the driver's ordinal."""
         self.run_dir = Path(run_dir)
         self.parts_dir = self.run_dir / PARTS_DIR
         self.metadata_columns = tuple(metadata_columns)
         self.part_rows = part_rows
         try:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
-            recover_journals(self.run_dir, part_rows=part_rows)
-            self.ordinal = next_ordinal(self.run_dir)
+            if recover:
+                recover_journals(self.run_dir, part_rows=part_rows)
+            self.ordinal = ordinal if ordinal is not None else next_ordinal(self.run_dir)
             self.path = self.parts_dir / journal_name(self.ordinal, session)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
             fsync_dir(self.parts_dir)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -97,6 +98,9 @@ class RunManifest(_Record):
     cache_saved_usd: Decimal = Decimal(0)
     """Their list cost: what they would have cost to send again."""
     """The resume history, oldest first."""
+    engine: dict[str, Any] | None = None
+    """The latest session's engine when not the local one: `{"kind": "ray", "workers": N,
+    "nodes": [...]}`."""
 
     @classmethod
     def for_session(

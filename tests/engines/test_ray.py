@@ -1,0 +1,255 @@
+"""The Ray engine on a local multi-node cluster, against the simulator over loopback.
+
+One cluster for the whole session (`ray.cluster_utils.Cluster`: a head and two worker nodes,
+one CPU each); each test runs a job with the test process as the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from batchroute.config import load_job
+from batchroute.engines.local import RunOptions, RunSummary, run_job
+from batchroute.exitcodes import ExitCode
+from batchroute.progress import Progress
+from batchroute.sim import EmbeddedSimulator
+from batchroute.sim.config import SimConfig
+from tests.conftest import sample_rows
+
+ray = pytest.importorskip("ray", reason="the Ray engine's tests need ray: pip install -e '.[ray]'")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+JobFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    cluster = cluster_utils.Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False},
+    )
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _run(job_path: Path, **options: Any) -> RunSummary:
+    job = load_job(job_path)
+    return run_job(job, RunOptions(**options), progress=Progress(live=False, enabled=False))
+
+
+def _endpoint(sim: EmbeddedSimulator) -> dict[str, Any]:
+    return {"base_url": sim.base_url, "api_key_env": None, "timeout_s": 10}
+
+
+def _one_model(**model: Any) -> dict[str, Any]:
+    """Every tier on one model, so one limit governs every row."""
+    return {
+        "tiers": {"complex": "m", "standard": "m", "structured": "m", "bulk": "m"},
+        "models": {"m": {"input_per_mtok": 3, "output_per_mtok": 15, **model}},
+        "baseline_model": "m",
+    }
+
+
+def test_same_results_as_the_local_engine(ray_cluster: Any, make_job: JobFactory) -> None:
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(sample_rows(60), endpoint=_endpoint(sim))
+        local = _run(job, run_dir=Path("runs/local"))
+        on_ray = _run(job, run_dir=Path("runs/ray"), engine="ray")
+    assert local.exit_code == on_ray.exit_code == ExitCode.OK
+    columns = ["id", "row_index", "row_key", "tier", "model_used", "status", "content"]
+    columns += ["input_tokens", "output_tokens", "cost_usd"]
+    a = pl.read_parquet("runs/local/results.parquet")
+    b = pl.read_parquet("runs/ray/results.parquet")
+    assert a.schema == b.schema
+    assert a.height == b.height == 60
+    assert a.select(columns).equals(b.select(columns))
+    assert a["cost_usd"].sum() == b["cost_usd"].sum() == local.cost_usd == on_ray.cost_usd
+    attempts_a = pl.read_parquet("runs/local/attempts.parquet")
+    attempts_b = pl.read_parquet("runs/ray/attempts.parquet")
+    assert attempts_a.schema == attempts_b.schema and attempts_a.height == attempts_b.height
+    manifest = json.loads(Path("runs/ray/run.json").read_text())
+    assert manifest["engine"]["kind"] == "ray"
+    assert manifest["engine"]["workers"] == 3
+    assert len(manifest["engine"]["nodes"]) >= 2, "SPREAD puts the shards on several nodes"
+
+
+def test_resume_across_engines(ray_cluster: Any, make_job: JobFactory) -> None:
+    """A run started on the local engine goes on on Ray, and finishes on the local engine."""
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(sample_rows(30), endpoint=_endpoint(sim))
+        first = _run(job, run_dir=Path("runs/x"), limit=10)
+        assert first.sent_rows == 10
+        second = _run(job, run_dir=Path("runs/x"), engine="ray", limit=20)
+        assert (second.reused_rows, second.sent_rows) == (10, 10)
+        third = _run(job, run_dir=Path("runs/x"))
+        sent = int(sim.stats()["total"])
+    assert third.exit_code == ExitCode.OK
+    assert (third.reused_rows, third.sent_rows) == (20, 10)
+    assert sent == 30, "no row is paid twice"
+    results = pl.read_parquet("runs/x/results.parquet")
+    assert results["row_index"].to_list() == list(range(30))
+    assert results["status"].unique().to_list() == ["ok"]
+
+
+def test_the_limit_is_cluster_wide(ray_cluster: Any, make_job: JobFactory) -> None:
+    """The server admits 600 rpm and at most 10 in any one second; three workers together
+    stay inside both: no self-caused 429s, and no second (or minute) window over."""
+    rpm = 600
+    sim_config = SimConfig(default={"rpm": rpm, "per_second": True})  # type: ignore[arg-type]
+    with EmbeddedSimulator(sim_config) as sim:
+        job = make_job(sample_rows(90), endpoint=_endpoint(sim), **_one_model(rpm=rpm))
+        summary = _run(job, engine="ray")
+        stats = sim.stats()
+    assert summary.exit_code == ExitCode.OK, summary.message
+    assert stats["limited"] == {}, f"self-caused 429s: {stats}"
+    attempts = pl.read_parquet("runs/t/attempts.parquet")
+    assert attempts.height == 90
+    starts = attempts["started_at"].sort().dt.epoch("us").to_numpy() / 1e6
+    # every sliding one-second window (the client's send stamps) holds at most rpm/60
+    ends = starts.searchsorted(starts + 1.0, side="left")
+    per_second = int((ends - range(len(starts))).max())
+    assert per_second <= rpm // 60
+    minute = starts.searchsorted(starts + 60.0, side="left")
+    assert int((minute - range(len(starts))).max()) <= rpm
+
+
+def test_budget_cap_holds_across_workers(ray_cluster: Any, make_job: JobFactory) -> None:
+    cap = Decimal("0.01")
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(
+            sample_rows(120),
+            endpoint=_endpoint(sim),
+            budget={"max_cost_usd": 0.01},
+            **_one_model(rpm=600, max_concurrency=4),  # paced: every worker sends when the cap hits
+        )
+        summary = _run(job, engine="ray")
+    attempts = pl.read_parquet("runs/t/attempts.parquet")
+    assert Decimal(str(attempts["cost_usd"].sum())) <= cap
+    assert summary.cost_usd <= cap
+    assert summary.exit_code == ExitCode.BUDGET
+    results = pl.read_parquet("runs/t/results.parquet")
+    assert results.height == 120
+    counts = dict(results["status"].value_counts().iter_rows())
+    assert counts.get("skipped_budget", 0) > 0 and counts.get("ok", 0) > 0
+    workers_that_sent = len(set(attempts["row_index"] * 3 // 120))
+    assert workers_that_sent >= 2, "the cap was shared, not spent by one worker"
+
+
+def test_worker_death_loses_and_repeats_no_row(ray_cluster: Any, make_job: JobFactory) -> None:
+    """Kill a worker process mid-run: Ray retries its shard, which resumes from its journal."""
+    rows = 60
+    sim_config = SimConfig(default={"latency_ms": 30})  # type: ignore[arg-type]
+    with EmbeddedSimulator(sim_config) as sim:
+        job = make_job(
+            sample_rows(rows),
+            endpoint=_endpoint(sim),
+            run={"max_in_flight": 4},
+            **_one_model(rpm=1200, max_concurrency=2),
+        )
+        killed: list[int] = []
+        done = threading.Event()
+
+        def kill_a_worker() -> None:
+            while not done.is_set():
+                if int(sim.stats()["total"]) >= 30:
+                    pid = _a_shard_worker_pid()
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                    return
+                done.wait(0.01)
+
+        killer = threading.Thread(target=kill_a_worker)
+        killer.start()
+        try:
+            summary = _run(job, engine="ray")
+        finally:
+            done.set()
+            killer.join()
+        good = int(sim.stats()["requests"]["m"].get("200", 0))
+    assert killed, "a worker was killed mid-run"
+    assert summary.exit_code == ExitCode.OK, summary.message
+    results = pl.read_parquet("runs/t/results.parquet")
+    assert results["row_index"].to_list() == list(range(rows)), "every row exactly once"
+    assert results["status"].unique().to_list() == ["ok"]
+    # A row holds its slot until its answer is durable: the dead worker re-buys at most its
+    # run.max_in_flight rows (requests in flight and answers not yet committed).
+    assert rows <= good <= rows + 4
+
+
+def _a_shard_worker_pid() -> int | None:
+    """The pid of a Ray worker process running a shard task now (Ray titles it so)."""
+    import psutil
+
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        if cmdline.startswith("ray::run_shard"):
+            return int(process.info["pid"])
+    return None
+
+
+def test_sigterm_at_the_driver_stops_every_worker(ray_cluster: Any, make_job: JobFactory) -> None:
+    sim_config = SimConfig(default={"latency_ms": 20})  # type: ignore[arg-type]
+    with EmbeddedSimulator(sim_config) as sim:
+        job = make_job(
+            sample_rows(300),
+            endpoint=_endpoint(sim),
+            run={"grace_s": 2},
+            **_one_model(rpm=600),
+        )
+        done = threading.Event()
+
+        def terminate() -> None:
+            while not done.is_set():
+                if int(sim.stats()["total"]) >= 10:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+                done.wait(0.01)
+
+        killer = threading.Thread(target=terminate)
+        killer.start()
+        try:
+            summary = _run(job, engine="ray")
+        finally:
+            done.set()
+            killer.join()
+        sent_at_end = int(sim.stats()["total"])
+        time.sleep(0.5)
+        assert int(sim.stats()["total"]) == sent_at_end, "nothing is sent after the run ends"
+    assert summary.exit_code == ExitCode.INTERRUPTED
+    results = pl.read_parquet("runs/t/results.parquet")
+    assert results.height == 300
+    counts = dict(results["status"].value_counts().iter_rows())
+    assert counts["skipped_interrupted"] > 200
+    assert counts["ok"] == sent_at_end
+
+
+def test_cli_engine_flag(ray_cluster: Any, make_job: JobFactory) -> None:
+    from click.testing import CliRunner
+
+    from batchroute.cli import main
+
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(sample_rows(12), endpoint=_endpoint(sim))
+        result = CliRunner().invoke(main, ["run", str(job), "--engine", "ray", "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert int(sim.stats()["total"]) == 12
+    assert json.loads(Path("runs/t/run.json").read_text())["engine"]["kind"] == "ray"
