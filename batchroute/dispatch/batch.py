@@ -538,14 +538,7 @@ class BatchRunner:
                 record.error_type, record.action = ErrorType.CONTENT_FILTER, Action.FALLBACK
                 return None, ErrorType.CONTENT_FILTER
             outcome = self._outcome(sub, Status.OK)
-            outcome.model_used = sub.model
-            outcome.content = completion.content
-            outcome.finish_reason = completion.finish_reason
-            outcome.input_tokens = completion.input_tokens
-            outcome.output_tokens = completion.output_tokens
-            outcome.cached_tokens = completion.cached_tokens
-            outcome.reasoning_tokens = completion.reasoning_tokens
-            outcome.latency_ms = latency_ms
+            outcome.keep_answer(sub.model, completion, latency_ms=latency_ms)
             outcome.batch = True
             return outcome, None
         key = self._client(sub.model).api_key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 __all__ = ["AttemptRecord", "RowOutcome", "RowRequest"]
 
@@ -51,6 +52,23 @@ class AttemptRecord:
     """Whether the attempt was a judge grading an answer (its cost is reported apart)."""
 
 
+class Answer(Protocol):
+    """An answer's text and usage, as a completion or the response cache gives them."""
+
+    @property
+    def content(self) -> str | None: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cached_tokens(self) -> int: ...
+    @property
+    def reasoning_tokens(self) -> int: ...
+
+
 @dataclass(slots=True)
 class RowOutcome:
     """What happened to one row: its answer or the reason it has none, and every attempt."""
@@ -87,3 +105,14 @@ class RowOutcome:
     """Answered through the Batch API (priced at batch rates)."""
     cache_hit: bool = False
     """Answered from the response cache (`batchroute.cache`): nothing was sent or paid."""
+
+    def keep_answer(self, model: str, answer: Answer, *, latency_ms: float | None) -> None:
+        """Keep `answer`, from `model`, as the row's answer: its text, finish reason and usage."""
+        self.model_used = model
+        self.content = answer.content
+        self.finish_reason = answer.finish_reason
+        self.input_tokens = answer.input_tokens
+        self.output_tokens = answer.output_tokens
+        self.cached_tokens = answer.cached_tokens
+        self.reasoning_tokens = answer.reasoning_tokens
+        self.latency_ms = latency_ms

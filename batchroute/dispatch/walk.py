@@ -612,16 +612,8 @@ class RowWalk:
         outcome.latency_ms = latency_ms
 
     def _succeed(self, model: ModelState, completion: Completion, latency_ms: float) -> RowOutcome:
-        outcome = self.outcome
-        outcome.answered_tier = self.plan.tier
-        outcome.model_used = model.name
-        outcome.content = completion.content
-        outcome.finish_reason = completion.finish_reason
-        outcome.input_tokens = completion.input_tokens
-        outcome.output_tokens = completion.output_tokens
-        outcome.cached_tokens = completion.cached_tokens
-        outcome.reasoning_tokens = completion.reasoning_tokens
-        outcome.latency_ms = latency_ms
+        self.outcome.answered_tier = self.plan.tier
+        self.outcome.keep_answer(model.name, completion, latency_ms=latency_ms)
         self.fleet.count_answer(self.row, model, completion)
         if self.cache is not None:  # the policy accepted it: not filtered, JSON when asked
             self.cache.store(
@@ -633,12 +625,6 @@ class RowWalk:
         """The row answered by the response cache: nothing sent for it on this model."""
         outcome = self.outcome
         outcome.answered_tier = self.plan.tier
-        outcome.model_used = model.name
-        outcome.content = cached.content
-        outcome.finish_reason = cached.finish_reason
-        outcome.input_tokens = cached.input_tokens
-        outcome.output_tokens = cached.output_tokens
-        outcome.cached_tokens = cached.cached_tokens
-        outcome.reasoning_tokens = cached.reasoning_tokens
+        outcome.keep_answer(model.name, cached, latency_ms=None)
         outcome.cache_hit = True
         return self._finish(Status.OK, None, None)
