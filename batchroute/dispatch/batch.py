@@ -7,6 +7,13 @@ polls (`batches.retrieve`, with backoff; `batches.cancel` past `batch.deadline_h
 `custom_id`, which is the row key. Request
 bodies are the online path's (`walk.plan_tiers`, so `params.adapt_body` shaped them).
 
+Held rows are spooled, not kept: each input batch's held rows (context and request) are written
+to an Arrow IPC file under `<run_dir>/batch_spool/` as they arrive, and only what is small per row
+stays in memory (row key, tier, token counts, the size of its input line). A file's rows are read
+back from the spool when it is submitted, collected or sent online, so memory stays bounded
+however many rows go through the Batch API. The spool belongs to one session (a rerun reads the
+input again) and is removed when `finish` returns.
+
 Every submission is written to the run directory's ledger (`store.batchledger`) before waiting
 begins, so a rerun polls what an earlier session submitted and submits no row twice. Each ending:
 
@@ -24,9 +31,11 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Final
 
@@ -40,6 +49,7 @@ from batchroute.dispatch.batchfiles import (
     MAX_FILE_BYTES,
     MAX_FILE_REQUESTS,
     Line,
+    file_numbers,
     read_line,
     request_lines,
     split_files,
@@ -71,6 +81,9 @@ _TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
 _UNANSWERED: Final = "unanswered"
 """A line the batch never ran (expired, cancelled): resubmitted like a retryable error."""
 _REQUEST_COLUMNS: Final = ("messages", "prompt_tokens", "prompt_token_bound")
+_INDEX_COLUMNS: Final = ("row_key", "tier", "prompt_tokens", "prompt_token_bound", "_bytes")
+"""What stays in memory of a held row; the rest waits in the spool."""
+SPOOL_DIR: Final = "batch_spool"
 
 logger = logging.getLogger("batchroute")
 
@@ -87,6 +100,7 @@ class _Queued:
 
     submission: Submission
     rows: pl.DataFrame
+    """The file's rows as the index holds them (`_INDEX_COLUMNS`): no messages."""
     reserved_usd: float = 0.0
 
 
@@ -126,7 +140,11 @@ class BatchRunner:
         self.budget = budget
         self.ledger = BatchLedger(run_dir)
         self.run_name = f"{cfg.name}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        self.spool_dir = Path(run_dir) / SPOOL_DIR
+        self._spooled: list[Path] = []
         self._frames: list[pl.DataFrame] = []
+        """The index of held rows (`_INDEX_COLUMNS`), one frame per input batch."""
+        self._context_columns: tuple[str, ...] = ()
         self._queue: list[_Queued] = []
         self._open: dict[str, tuple[Submission, float]] = {}
         self._history: dict[str, list[AttemptRecord]] = {}
@@ -140,7 +158,8 @@ class BatchRunner:
 
     def __repr__(self) -> str:
         return (
-            f"<BatchRunner tiers={sorted(self.tiers)} [queued: {len(self._queue)}, "
+            f"<BatchRunner tiers={sorted(self.tiers)} [spooled files: {len(self._spooled)}, "
+            f"held in memory: {self.held_bytes()} bytes, queued: {len(self._queue)}, "
             f"open: {len(self._open)}, submitted rows: {self.submitted_rows}, "
             f"collected rows: {self.collected_rows}]>"
         )
@@ -149,10 +168,59 @@ class BatchRunner:
         """Whether the tier's rows go through the Batch API."""
         return tier in self.tiers
 
-    def hold(self, frame: pl.DataFrame, context_columns: Sequence[str]) -> None:
-        """Keep rows of batch-mode tiers (context columns and request) until the input is read."""
-        if frame.height:
-            self._frames.append(frame.select(*context_columns, *_REQUEST_COLUMNS))
+    async def hold(self, frame: pl.DataFrame, context_columns: Sequence[str]) -> None:
+        """Spool rows of batch-mode tiers (context and request) until the input is read."""
+        if frame.height == 0:
+            return
+        self._context_columns = tuple(context_columns)
+        rows = frame.select(*context_columns, *_REQUEST_COLUMNS)
+        path = self.spool_dir / f"{len(self._spooled):06d}.arrow"
+        await anyio.to_thread.run_sync(self._spool, rows, path)
+        self._spooled.append(path)
+        self._frames.append(rows.with_columns(_bytes=self._line_bytes(rows)).select(_INDEX_COLUMNS))
+
+    def held_bytes(self) -> int:
+        """The in-memory size of the rows held so far (their index; the rows are spooled)."""
+        return sum(int(frame.estimated_size()) for frame in self._frames)
+
+    def _spool(self, rows: pl.DataFrame, path: Path) -> None:
+        if not self._spooled:  # an earlier session's spool: this session reads the input again
+            shutil.rmtree(self.spool_dir, ignore_errors=True)
+            self.spool_dir.mkdir(parents=True)
+        rows.write_ipc(path)
+
+    def _line_bytes(self, rows: pl.DataFrame) -> pl.Series:
+        """Each row's input line size in bytes, newline included: files are cut by it."""
+        sizes = pl.Series("_bytes", [0] * rows.height, dtype=pl.Int64)
+        if rows.height == 0:
+            return sizes
+        position = pl.int_range(pl.len()).alias("_position")
+        parts = []
+        for (tier,), part in rows.with_columns(position).partition_by("tier", as_dict=True).items():
+            plan = self.plans.get(str(tier)) or self.plans["standard"]
+            lines = request_lines(part, plan.bodies[plan.chain[0]])
+            parts.append(
+                pl.DataFrame({"_position": part["_position"], "_bytes": lines.str.len_bytes() + 1})
+            )
+        return pl.concat(parts).sort("_position")["_bytes"].cast(pl.Int64)
+
+    def _read(self, keys: Sequence[str]) -> pl.DataFrame:
+        """The spooled rows of these keys, in the keys' order, read one spool file at a time."""
+        wanted = pl.DataFrame({"row_key": list(keys)}, schema={"row_key": pl.String})
+        found = [
+            pl.scan_ipc(path).filter(pl.col("row_key").is_in(wanted["row_key"])).collect()
+            for path in self._spooled
+        ]
+        rows = pl.concat(found, how="vertical_relaxed")
+        return wanted.join(rows, on="row_key", how="inner", maintain_order="left")
+
+    def _contexts_of(self, keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """Each key's context tuple (the columns the outcome buffer expects), from the spool."""
+        if not keys:
+            return {}
+        rows = self._read(keys)
+        contexts = rows.select(self._context_columns).iter_rows()
+        return dict(zip(rows["row_key"], contexts, strict=True))
 
     # -- the whole life ------------------------------------------------------------------------
 
@@ -167,13 +235,28 @@ class BatchRunner:
         context_columns: Sequence[str],
     ) -> None:
         """Submit what is new, resume what was submitted, and (waiting) collect everything."""
+        self._context_columns = tuple(context_columns)
+        try:
+            await self._finish(dispatcher, wait=wait, settle=settle, flush=flush, stopping=stopping)
+        finally:
+            shutil.rmtree(self.spool_dir, ignore_errors=True)
+            self._spooled = []
+
+    async def _finish(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        wait: bool,
+        settle: Settle,
+        flush: Callable[[], Awaitable[None]],
+        stopping: Callable[[], bool],
+    ) -> None:
         rows = pl.concat(self._frames, how="vertical_relaxed") if self._frames else None
         self._frames = []
         if rows is None:
-            rows = pl.DataFrame()
+            rows = pl.DataFrame(schema={"row_key": pl.String})
         self._rows = rows
         self._positions = {key: i for i, key in enumerate(rows["row_key"])} if rows.height else {}
-        self._contexts = rows.select(context_columns) if rows.height else rows
         self._settle = settle
         self._flush = flush
         self._dispatcher = dispatcher
@@ -206,20 +289,21 @@ class BatchRunner:
     def _settle_stopped(self) -> None:
         """The run was stopped while batches were open: say where each waiting row is."""
         for sub, _ in self._open.values():
-            for key in sub.row_keys:
-                if key in self._positions:
-                    self._settle_row(
-                        key,
-                        self._unsent(
-                            sub,
-                            f"submitted in batch {sub.batch_id}, still open when the run was "
-                            "stopped; rerun the same command to collect it",
-                        ),
-                    )
-        for item in self._queue:
-            for key in item.rows["row_key"]:
+            contexts = self._contexts_of([k for k in sub.row_keys if k in self._positions])
+            for key, context in contexts.items():
                 self._settle_row(
-                    key, self._unsent(item.submission, "not sent: the run was stopped")
+                    key,
+                    self._unsent(
+                        sub,
+                        f"submitted in batch {sub.batch_id}, still open when the run was "
+                        "stopped; rerun the same command to collect it",
+                    ),
+                    context,
+                )
+        for item in self._queue:
+            for key, context in self._contexts_of(item.rows["row_key"].to_list()).items():
+                self._settle_row(
+                    key, self._unsent(item.submission, "not sent: the run was stopped"), context
                 )
 
     def _unsent(self, sub: Submission, message: str) -> RowOutcome:
@@ -249,9 +333,8 @@ class BatchRunner:
             plan = self.plans.get(str(tier)) or self.plans["standard"]
             model = plan.chain[0]
             tokens = part["prompt_tokens"] + plan.reserved_output_tokens[model]
-            lines = request_lines(part, plan.bodies[model])
             limit = self.config.models[model].batch_max_enqueued_tokens
-            files = split_files(lines, tokens, max_tokens=limit)
+            files = file_numbers(part["_bytes"], tokens, max_tokens=limit)
             for (_,), chunk in (
                 part.with_columns(_file=files, _tokens=tokens)
                 .partition_by("_file", as_dict=True, maintain_order=True)
@@ -314,8 +397,10 @@ class BatchRunner:
         sub.name = self.ledger.next_name()
         self.ledger.record(sub)  # preparing: a crash from here re-uploads, nothing is billed
         plan = self.plans.get(sub.tier) or self.plans["standard"]
-        lines = request_lines(item.rows, plan.bodies[sub.model])
+        rows = await anyio.to_thread.run_sync(self._read, sub.row_keys)
+        lines = request_lines(rows, plan.bodies[sub.model])
         data = ("\n".join(lines.to_list()) + "\n").encode()
+        del rows, lines
         client = self._client(sub.model)
         try:
             uploaded = await client.files.create(
@@ -453,6 +538,8 @@ class BatchRunner:
         latency_ms = (_now() - submitted_at).total_seconds() * 1000
         price = self.prices.get(sub.model)
         rates = FloatRates.of(price.batch_price()) if price is not None else None
+        here = [key for key in sub.row_keys if key in self._positions]
+        contexts = await anyio.to_thread.run_sync(self._contexts_of, here)
         for number, key in enumerate(sub.row_keys, 1):
             if key not in self._positions:
                 continue  # not in this session's input (--limit): left for the run that has it
@@ -473,7 +560,7 @@ class BatchRunner:
                     reasoning_tokens=outcome.reasoning_tokens,
                 )
             if outcome is not None:
-                self._settle_row(key, outcome)
+                self._settle_row(key, outcome, contexts[key])
                 if number % _COLLECT_FLUSH_ROWS == 0:
                     await self._flush()  # bounded: answers go to the journal as they are read
             elif error_type is not None:
@@ -611,7 +698,7 @@ class BatchRunner:
             rows = self._rows.filter(pl.col("row_key").is_in(again))
             self._enqueue(rows, round=sub.round + 1, first_submitted_at=first)
 
-    def _settle_row(self, key: str, outcome: RowOutcome) -> None:
+    def _settle_row(self, key: str, outcome: RowOutcome, context: tuple[Any, ...]) -> None:
         records = self._history.pop(key, [])
         online = outcome.attempt_records
         for record in online:
@@ -619,28 +706,29 @@ class BatchRunner:
         outcome.attempt_records = [*records, *online]
         outcome.attempts += len(records)
         self.collected_rows += 1
-        self._settle(self._contexts.row(self._positions[key]), outcome)
+        self._settle(context, outcome)
 
     def _settle_skipped(
         self, rows: pl.DataFrame, status: str, error_type: str, message: str
     ) -> None:
-        for key in rows["row_key"]:
+        for key, context in self._contexts_of(rows["row_key"].to_list()).items():
             outcome = RowOutcome(
                 status=status,
                 model_requested=self._rows["tier"][self._positions[key]] and "",
                 error_type=error_type,
                 error_message=message,
             )
-            self._settle_row(key, outcome)
+            self._settle_row(key, outcome, context)
 
     async def _go_online(self, flush: Callable[[], Awaitable[None]]) -> None:
         """Send rows the Batch API could not answer down their tier's chain, online."""
         keys, self._online = self._online, []
         if keys:
             limiter = anyio.CapacityLimiter(self.config.run.max_in_flight)
-            rows = self._rows.filter(pl.col("row_key").is_in(keys))
+            rows = await anyio.to_thread.run_sync(self._read, keys)
+            contexts = rows.select(self._context_columns)
 
-            async def send(row: dict[str, Any]) -> None:
+            async def send(row: dict[str, Any], context: tuple[Any, ...]) -> None:
                 async with limiter:
                     request = RowRequest(
                         id=row["id"],
@@ -651,11 +739,14 @@ class BatchRunner:
                         prompt_tokens=row["prompt_tokens"],
                         prompt_token_bound=row["prompt_token_bound"],
                     )
-                    self._settle_row(row["row_key"], await self._dispatcher.dispatch(request))
+                    outcome = await self._dispatcher.dispatch(request)
+                    self._settle_row(row["row_key"], outcome, context)
 
             async with anyio.create_task_group() as group:
-                for row in rows.iter_rows(named=True):
-                    group.start_soon(send, row)
+                for row, context in zip(
+                    rows.iter_rows(named=True), contexts.iter_rows(), strict=True
+                ):
+                    group.start_soon(send, row, context)
         await flush()
         for sub in self._pending_ledger:  # their rows are durable in the journal now
             self.ledger.record(sub)

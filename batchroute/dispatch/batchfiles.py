@@ -22,6 +22,7 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_FILE_REQUESTS",
     "Line",
+    "file_numbers",
     "read_line",
     "request_lines",
     "split_files",
@@ -59,13 +60,31 @@ def split_files(
     max_bytes: int = MAX_FILE_BYTES,
     max_tokens: int | None = None,
 ) -> pl.Series:
-    """A file number per line, so that no file passes the request, byte or token limit.
+    """A file number per line, so that no file passes the request, byte or token limit."""
+    return file_numbers(
+        lines.str.len_bytes() + 1,
+        tokens,
+        max_requests=max_requests,
+        max_bytes=max_bytes,
+        max_tokens=max_tokens,
+    )
+
+
+def file_numbers(
+    line_bytes: pl.Series,
+    tokens: pl.Series,
+    *,
+    max_requests: int = MAX_FILE_REQUESTS,
+    max_bytes: int = MAX_FILE_BYTES,
+    max_tokens: int | None = None,
+) -> pl.Series:
+    """A file number per line from each line's size in bytes (newline included).
 
     Vectorised: each limit cuts the running total into windows a line's largest size below the
     limit wide, so a window never holds more than the limit; a file is a run of lines sharing
-    all three windows.
+    all three windows. Taking sizes rather than lines lets files be planned without the lines.
     """
-    frame = pl.DataFrame({"bytes": lines.str.len_bytes() + 1, "tokens": tokens.cast(pl.Int64)})
+    frame = pl.DataFrame({"bytes": line_bytes.cast(pl.Int64), "tokens": tokens.cast(pl.Int64)})
 
     def window(column: str, limit: int) -> pl.Expr:
         largest = frame[column].max()

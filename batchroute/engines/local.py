@@ -513,7 +513,7 @@ class _Run:
         if self.batch is not None:  # batch-mode tiers wait for the Batch API, not a lane
             held = pl.col("tier").is_in(list(self.batch.tiers))
             self.buffer.contexts(frame.head(0))
-            self.batch.hold(frame.filter(held), self.buffer.context_columns)
+            await self.batch.hold(frame.filter(held), self.buffer.context_columns)
             frame = frame.filter(~held)
             if frame.height == 0:
                 return

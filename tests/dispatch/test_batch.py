@@ -15,13 +15,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import polars as pl
 import pytest
 from click.testing import CliRunner
 
 from batchroute.cli import main
+from batchroute.config import load_job
+from batchroute.dispatch.batch import SPOOL_DIR, BatchRunner
 from batchroute.dispatch.batchfiles import request_lines, split_files
 from batchroute.exitcodes import ExitCode
+from batchroute.pricing.budget import Budget
+from batchroute.pricing.prices import resolve_prices
 from batchroute.sim import EmbeddedSimulator
 from batchroute.sim.config import SimConfig
 from batchroute.store.batchledger import BatchLedger
@@ -410,3 +415,41 @@ def test_a_crash_between_create_and_record_finds_the_batch_by_its_file(
     assert run(str(job)) == ExitCode.OK
     assert sim_counts(provider.base_url)["batches_created"] == 1
     assert results(tmp_path)[0].filter(pl.col("batch")).height == 6
+
+
+def test_held_rows_are_spooled_not_kept_in_memory(
+    make_job: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Holding N batch rows keeps a few dozen bytes a row in memory, not their messages."""
+    job = load_job(make_job(**batch_job()))
+    runner = BatchRunner(job, run_dir=tmp_path / "run", prices=resolve_prices(job), budget=Budget())
+    context_columns = ("id", "row_index", "row_key", "tier")
+    prompt = "x" * 4_000
+    batches, per_batch = 20, 500
+
+    def input_batch(number: int) -> pl.DataFrame:
+        start = number * per_batch
+        return pl.DataFrame(
+            {
+                "id": [f"r{i}" for i in range(start, start + per_batch)],
+                "row_index": range(start, start + per_batch),
+                "row_key": [f"k{i:07d}" for i in range(start, start + per_batch)],
+                "tier": ["bulk"] * per_batch,
+                "messages": [[{"role": "user", "content": prompt}]] * per_batch,
+                "prompt_tokens": [1_000] * per_batch,
+                "prompt_token_bound": [1_000] * per_batch,
+            }
+        )
+
+    async def hold_all() -> None:
+        for number in range(batches):
+            await runner.hold(input_batch(number), context_columns)
+
+    anyio.run(hold_all)
+    rows = batches * per_batch
+    assert runner.held_bytes() < 100 * rows  # the messages alone are 4,000 bytes a row
+    spooled = sorted((tmp_path / "run" / SPOOL_DIR).glob("*.arrow"))
+    assert len(spooled) == batches
+    back = runner._read(["k0009999", "k0000000"])
+    assert back["row_key"].to_list() == ["k0009999", "k0000000"]
+    assert back["messages"][0][0]["content"] == prompt
