@@ -28,35 +28,18 @@ from batchroute.dispatch.fleet import Fleet, ModelState
 from batchroute.dispatch.judge import JudgePlan, JudgeRequest, read_verdict
 from batchroute.dispatch.params import adapt_body
 from batchroute.dispatch.policy import Action, Ending, RowState, decide, is_retryable
-from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
+from batchroute.dispatch.rows import Answer, AttemptRecord, RowOutcome, RowRequest
 from batchroute.dispatch.verify import Verifier
 from batchroute.pricing.budget import reserved_output_tokens
 from batchroute.schema import ErrorType, Status
 
-__all__ = ["AnswerCache", "CachedReply", "RowWalk", "TierPlan", "plan_tiers"]
-
-
-class CachedReply(Protocol):
-    """What a walk reads of a stored answer (`batchroute.cache.CachedAnswer`)."""
-
-    @property
-    def content(self) -> str: ...
-    @property
-    def finish_reason(self) -> str: ...
-    @property
-    def input_tokens(self) -> int: ...
-    @property
-    def output_tokens(self) -> int: ...
-    @property
-    def cached_tokens(self) -> int: ...
-    @property
-    def reasoning_tokens(self) -> int: ...
+__all__ = ["AnswerCache", "RowWalk", "TierPlan", "plan_tiers"]
 
 
 class AnswerCache(Protocol):
     """The response cache as a walk uses it (`batchroute.cache.runs.RunCache`)."""
 
-    def get(self, model: str, body: dict[str, Any], messages: Any) -> CachedReply | None:
+    def get(self, model: str, body: dict[str, Any], messages: Any) -> Answer | None:
         """The stored answer to exactly this request, or None."""
         ...
 
@@ -621,7 +604,7 @@ class RowWalk:
             )
         return self._finish(Status.OK, None, None)
 
-    def _served(self, model: ModelState, cached: CachedReply) -> RowOutcome:
+    def _served(self, model: ModelState, cached: Answer) -> RowOutcome:
         """The row answered by the response cache: nothing sent for it on this model."""
         outcome = self.outcome
         outcome.answered_tier = self.plan.tier

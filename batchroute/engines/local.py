@@ -298,6 +298,14 @@ class _Run:
             summary = self._summary(counts={}, report=None)
             write_manifest(self.run_dir, self._manifest(previous, finished=True, summary=summary))
             return summary
+        counts, report = self._assemble_and_report()
+        self._warn_if_over_forecast(report)
+        summary = self._summary(counts=counts, report=report)
+        write_manifest(self.run_dir, self._manifest(previous, finished=True, summary=summary))
+        return summary
+
+    def _assemble_and_report(self) -> tuple[dict[str, int], ReportSummary]:
+        """Assemble results.parquet from the parts, then write the side files and the reports."""
         counts = assemble_results(self.run_dir, prices=self.prices)
         self._write_side_files()
         report = write_reports(
@@ -306,10 +314,7 @@ class _Run:
             prices=self.prices,
             budget_hit=self.stop_status == Status.SKIPPED_BUDGET,
         )
-        self._warn_if_over_forecast(report)
-        summary = self._summary(counts=counts, report=report)
-        write_manifest(self.run_dir, self._manifest(previous, finished=True, summary=summary))
-        return summary
+        return counts, report
 
     def _warn_if_over_forecast(self, report: ReportSummary) -> None:
         """Warn when the whole run's spend passed its forecast by more than the threshold."""

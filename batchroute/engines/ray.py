@@ -52,9 +52,7 @@ from batchroute.errors import EngineUnavailableError, OutputError
 from batchroute.logs import log_event, run_id_var
 from batchroute.pricing.prices import resolve_prices
 from batchroute.progress import Progress, TierCounts
-from batchroute.report import write_reports
 from batchroute.schema import Status
-from batchroute.store.assembly import assemble_results
 from batchroute.store.journal import recover_journals
 from batchroute.store.lock import RunLock
 from batchroute.store.manifest import new_run_id, read_manifest, write_manifest
@@ -190,14 +188,7 @@ class _DriverRun(_Run):
             summary = self._summary(counts={}, report=None)
             write_manifest(self.run_dir, self._ray_manifest(previous, summary))
             return summary
-        counts = assemble_results(self.run_dir, prices=self.prices)
-        self._write_side_files()
-        report = write_reports(
-            self.run_dir,
-            job=self.job,
-            prices=self.prices,
-            budget_hit=self.stop_status == Status.SKIPPED_BUDGET,
-        )
+        counts, report = self._assemble_and_report()
         summary = self._summary(counts=counts, report=report)
         write_manifest(self.run_dir, self._ray_manifest(previous, summary))
         return summary
