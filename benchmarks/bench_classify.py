@@ -25,6 +25,13 @@ the default router's accuracy and under-/over-routed shares on `labelled/corpus/
 cross-validated by source file (each fold's sources unseen in training, with `train.csv` always
 in training), and on the dev split `holdout.csv` with the model trained on everything else.
 
+With `--penalty-sweep`, also how `routing.under_routing_penalty` trades accuracy against
+under-routing, on prompts written apart from the training data (needs the `ml` extra): a model
+trained on `train.csv` and the corpus files of the first passes (`corpus/01-*` to `39-*`) routes
+`holdout.csv` and the files written in a later, separate pass by other hands (`corpus/40-*`
+onwards), at each penalty and by the model's most probable tier. The shipped default is chosen
+here, never on the test split or MT-Bench.
+
 With `--rules-comparison`, also (minutes): (a) the original design's rules as a per-row Python
 function (plain lowercase substrings); (b) the default rules as a per-row Python loop (`re`, the
 same patterns and labels); (c) the original rules vectorised (`str.contains_any`); (d) the
@@ -170,8 +177,8 @@ def timed(label: str, fn: Callable[[], Any], *, repeat: int = 1) -> tuple[float,
     return seconds, out
 
 
-def default_job(*, rules_only: bool = False) -> Any:
-    """`jobs/tests.yaml` as loaded, with or without the routing key `classifier: {kind: rules}`."""
+def default_job(*, rules_only: bool = False, penalty: float | None = None) -> Any:
+    """`jobs/tests.yaml` as loaded, optionally with `classifier: {kind: rules}` or a penalty."""
     import yaml
 
     from batchroute.config import Job, parse_job
@@ -180,6 +187,8 @@ def default_job(*, rules_only: bool = False) -> Any:
     data = yaml.safe_load(path.read_text())
     if rules_only:
         data["routing"] = {"classifier": {"kind": "rules"}}
+    if penalty is not None:
+        data.setdefault("routing", {})["under_routing_penalty"] = penalty
     return Job(parse_job(data, path=path), path=path, text_sha256="")
 
 
@@ -212,9 +221,12 @@ def main() -> None:
     parser.add_argument("--mt-bench", type=Path, help="MT-Bench question.jsonl (see above)")
     parser.add_argument("--quality-only", action="store_true", help="skip the timings")
     parser.add_argument("--source-cv", action="store_true", help="quality by source-held-out CV")
+    parser.add_argument("--penalty-sweep", action="store_true", help="choose the default penalty")
     args = parser.parse_args()
     if args.source_cv:
         source_cv()
+    if args.penalty_sweep:
+        penalty_sweep()
     if args.mt_bench is not None:
         evaluate_mt_bench(args.mt_bench)
     if args.quality_only:
@@ -303,6 +315,49 @@ def source_cv(folds: int = 5) -> None:
             f"holdout.csv (dev), model {name}: accuracy {result.accuracy:.1%}, "
             f"under-routed {result.under_routed_share:.1%}, "
             f"over-routed {result.over_routed_share:.1%}"
+        )
+
+
+LATER_PASS = 40
+"""Corpus files from `corpus/40-*` on were written in a later pass, apart from the others."""
+
+PENALTIES = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
+
+
+def penalty_sweep() -> None:
+    """Accuracy and misroute shares against the penalty, on prompts written apart from training."""
+    from batchroute.classify.evaluate import evaluate_router
+    from batchroute.classify.learned import train_classifier
+
+    labelled = ROOT / "sample_data" / "labelled"
+    files = sorted((labelled / "corpus").glob("*.csv"))
+    first = [f for f in files if int(f.name.split("-")[0]) < LATER_PASS]
+    prompts, tiers = read_labelled(labelled / "train.csv")
+    for path in first:
+        more_prompts, more_tiers = read_labelled(path)
+        prompts, tiers = prompts + more_prompts, tiers + more_tiers
+    model = train_classifier(prompts, tiers)
+    dev_prompts, dev_tiers = read_labelled(labelled / "holdout.csv")
+    for path in files:
+        if path not in first:
+            more_prompts, more_tiers = read_labelled(path)
+            dev_prompts, dev_tiers = dev_prompts + more_prompts, dev_tiers + more_tiers
+    print(
+        f"Penalty sweep: trained on {len(prompts):,} prompts (train.csv, corpus/01-39), "
+        f"evaluated on {len(dev_prompts):,} written apart (holdout.csv, corpus/{LATER_PASS}-)"
+    )
+    base = build_router(default_job(), model=model)
+    argmax = Router(base.rules, classifier=model, min_confidence=base.min_confidence)
+    routers = [("most probable tier", argmax)]
+    for penalty in PENALTIES:
+        job = default_job(penalty=penalty)
+        routers.append((f"penalty {penalty:g}", build_router(job, model=model)))
+    for name, router in routers:
+        result = evaluate_router(router, dev_prompts, dev_tiers, job=default_job())
+        print(
+            f"  {name:<20} accuracy {result.accuracy:6.1%}  "
+            f"under-routed {result.under_routed_share:5.1%}  "
+            f"over-routed {result.over_routed_share:5.1%}"
         )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from batchroute.classify.model import TOKEN_PATTERN, RouterModel, decorate
+from batchroute.classify.model import TOKEN_PATTERN, RouterModel, prepare
 from batchroute.errors import ClassifierModelError
 
 __all__ = ["cross_validate", "export_pipeline", "train_classifier"]
@@ -21,6 +21,9 @@ _INSTALL_HINT = "install the ML extra: pip install 'batchroute[ml]'"
 
 C = 16.0
 """Inverse regularisation strength, chosen by cross-validation grouped by source file."""
+
+MIN_DF = 2
+"""A word or word pair must appear in two prompts to be a feature: one prompt's quirks are noise."""
 
 
 def _sklearn_version() -> str:
@@ -31,11 +34,6 @@ def _sklearn_version() -> str:
             f"training the router needs scikit-learn; {_INSTALL_HINT}", path="<training>"
         ) from None
     return str(sklearn.__version__)
-
-
-def _preprocess(text: str) -> str:
-    """What the vectoriser reads: the text with its marker words, lowercased (as polars does)."""
-    return decorate(text).lower()
 
 
 def _pipeline(seed: int, *, c: float = C) -> Any:
@@ -49,7 +47,8 @@ def _pipeline(seed: int, *, c: float = C) -> Any:
         ngram_range=(1, 2),
         sublinear_tf=True,
         token_pattern=TOKEN_PATTERN,
-        preprocessor=_preprocess,
+        preprocessor=prepare,
+        min_df=MIN_DF,
         dtype=np.float64,
     )
     model = LogisticRegression(C=c, max_iter=5000, class_weight="balanced", random_state=seed)

@@ -4,7 +4,7 @@
 exports the fitted numbers here; predicting needs only numpy and polars, and loading a model file
 is reading JSON, so it can never execute code. A model file is one JSON object::
 
-    {"format": "batchroute-router", "format_version": 2, "tiers": [...],
+    {"format": "batchroute-router", "format_version": 3, "tiers": [...],
      "token_pattern": "...", "markers": "...", "unigrams": [...], "bigrams": [[i, j], ...],
      "idf": [...], "coef": [[...per tier...], ...], "intercept": [...],
      "tier_bias": {...}, "min_confidence": 0.0, "trained_on": N, "cv_accuracy": 0.9,
@@ -13,10 +13,12 @@ is reading JSON, so it can never execute code. A model file is one JSON object::
 `unigrams` are the vocabulary's single words; a bigram is a pair of unigram indices. Feature `f`
 is `unigrams[f]` for `f < len(unigrams)`, then the bigrams in order; `idf[f]` and `coef[f]` (one
 weight per tier) belong to it. Scoring a frame is polars over the whole column: add the marker
-words (`decorate`), tokenise with `str.extract_all`, explode, join the words against the unigram
+words (`decorate`), lowercase, cut common word endings (`ENDINGS`), tokenise with
+`str.extract_all`, explode, join the words against the unigram
 table and the word pairs against the bigram table by integer keys, count, weight by
 `(1 + ln tf) · idf`, then per-row sums with `numpy.bincount`. That is exactly scikit-learn's
-`TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)` on the decorated text, followed by a
+`TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)` on the prepared text (`prepare`),
+followed by a
 multinomial `LogisticRegression.predict_proba`.
 
 The package ships one such file, `batchroute/data/router.json`, which a job uses when it names
@@ -26,6 +28,7 @@ no other (`routing.classifier.kind: model`, the default).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -43,32 +46,46 @@ __all__ = [
     "FORMAT_VERSION",
     "TOKEN_PATTERN",
     "RouterModel",
+    "ENDINGS",
     "decorate",
     "decorate_expr",
     "load_model",
+    "prepare",
+    "prepare_expr",
     "save_model",
     "shipped_model",
 ]
 
 FORMAT_NAME = "batchroute-router"
-FORMAT_VERSION = 2
-"""Bumped whenever the model file's layout changes; other versions are refused.
+FORMAT_VERSION = 3
+"""Bumped whenever the model file's layout or text preparation changes; other versions are refused.
 
-Version 1 was a joblib pickle of a scikit-learn pipeline; version 2 is this plain JSON.
+Version 1 was a joblib pickle of a scikit-learn pipeline; version 2 was this plain JSON with
+length markers; version 3 drops the length markers and cuts word endings (`ENDINGS`).
 """
 
 TOKEN_PATTERN = r"\b\w\w+\b"
 """scikit-learn's default word pattern (two or more word characters), in polars' regex syntax."""
 
-LENGTH_BUCKETS = (60, 150, 400, 1200)
-"""Prompt lengths (characters) that split the `xxlen0`..`xxlen4` marker words."""
-
-MARKERS = "xxbos text xxeos xxlen(60,150,400,1200) xxqm"
+MARKERS = "xxbos text xxeos xxqm"
 """The marker words added around a text before it is tokenised (see `decorate`).
 
 `xxbos` and `xxeos` make the first and last words features of their own (as bigrams: "xxbos
-translate" is a request, "xxbos which" a question), `xxlenN` is the length bucket, and `xxqm`
-marks a question mark, which the word pattern would otherwise drop.
+translate" is a request, "xxbos which" a question), and `xxqm` marks a question mark, which the
+word pattern would otherwise drop.
+
+The prompt's length is deliberately not a feature. An earlier model had length-bucket markers,
+and it learned that a long prompt is complex work, because the labelled data it saw had few long
+everyday prompts. Long writing briefs, role-play set-ups and pasted emails then went to the
+dearest tier. Length says how much there is to read, not how hard the work is.
+"""
+
+ENDINGS = r"\b(\w{3,}?)(ations?|ments?|ings?|ers?|ed|ly|ies|es|s)\b"
+"""Common English endings cut from every word of four letters or more before tokenising.
+
+"translate", "translated" and "translations" then count as one word ("translat"), so the model
+learns what a prompt asks for from fewer examples and reads a word form it never saw. The pattern
+means the same to Python's `re` (training, `\\1`) and to polars' regex (predicting, `$1`).
 """
 
 SHIPPED_MODEL = "router.json"
@@ -77,6 +94,7 @@ SHIPPED_MODEL = "router.json"
 _ROW = "row"
 _WORD = "word"
 _UNI = "uni"
+_ENDINGS = re.compile(ENDINGS)
 _TRAIN_HINT = "train one with `batchroute train LABELLED.csv --out MODEL.json`"
 
 
@@ -162,10 +180,7 @@ class RouterModel:
             .with_row_index(_ROW)
             .select(
                 _ROW,
-                decorate_expr(pl.col(_WORD))
-                .str.to_lowercase()
-                .str.extract_all(TOKEN_PATTERN)
-                .alias(_WORD),
+                prepare_expr(pl.col(_WORD)).str.extract_all(TOKEN_PATTERN).alias(_WORD),
             )
             .explode(_WORD)
             .drop_nulls(_WORD)
@@ -276,28 +291,31 @@ class RouterModel:
         }
 
 
-def _bucket(length: int) -> int:
-    return sum(length >= edge for edge in LENGTH_BUCKETS)
-
-
 def decorate(text: str) -> str:
     """A text with its marker words, as the model reads it (one text; for training)."""
     question = " xxqm" if "?" in text else ""
-    return f"xxbos {text} xxeos xxlen{_bucket(len(text))}{question}"
+    return f"xxbos {text} xxeos{question}"
 
 
 def decorate_expr(text: pl.Expr) -> pl.Expr:
     """`decorate` over a whole string column (polars; for predicting)."""
-    length = text.str.len_chars()
-    bucket = pl.sum_horizontal(*((length >= edge).cast(pl.UInt8) for edge in LENGTH_BUCKETS))
     question = pl.when(text.str.contains("?", literal=True)).then(pl.lit(" xxqm"))
     return pl.concat_str(
         pl.lit("xxbos "),
         text,
-        pl.lit(" xxeos xxlen"),
-        bucket.cast(pl.String),
+        pl.lit(" xxeos"),
         question.otherwise(pl.lit("")),
     )
+
+
+def prepare(text: str) -> str:
+    """What the tokeniser reads: the decorated text, lowercased, word endings cut (training)."""
+    return _ENDINGS.sub(r"\1", decorate(text).lower())
+
+
+def prepare_expr(text: pl.Expr) -> pl.Expr:
+    """`prepare` over a whole string column (polars; for predicting)."""
+    return decorate_expr(text).str.to_lowercase().str.replace_all(ENDINGS, "${1}")
 
 
 def save_model(model: RouterModel, path: Path | str) -> Path:
