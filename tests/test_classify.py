@@ -67,6 +67,11 @@ def tiers_of(prompts: list[str], job: Job | None = None) -> list[str]:
         ("Extract the invoice number and total from this email", "structured"),
         ("Parse the following log lines into timestamp and level fields", "structured"),
         ("Convert this CSV into a JSON array", "structured"),
+        (
+            "Reformat this list of licenses into a markdown table, columns Name | Seats",
+            "structured",
+        ),
+        ("Reformat this messy SQL, keep the logic", "bulk"),
     ],
 )
 def test_phrasing_variants_route_as_a_person_expects(prompt: str, tier: str) -> None:

@@ -79,18 +79,19 @@ def test_exported_model_predicts_what_the_sklearn_pipeline_predicts(
     assert model.tiers == tuple(pipeline.classes_)
 
 
-def test_word_forms_are_one_feature_and_length_is_none() -> None:
-    """Endings are cut alike in training (Python) and predicting (polars); length adds nothing."""
+def test_text_is_prepared_alike_for_training_and_predicting() -> None:
+    """Endings cut, head words marked, no length feature: in Python (training) as in polars."""
     forms = "Translated TRANSLATES translating; notification notifications?"
     assert prepare(forms).split() == [
-        "xxbo", "translat", "translat", "translat;", "notific", "notific?", "xxeo", "xxqm",
+        "xxbos", "translat", "translat", "translat;", "notific", "notific?", "xxeos", "xxqm",
+        "hhtranslat", "hhtranslat", "hhtranslat", "hhnotific", "hhnotific",
     ]  # fmt: skip
     texts, _ = read_labelled(TRAIN)
     texts = [*texts, "x" * 5000, "a résumé, naïvely translated?"]
     by_polars = pl.select(prepare_expr(pl.lit(pl.Series(texts))).str.extract_all(TOKEN_PATTERN))
     assert by_polars.to_series().to_list() == [re.findall(TOKEN_PATTERN, prepare(t)) for t in texts]
     short, long = prepare("Fix typos."), prepare("Fix typos. " + "Word " * 400)
-    assert set(long.split()) - set(short.split()) == {"word"}
+    assert set(long.split()) - set(short.split()) == {"word", "hhword"}
 
 
 def test_shipped_model_loads_and_predicts_without_sklearn() -> None:

@@ -12,9 +12,9 @@ is reading JSON, so it can never execute code. A model file is one JSON object::
 
 `unigrams` are the vocabulary's single words; a bigram is a pair of unigram indices. Feature `f`
 is `unigrams[f]` for `f < len(unigrams)`, then the bigrams in order; `idf[f]` and `coef[f]` (one
-weight per tier) belong to it. Scoring a frame is polars over the whole column: add the marker
-words (`decorate`), lowercase, cut common word endings (`ENDINGS`), tokenise with
-`str.extract_all`, explode, join the words against the unigram
+weight per tier) belong to it. Scoring a frame is polars over the whole column: prepare the text
+(`prepare_expr`: lowercase, cut common word endings, add the marker and head words), tokenise
+with `str.extract_all`, explode, join the words against the unigram
 table and the word pairs against the bigram table by integer keys, count, weight by
 `(1 + ln tf) · idf`, then per-row sums with `numpy.bincount`. That is exactly scikit-learn's
 `TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)` on the prepared text (`prepare`),
@@ -47,8 +47,7 @@ __all__ = [
     "TOKEN_PATTERN",
     "RouterModel",
     "ENDINGS",
-    "decorate",
-    "decorate_expr",
+    "HEAD_WORDS",
     "load_model",
     "prepare",
     "prepare_expr",
@@ -61,18 +60,18 @@ FORMAT_VERSION = 3
 """Bumped whenever the model file's layout or text preparation changes; other versions are refused.
 
 Version 1 was a joblib pickle of a scikit-learn pipeline; version 2 was this plain JSON with
-length markers; version 3 drops the length markers and cuts word endings (`ENDINGS`).
+length markers; version 3 drops them, cuts word endings and adds the head words (`prepare`).
 """
 
 TOKEN_PATTERN = r"\b\w\w+\b"
 """scikit-learn's default word pattern (two or more word characters), in polars' regex syntax."""
 
-MARKERS = "xxbos text xxeos xxqm"
-"""The marker words added around a text before it is tokenised (see `decorate`).
+MARKERS = "xxbos text xxeos xxqm hh*16"
+"""The marker words added around a text before it is tokenised (see `prepare`).
 
 `xxbos` and `xxeos` make the first and last words features of their own (as bigrams: "xxbos
 translate" is a request, "xxbos which" a question), and `xxqm` marks a question mark, which the
-word pattern would otherwise drop.
+word pattern would otherwise drop. The first `HEAD_WORDS` words follow again, each marked `hh`.
 
 The prompt's length is deliberately not a feature. An earlier model had length-bucket markers,
 and it learned that a long prompt is complex work, because the labelled data it saw had few long
@@ -81,11 +80,20 @@ dearest tier. Length says how much there is to read, not how hard the work is.
 """
 
 ENDINGS = r"\b(\w{3,}?)(ations?|ments?|ings?|ers?|ed|ly|ies|es|s)\b"
-"""Common English endings cut from every word of four letters or more before tokenising.
+"""Common English endings cut from every word of four or more letters before tokenising.
 
 "translate", "translated" and "translations" then count as one word ("translat"), so the model
 learns what a prompt asks for from fewer examples and reads a word form it never saw. The pattern
 means the same to Python's `re` (training, `\\1`) and to polars' regex (predicting, `$1`).
+"""
+
+HEAD_WORDS = 16
+"""The prompt's first words, repeated as features of their own (`hhexplain`, `hhtranslat`).
+
+The request usually opens the prompt ("Explain this error to the analyst:", "Translate this
+security review:"), and whatever is pasted after it (a stack trace, an email, a design document)
+can hold far more words. Marked apart, the opening words keep their own weight however much
+follows, so a pasted log no longer outvotes "explain".
 """
 
 SHIPPED_MODEL = "router.json"
@@ -95,6 +103,7 @@ _ROW = "row"
 _WORD = "word"
 _UNI = "uni"
 _ENDINGS = re.compile(ENDINGS)
+_TOKEN = re.compile(TOKEN_PATTERN)
 _TRAIN_HINT = "train one with `batchroute train LABELLED.csv --out MODEL.json`"
 
 
@@ -291,31 +300,23 @@ class RouterModel:
         }
 
 
-def decorate(text: str) -> str:
-    """A text with its marker words, as the model reads it (one text; for training)."""
-    question = " xxqm" if "?" in text else ""
-    return f"xxbos {text} xxeos{question}"
-
-
-def decorate_expr(text: pl.Expr) -> pl.Expr:
-    """`decorate` over a whole string column (polars; for predicting)."""
-    question = pl.when(text.str.contains("?", literal=True)).then(pl.lit(" xxqm"))
-    return pl.concat_str(
-        pl.lit("xxbos "),
-        text,
-        pl.lit(" xxeos"),
-        question.otherwise(pl.lit("")),
-    )
-
-
 def prepare(text: str) -> str:
-    """What the tokeniser reads: the decorated text, lowercased, word endings cut (training)."""
-    return _ENDINGS.sub(r"\1", decorate(text).lower())
+    """What the tokeniser reads (one text; for training): see `MARKERS`, `ENDINGS`, `HEAD_WORDS`."""
+    body = _ENDINGS.sub(r"\1", text.lower())
+    head = " ".join("hh" + word for word in _TOKEN.findall(body)[:HEAD_WORDS])
+    question = " xxqm" if "?" in text else ""
+    return f"xxbos {body} xxeos{question} {head}"
 
 
 def prepare_expr(text: pl.Expr) -> pl.Expr:
     """`prepare` over a whole string column (polars; for predicting)."""
-    return decorate_expr(text).str.to_lowercase().str.replace_all(ENDINGS, "${1}")
+    body = text.str.to_lowercase().str.replace_all(ENDINGS, "${1}")
+    words = body.str.extract_all(TOKEN_PATTERN).list.head(HEAD_WORDS)
+    head = words.list.eval(pl.lit("hh") + pl.element()).list.join(" ")
+    question = pl.when(text.str.contains("?", literal=True)).then(pl.lit(" xxqm"))
+    return pl.concat_str(
+        pl.lit("xxbos "), body, pl.lit(" xxeos"), question.otherwise(pl.lit("")), pl.lit(" "), head
+    )
 
 
 def save_model(model: RouterModel, path: Path | str) -> Path:

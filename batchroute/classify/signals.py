@@ -105,8 +105,8 @@ def _defaults() -> dict[str, tuple[Signal, ...]]:
         Signal(
             "convert to format",
             _do(
-                r"\b(?:convert|turn|transform|format|put|output)(?:\s+\S+){0,8}\s+(?:into|to|as)\s+"
-                r"(?:a\s+|an\s+)?(?:valid\s+)?{FMT}\b"
+                r"\b(?:convert|turn|transform|(?:re)?format|put|output)(?:\s+\S+){0,8}\s+"
+                r"(?:into|to|as)\s+(?:a\s+|an\s+)?(?:valid\s+)?(?:{FMT}|(?:markdown\s+)?table)\b"
             ),
         ),
         Signal(
