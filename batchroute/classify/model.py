@@ -31,6 +31,7 @@ import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,8 @@ _ROW = "row"
 _WORD = "word"
 _UNI = "uni"
 _ENDINGS = re.compile(ENDINGS)
+_WHOLE_WORD_ENDING = "^" + ENDINGS.replace(r"\b", "") + "$"
+"""`ENDINGS` on one word at a time: a word is a whole run of word characters, so it is the same."""
 _TOKEN = re.compile(TOKEN_PATTERN)
 _TRAIN_HINT = "train one with `batchroute train LABELLED.csv --out MODEL.json`"
 
@@ -134,15 +137,14 @@ class RouterModel:
         self._tables[_UNI] = pl.DataFrame(
             {
                 _WORD: pl.Series(self.unigrams, dtype=pl.String),
-                _UNI: pl.Series(np.arange(n_uni, dtype=np.uint32)),
+                _UNI: pl.Series(np.arange(n_uni, dtype=np.int64)),
             }
         )
-        pairs = self.bigrams.astype(np.uint64)
-        keys = pairs[:, 0] * np.uint64(n_uni) + pairs[:, 1] if len(pairs) else pairs[:, 0]
+        pairs = self.bigrams.astype(np.int64)
         self._tables["bi"] = pl.DataFrame(
             {
-                "key": pl.Series(keys, dtype=pl.UInt64),
-                "fid": pl.Series(np.arange(n_uni, n_uni + len(pairs), dtype=np.uint32)),
+                "key": pl.Series(pairs[:, 0] * n_uni + pairs[:, 1], dtype=pl.Int64),
+                "fid": pl.Series(np.arange(n_uni, n_uni + len(pairs), dtype=np.int64)),
             }
         )
 
@@ -181,50 +183,76 @@ class RouterModel:
     def _features(
         self, texts: pl.Series
     ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        """(row, feature index, count) of every vocabulary n-gram present in each text."""
+        """(row, feature index, count) of every vocabulary n-gram present in each text.
+
+        The same words as `prepare` and the tokeniser give in training, built without writing the
+        prepared text: each text is tokenised once; the batch's distinct words are cut to their
+        stems and looked up (as themselves and as head words) in one small join; then each row's
+        sequence `xxbos, words, xxeos, [xxqm], head words` is laid out by index arithmetic in
+        numpy, where its unigrams and word pairs are read off.
+        """
+        frame = pl.DataFrame({_WORD: texts}).select(
+            pl.col(_WORD).str.to_lowercase().str.extract_all(TOKEN_PATTERN).alias(_WORD),
+            pl.col(_WORD).str.contains("?", literal=True).alias("qm"),
+        )
+        flat = frame[_WORD].explode(empty_as_null=False).drop_nulls()
+        lengths = frame[_WORD].list.len().to_numpy().astype(np.int64)
+        question = frame["qm"].to_numpy().astype(np.int64)
+        ids, head_ids = self._word_ids(flat)
+        n = len(lengths)
+        heads = np.minimum(lengths, HEAD_WORDS)
+        sizes = lengths + 2 + question + heads  # xxbos, words, xxeos, xxqm?, head words
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        seq = np.full(int(ends[-1]) if n else 0, -1, dtype=np.int64)
+        word_row = np.repeat(np.arange(n), lengths)
+        word_pos = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        seq[starts[word_row] + 1 + word_pos] = ids
+        markers = self._marker_ids
+        seq[starts] = markers[0]
+        seq[starts + 1 + lengths] = markers[1]
+        asked = question.astype(bool)
+        seq[(starts + 2 + lengths)[asked]] = markers[2]
+        in_head = word_pos < HEAD_WORDS
+        head_at = (starts + 2 + lengths + question)[word_row[in_head]] + word_pos[in_head]
+        seq[head_at] = head_ids[in_head]
+        row_of = np.repeat(np.arange(n), sizes)
+        known = seq >= 0
         n_uni = len(self.unigrams)
-        words = (
-            pl.DataFrame({_WORD: texts})
-            .lazy()
-            .with_row_index(_ROW)
-            .select(
-                _ROW,
-                prepare_expr(pl.col(_WORD)).str.extract_all(TOKEN_PATTERN).alias(_WORD),
-            )
-            .explode(_WORD)
-            .drop_nulls(_WORD)
-            .join(self._tables[_UNI].lazy(), on=_WORD, how="left", maintain_order="left")
-            .select(_ROW, _UNI)
+        pair = known[:-1] & known[1:] & (row_of[:-1] == row_of[1:])
+        pair_keys = seq[:-1][pair] * n_uni + seq[1:][pair]
+        pairs = pl.DataFrame({"key": pair_keys, _ROW: row_of[:-1][pair]}).join(
+            self._tables["bi"], on="key", how="inner"
         )
-        uni = pl.col(_UNI)
-        same_row = pl.col(_ROW).shift(-1) == pl.col(_ROW)
-        bigrams = (
-            words.select(
-                _ROW,
-                pl.when(same_row)
-                .then(uni.cast(pl.UInt64) * n_uni + uni.shift(-1).cast(pl.UInt64))
-                .alias("key"),
-            )
-            .drop_nulls("key")
-            .join(self._tables["bi"].lazy(), on="key", how="inner")
-            .select(_ROW, "fid")
-        )
-        # One integer key per (row, feature): counting one u64 column is the cheapest group-by
-        # (a quarter faster than grouping by two columns, bench_classify's rows, one core).
+        rows = np.concatenate([row_of[known], pairs[_ROW].to_numpy()])
+        fids = np.concatenate([seq[known], pairs["fid"].to_numpy()])
+        # One integer key per (row, feature): counting one integer column is the cheapest group-by.
         n_features = self.n_features
+        keys = pl.Series("key", rows * n_features + fids)
+        counted = keys.to_frame().group_by("key").agg(pl.len().alias("n"))
+        found = counted["key"].to_numpy()
+        return found // n_features, found % n_features, counted["n"].to_numpy().astype(np.float64)
 
-        def key(feature: str) -> pl.Expr:
-            row = pl.col(_ROW).cast(pl.UInt64)
-            return (row * n_features + pl.col(feature).cast(pl.UInt64)).alias("key")
-
-        found = pl.concat([words.drop_nulls(_UNI).select(key(_UNI)), bigrams.select(key("fid"))])
-        counted = found.group_by("key").agg(pl.len().alias("n")).collect(engine="in-memory")
-        keys = counted["key"].to_numpy()
-        return (
-            (keys // n_features).astype(np.int64),
-            (keys % n_features).astype(np.int64),
-            counted["n"].to_numpy().astype(np.float64),
+    def _word_ids(self, words: pl.Series) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Each word's feature index as a body word and as a head word (-1: not a feature)."""
+        distinct = words.unique()
+        stems = distinct.str.replace(_WHOLE_WORD_ENDING, "${1}")
+        vocabulary = self._tables[_UNI]
+        lookup = (
+            pl.DataFrame({"raw": distinct, _WORD: stems})
+            .with_columns(pl.concat_str(pl.lit("hh"), pl.col(_WORD)).alias("head"))
+            .join(vocabulary, on=_WORD, how="left")
+            .join(vocabulary.rename({_WORD: "head", _UNI: "head_id"}), on="head", how="left")
+            .select("raw", pl.col(_UNI).fill_null(-1), pl.col("head_id").fill_null(-1))
         )
+        mapped = words.to_frame("raw").join(lookup, on="raw", how="left", maintain_order="left")
+        return mapped[_UNI].to_numpy(), mapped["head_id"].to_numpy()
+
+    @cached_property
+    def _marker_ids(self) -> tuple[int, int, int]:
+        """The feature indices of `xxbos`, `xxeos` and `xxqm` (-1: not in the vocabulary)."""
+        index = {word: i for i, word in enumerate(self.unigrams) if word.startswith("xx")}
+        return index.get("xxbos", -1), index.get("xxeos", -1), index.get("xxqm", -1)
 
     def decide(
         self,
