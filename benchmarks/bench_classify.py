@@ -26,11 +26,12 @@ cross-validated by source file (each fold's sources unseen in training, with `tr
 in training), and on the dev split `holdout.csv` with the model trained on everything else.
 
 With `--penalty-sweep`, also how `routing.under_routing_penalty` trades accuracy against
-under-routing, on prompts written apart from the training data (needs the `ml` extra): a model
-trained on `train.csv` and the corpus files of the first passes (`corpus/01-*` to `39-*`) routes
-`holdout.csv` and the files written in a later, separate pass by other hands (`corpus/40-*`
-onwards), at each penalty and by the model's most probable tier. The shipped default is chosen
-here, never on the test split or MT-Bench.
+under-routing, on prompts written apart from the training data (needs the `ml` extra, minutes):
+a model trained on `train.csv` and the first passes (`corpus/001-*` to `039-*`) routes
+`holdout.csv` and the later passes (`corpus/040-*` on, written apart by other hands); then each
+later pass is held out in turn from a model trained on all the rest. Each at every penalty and by
+the model's most probable tier. The shipped default is chosen here, never on the test split or
+MT-Bench.
 
 With `--rules-comparison`, also (minutes): (a) the original design's rules as a per-row Python
 function (plain lowercase substrings); (b) the default rules as a per-row Python loop (`re`, the
@@ -319,46 +320,61 @@ def source_cv(folds: int = 5) -> None:
 
 
 LATER_PASS = 40
-"""Corpus files from `corpus/40-*` on were written in a later pass, apart from the others."""
+"""Corpus files from `corpus/040-*` on were written in a later pass, apart from the others."""
 
-PENALTIES = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
+PENALTIES = (1.5, 2.0, 2.5, 3.0, 4.0)
+
+
+PASSES = ((40, 60), (61, 82), (83, 102), (103, 121))
+"""The later passes' corpus files, each written apart by its own hands (sample_data/README.md)."""
 
 
 def penalty_sweep() -> None:
-    """Accuracy and misroute shares against the penalty, on prompts written apart from training."""
+    """Accuracy and misroute shares against the penalty, on prompts written apart from training.
+
+    First a model trained on the first passes routes every later one; then each later pass is
+    held out in turn from a model trained on everything else (the way the shipped model meets a
+    new user's prompts: trained on all the passes but theirs).
+    """
     from batchroute.classify.evaluate import evaluate_router
     from batchroute.classify.learned import train_classifier
 
     labelled = ROOT / "sample_data" / "labelled"
     files = sorted((labelled / "corpus").glob("*.csv"))
-    first = [f for f in files if int(f.name.split("-")[0]) < LATER_PASS]
-    prompts, tiers = read_labelled(labelled / "train.csv")
-    for path in first:
-        more_prompts, more_tiers = read_labelled(path)
-        prompts, tiers = prompts + more_prompts, tiers + more_tiers
-    model = train_classifier(prompts, tiers)
-    dev_prompts, dev_tiers = read_labelled(labelled / "holdout.csv")
-    for path in files:
-        if path not in first:
+    number = {f: int(f.name.split("-")[0]) for f in files}
+    base = read_labelled(labelled / "train.csv")
+    holdout = read_labelled(labelled / "holdout.csv")
+    splits = [("first passes -> later passes", [f for f in files if number[f] >= LATER_PASS])]
+    splits += [
+        (f"pass {lo:03d}-{hi:03d} held out", [f for f in files if lo <= number[f] <= hi])
+        for lo, hi in PASSES
+    ]
+    for name, held in splits:
+        prompts, tiers = list(base[0]), list(base[1])
+        dev_prompts, dev_tiers = ([], []) if held is not splits[0][1] else holdout
+        dev_prompts, dev_tiers = list(dev_prompts), list(dev_tiers)
+        for path in files:
             more_prompts, more_tiers = read_labelled(path)
-            dev_prompts, dev_tiers = dev_prompts + more_prompts, dev_tiers + more_tiers
-    print(
-        f"Penalty sweep: trained on {len(prompts):,} prompts (train.csv, corpus/01-39), "
-        f"evaluated on {len(dev_prompts):,} written apart (holdout.csv, corpus/{LATER_PASS}-)"
-    )
-    base = build_router(default_job(), model=model)
-    argmax = Router(base.rules, classifier=model, min_confidence=base.min_confidence)
-    routers = [("most probable tier", argmax)]
-    for penalty in PENALTIES:
-        job = default_job(penalty=penalty)
-        routers.append((f"penalty {penalty:g}", build_router(job, model=model)))
-    for name, router in routers:
-        result = evaluate_router(router, dev_prompts, dev_tiers, job=default_job())
-        print(
-            f"  {name:<20} accuracy {result.accuracy:6.1%}  "
-            f"under-routed {result.under_routed_share:5.1%}  "
-            f"over-routed {result.over_routed_share:5.1%}"
-        )
+            if path in held:
+                dev_prompts, dev_tiers = dev_prompts + more_prompts, dev_tiers + more_tiers
+            else:
+                prompts, tiers = prompts + more_prompts, tiers + more_tiers
+        model = train_classifier(prompts, tiers)
+        print(f"{name}: trained on {len(prompts):,} prompts, scored on {len(dev_prompts):,}")
+        job = default_job()
+        decided = build_router(job, model=model)
+        routers = [("most probable tier", Router(decided.rules, classifier=model))]
+        for penalty in PENALTIES:
+            routers.append(
+                (f"penalty {penalty:g}", build_router(default_job(penalty=penalty), model=model))
+            )
+        for label, router in routers:
+            result = evaluate_router(router, dev_prompts, dev_tiers, job=job)
+            print(
+                f"  {label:<20} accuracy {result.accuracy:6.1%}  "
+                f"under-routed {result.under_routed_share:5.1%}  "
+                f"over-routed {result.over_routed_share:5.1%}"
+            )
 
 
 MT_BENCH_TIERS = {

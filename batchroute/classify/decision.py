@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from batchroute.config import Job
 
 __all__ = [
-    "DEFAULT_UNDER_ROUTING_PENALTY",
     "SERVES",
     "TierCosts",
     "is_over_routed",
@@ -53,9 +52,6 @@ SERVES: Mapping[str, frozenset[str]] = {
     "bulk": frozenset({"bulk"}),
 }
 """The labels each tier can do the work of (see the module docstring)."""
-
-DEFAULT_UNDER_ROUTING_PENALTY = 3.0
-"""`routing.under_routing_penalty` by default: an under-routed row costs 3x its right price."""
 
 
 def is_under_routed(tier: str, label: str) -> bool:
