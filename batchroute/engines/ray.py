@@ -11,7 +11,13 @@ actor (`leases.py`) holds each model's rate and the budget cap for the whole clu
 
 The run directory must be one directory that the driver and every worker see (a shared
 filesystem, see the README): workers write their journals there, fsynced, and the driver reads
-them back.
+them back. The response cache need not be shared: the driver looks each batch up before cutting
+it into shards, and a `CacheHost` actor on the driver's node keeps the file for the workers
+(`cache/cluster.py` says why).
+
+The end of a run is the local engine's (`_Run._assemble_and_report`, the over-forecast check),
+and the warnings the workers' fleets raised (a model gone for the run, spend running past the
+forecast) are logged by the driver once each and recorded in run.json, as a local run does.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 
 import polars as pl
 
+from batchroute.cache.cluster import start_cache_host
 from batchroute.classify import build_router
 from batchroute.config import Job
 from batchroute.dataset import open_dataset
@@ -165,6 +172,8 @@ class _DriverRun(_Run):
         try:
             with ExitStack() as stack:
                 base_urls: dict[str, str] = {}
+                if self.cache is not None:  # a file it cannot use stops the run before a request
+                    stack.enter_context(self.cache)
                 if self._uses_simulator():
                     from batchroute.sim import EmbeddedSimulator
 
@@ -189,6 +198,7 @@ class _DriverRun(_Run):
             write_manifest(self.run_dir, self._ray_manifest(previous, summary))
             return summary
         counts, report = self._assemble_and_report()
+        self._warn_if_over_forecast(report)
         summary = self._summary(counts=counts, report=report)
         write_manifest(self.run_dir, self._ray_manifest(previous, summary))
         return summary
@@ -220,8 +230,11 @@ class _DriverRun(_Run):
             if batch.rejects.height:
                 self.rejects.append(batch.rejects)
             sendable = self._prepare(rows, classify, done)
+            if self.cache is not None and self.cache.reads and sendable.height:
+                hits = self.cache.lookup(sendable["tier"].to_list(), sendable["messages"].to_list())
+                sendable = self._settle_cached(sendable, hits)
             results, attempts = self.buffer.take()
-            self.journal.commit(results, attempts)  # the index, and the invalid rows
+            self.journal.commit(results, attempts)  # the index, invalid and cached rows
             parts = sendable.with_columns(_shard=pl.col("row_index") // shard_rows)
             for (index,), part in parts.partition_by(
                 "_shard", as_dict=True, include_key=False, maintain_order=True
@@ -269,6 +282,7 @@ class _DriverRun(_Run):
                 run_dir=self.run_dir.resolve(),
                 ordinal=self.journal.ordinal,
                 base_urls=base_urls,
+                cache_host=cache_host,
             )
             refs.append(task.remote(self.job, options, self.prices, spec, rows, limits, control))
 
@@ -279,6 +293,7 @@ class _DriverRun(_Run):
             tier_models={str(tier): model for tier, model in self._requested.items()},
         )
         with (
+            self._cache_host(ray) as cache_host,
             progress.live(run_id=self.run_id, total_rows=self.total_rows),
             _stop_on_signals(ray, control, refs, self),
         ):
@@ -314,10 +329,36 @@ class _DriverRun(_Run):
         for result in results:
             self.sent_rows += result.sent_rows
             self.reused_rows += result.reused_rows
-            self.warnings.extend(result.warnings)
+            self._take_warnings(result.warnings)
             self.hard_stop = self.hard_stop or result.hard_stop
         self._take_stop(results)
         return results
+
+    @contextmanager
+    def _cache_host(self, ray: Any) -> Iterator[Any]:
+        """The run's `CacheHost` while shards run (None when the cache is off); closed after
+        the last shard ended, so that every answer a worker stored is committed."""
+        if self.cache is None:
+            yield None
+            return
+        host = start_cache_host(
+            ray, self.job, no_cache=self.options.no_cache, refresh_cache=self.options.refresh_cache
+        )
+        try:
+            yield host
+        finally:
+            try:
+                ray.get(host.close.remote())
+            finally:
+                ray.kill(host)
+
+    def _take_warnings(self, warnings: tuple[str, ...]) -> None:
+        """A worker's warnings, each logged and recorded once however many workers raised it
+        (every worker's fleet finds the same model gone)."""
+        for warning in warnings:
+            if warning not in self.warnings:
+                self.warnings.append(warning)
+                logger.warning("%s", warning)  # as the local engine's fleet logs it
 
     def _take_stop(self, results: list[ShardResult]) -> None:
         """The run's stop: an interrupt outranks an abort, which outranks the budget cap."""

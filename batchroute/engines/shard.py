@@ -6,7 +6,9 @@ journal shares the driver's ordinal and leaves the other workers' journals alone
 pace at the share of each model's rate leased from the cluster's `ClusterLimits` actor, and its
 budget is leased from the same actor; and it stops when the driver says so (polled from the
 `RunControl` actor) instead of on its own signals. It writes its answers to the run directory's
-journal like any session; the driver compacts and assembles them.
+journal like any session; the driver compacts and assembles them. Its response cache is the
+driver node's `CacheHost` (`cache/cluster.py`): the driver already served the rows whose first
+request was answered, so a shard looks up only fallbacks there, and stores what it is answered.
 
 A task that dies is retried by Ray. The retry first compacts the journals its shard's earlier
 attempts left behind, then sends only the rows of the shard that are not already answered.
@@ -28,9 +30,13 @@ import anyio
 import anyio.abc
 import polars as pl
 
+from batchroute.cache.cluster import RemoteResponses
+from batchroute.cache.runs import RunCache, endpoint_keys
+from batchroute.cache.store import cache_settings
 from batchroute.config import Job
 from batchroute.dataset import Batch
 from batchroute.dispatch.dispatcher import Dispatcher
+from batchroute.dispatch.walk import plan_tiers
 from batchroute.engines.leases import LeasedBudget, LeasedLimiter, LeaseKeeper
 from batchroute.engines.local import RunOptions, _BatchSource, _Classify, _Run
 from batchroute.logs import run_id_var
@@ -58,6 +64,8 @@ class ShardSpec:
     run_dir: Path
     ordinal: int
     base_urls: dict[str, str]
+    cache_host: Any = None
+    """The run's `CacheHost` actor, or None when the response cache is off (`--no-cache`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +119,7 @@ class _ShardRun(_Run):
         self._control = control
         super().__init__(
             job,
-            # The response cache is not wired into the Ray engine yet: a shard neither reads
-            # nor writes it (README: "Ray engine"), so it pays for every request it sends.
+            # Not the cache file: the driver node's host stands in for it (below).
             replace(options, limit=None, no_cache=True),
             run_id=spec.run_id,
             run_dir=spec.run_dir,
@@ -122,6 +129,15 @@ class _ShardRun(_Run):
         )
         if self.budget.max_cost_usd is not None:
             self.budget = LeasedBudget(self._lease_budget)
+        if spec.cache_host is not None:
+            settings = cache_settings(
+                job.config.cache, no_cache=options.no_cache, refresh_cache=options.refresh_cache
+            )
+            self.cache = RunCache(
+                RemoteResponses(spec.cache_host, read=settings.read, write=settings.write),
+                plans=plan_tiers(job.config),
+                endpoints=endpoint_keys(job.config),
+            )
 
     def _lease_budget(self, want_usd: float) -> float:
         import ray
@@ -164,6 +180,12 @@ class _ShardRun(_Run):
         finally:
             self.journal.close(compact=False)  # the driver compacts every journal at the end
             try:
+                if self.cache is not None:
+                    self.cache.close()  # the host has every answer before the driver closes it
+            except Exception:  # a lost store costs a request in a later run, never an answer
+                logger.warning("could not store the shard's answers in the response cache")
+                logger.debug("the cache host's error", exc_info=True)
+            try:
                 import ray
 
                 budget = self.budget
@@ -189,6 +211,9 @@ class _ShardRun(_Run):
 
     def _prepare(self, rows: pl.DataFrame, classify: _Classify, done: pl.Series) -> pl.DataFrame:
         return rows  # classified, indexed and filtered by the driver
+
+    async def _serve_cached(self, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame  # the driver served the rows whose first request the cache answers
 
     async def _feed(
         self,
