@@ -88,12 +88,22 @@ class RunCache:
 
     @classmethod
     def for_job(
-        cls, job: Job, *, no_cache: bool = False, refresh_cache: bool = False
+        cls,
+        job: Job,
+        *,
+        no_cache: bool = False,
+        refresh_cache: bool = False,
+        lookup_only: bool = False,
     ) -> RunCache | None:
-        """The run's cache as the job and the command line set it; None when it is off."""
+        """The run's cache as the job and the command line set it; None when it is off.
+
+        `lookup_only` (`plan`): it never writes, not even a new file; None if there is none.
+        """
         settings = cache_settings(job.config.cache, no_cache=no_cache, refresh_cache=refresh_cache)
+        if lookup_only:
+            settings = settings.model_copy(update={"write": False})
         cache = ResponseCache.from_config(settings, base_dir=Path(job.base_dir))
-        if not cache.is_active:
+        if not cache.is_active or (lookup_only and not cache.path.is_file()):
             return None
         return cls(cache, plans=plan_tiers(job.config), endpoints=endpoint_keys(job.config))
 
