@@ -15,9 +15,10 @@ them back. The response cache need not be shared: the driver looks each batch up
 it into shards, and a `CacheHost` actor on the driver's node keeps the file for the workers
 (`cache/cluster.py` says why).
 
-The end of a run is the local engine's (`_Run._assemble_and_report`, the over-forecast check),
-and the warnings the workers' fleets raised (a model gone for the run, spend running past the
-forecast) are logged by the driver once each and recorded in run.json, as a local run does.
+The end of a run is the local engine's (`_Run._assemble_and_report`, the over-forecast check).
+The warnings the workers' fleets raise (a model gone for the run, spend running past the
+forecast) reach the driver with their progress (`RunControl`). The driver logs each one once,
+as it arrives, and records it in run.json, as a local run does.
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ class _DriverRun(_Run):
                 run_dir=self.run_dir.resolve(),
                 ordinal=self.journal.ordinal,
                 base_urls=base_urls,
-                cache_host=cache_host,
+                cache_host=cache_host(),
             )
             refs.append(task.remote(self.job, options, self.prices, spec, rows, limits, control))
 
@@ -310,7 +311,8 @@ class _DriverRun(_Run):
             pending = list(refs)
             while pending:
                 _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.25)
-                tiers, in_flight = ray.get(control.progress.remote())
+                tiers, in_flight, warnings = ray.get(control.progress.remote())
+                self._take_warnings(tuple(warnings))  # as they happen, as a local run logs them
                 for tier, counts in base.items():
                     progress.tiers[tier] = add_counts(counts, tiers.get(tier, TierCounts()))
         results: list[ShardResult] = []
@@ -335,22 +337,35 @@ class _DriverRun(_Run):
         return results
 
     @contextmanager
-    def _cache_host(self, ray: Any) -> Iterator[Any]:
-        """The run's `CacheHost` while shards run (None when the cache is off); closed after
-        the last shard ended, so that every answer a worker stored is committed."""
-        if self.cache is None:
-            yield None
-            return
-        host = start_cache_host(
-            ray, self.job, no_cache=self.options.no_cache, refresh_cache=self.options.refresh_cache
-        )
+    def _cache_host(self, ray: Any) -> Iterator[Callable[[], Any]]:
+        """The run's `CacheHost` while shards run, started when the first shard with rows to
+        send is handed out (a run the cache answers whole starts no actor); None when the
+        cache is off. Closed after the last shard ended: every answer stored is committed."""
+        started: list[Any] = []
+
+        def host() -> Any:
+            if self.cache is None:
+                return None
+            if not started:
+                options = self.options
+                started.append(
+                    start_cache_host(
+                        ray,
+                        self.job,
+                        no_cache=options.no_cache,
+                        refresh_cache=options.refresh_cache,
+                    )
+                )
+            return started[0]
+
         try:
             yield host
         finally:
-            try:
-                ray.get(host.close.remote())
-            finally:
-                ray.kill(host)
+            for actor in started:
+                try:
+                    ray.get(actor.close.remote())
+                finally:
+                    ray.kill(actor)
 
     def _take_warnings(self, warnings: tuple[str, ...]) -> None:
         """A worker's warnings, each logged and recorded once however many workers raised it

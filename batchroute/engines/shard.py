@@ -98,6 +98,9 @@ def run_shard(
 ) -> ShardResult:
     """Send one shard's rows (a Ray task: `limits`/`control` are actor handles)."""
     run_id_var.set(spec.run_id)
+    # The driver logs this worker's warnings (relayed through `RunControl`, and in the
+    # result), once each, in the run's log format; Ray would print them again, unformatted.
+    logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
     session = _ShardRun(job, options, prices=prices, spec=spec, limits=limits, control=control)
     return session.run(rows)
 
@@ -182,9 +185,11 @@ class _ShardRun(_Run):
             try:
                 if self.cache is not None:
                     self.cache.close()  # the host has every answer before the driver closes it
-            except Exception:  # a lost store costs a request in a later run, never an answer
-                logger.warning("could not store the shard's answers in the response cache")
-                logger.debug("the cache host's error", exc_info=True)
+            except Exception as exc:  # a lost store costs a request later, never an answer
+                self.warnings.append(
+                    f"worker {self.spec.index}: some answers were not stored in the response "
+                    f"cache ({type(exc).__name__}); a later run sends those requests again"
+                )
             try:
                 import ray
 
@@ -252,7 +257,10 @@ class _ShardRun(_Run):
         while True:
             tiers = {tier: astuple(counts) for tier, counts in self.progress.tiers.items()}
             in_flight = {name: lim.in_flight for name, lim in self._dispatcher.limiters.items()}
-            wanted: int = await self._control.report.remote(self.spec.index, tiers, in_flight)
+            warnings = tuple(self._dispatcher.warnings)
+            wanted: int = await self._control.report.remote(
+                self.spec.index, tiers, in_flight, warnings
+            )
             while stops < wanted:
                 stops += 1
                 self._interrupt(watchers)
@@ -289,24 +297,40 @@ def _node_id() -> str:
 
 
 class RunControl:
-    """The driver's side channel to its workers (a Ray actor): progress in, stop requests out."""
+    """The driver's side channel to its workers (a Ray actor): progress and warnings in, stop
+    requests out."""
 
     def __init__(self) -> None:
         self.stops = 0
         self.shards: dict[int, tuple[dict[str, tuple[Any, ...]], dict[str, int]]] = {}
+        self.warnings: list[str] = []
+        """Every worker's warnings so far, each once, in the order they were first reported."""
+
+    def __repr__(self) -> str:
+        return (
+            f"<RunControl [shards reporting: {len(self.shards)}, stops: {self.stops}, "
+            f"warnings: {len(self.warnings)}]>"
+        )
 
     def report(
-        self, shard: int, tiers: dict[str, tuple[Any, ...]], in_flight: dict[str, int]
+        self,
+        shard: int,
+        tiers: dict[str, tuple[Any, ...]],
+        in_flight: dict[str, int],
+        warnings: tuple[str, ...] = (),
     ) -> int:
-        """A worker's progress counters (`TierCounts` as tuples); returns the stop requests."""
+        """A worker's progress counters (`TierCounts` as tuples) and the warnings its fleet
+        raised so far; returns the stop requests."""
         self.shards[shard] = (tiers, in_flight)
+        self.warnings.extend(w for w in dict.fromkeys(warnings) if w not in self.warnings)
         return self.stops
 
     def stop(self) -> None:
         self.stops += 1
 
-    def progress(self) -> tuple[dict[str, TierCounts], dict[str, int]]:
-        """Every worker's counters added up per tier, and its in-flight requests per model."""
+    def progress(self) -> tuple[dict[str, TierCounts], dict[str, int], list[str]]:
+        """Every worker's counters added up per tier, their in-flight requests per model, and
+        the warnings (`warnings`)."""
         tiers: dict[str, TierCounts] = {}
         in_flight: dict[str, int] = {}
         for counts, flying in self.shards.values():
@@ -314,7 +338,7 @@ class RunControl:
                 tiers[tier] = add_counts(tiers.get(tier, TierCounts()), TierCounts(*values))
             for model, value in flying.items():
                 in_flight[model] = in_flight.get(model, 0) + value
-        return tiers, in_flight
+        return tiers, in_flight, self.warnings
 
 
 def add_counts(a: TierCounts, b: TierCounts) -> TierCounts:

@@ -374,3 +374,16 @@ def test_ray_warns_like_the_local_engine(
     report = CliRunner().invoke(main, ["report", "runs/t"])
     assert "Warned during the run: model small is gone" in report.stdout
     assert "Warned during the run: over the forecast: spend" in report.stdout
+
+
+def test_run_control_relays_each_workers_warning_once() -> None:
+    """Every worker finds the same model gone: the driver hears it once, in first-seen order."""
+    from batchroute.engines.shard import RunControl
+
+    control = RunControl()
+    control.report(0, {}, {}, ("model small is gone", "spend is running past"))
+    control.report(1, {}, {}, ("model small is gone",))
+    control.report(0, {}, {}, ("model small is gone", "spend is running past"))
+    control.report(2, {}, {}, ("model big is gone", "model small is gone"))
+    _, _, warnings = control.progress()
+    assert warnings == ["model small is gone", "spend is running past", "model big is gone"]
