@@ -11,6 +11,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
+import batchroute
 from batchroute.cli import main
 from tests.conftest import sample_rows
 
@@ -46,6 +47,9 @@ def test_plan_counts_the_rows_the_cache_would_answer(
     assert Decimal(every_row["forecast_cost_usd"]) > Decimal(totals["forecast_cost_usd"])
     text = CliRunner().invoke(main, ["plan", str(job)]).stdout
     assert "40 rows would be answered by the response cache: $0" in text
+    frame = batchroute.plan(job)  # the Python API plans as the command does
+    assert int(frame["cache_hits"].sum()) == 40 and int(frame["rows"].sum()) == 10
+    assert int(batchroute.plan(job, no_cache=True)["cache_hits"].sum()) == 0
 
 
 def test_a_tier_with_checks_is_not_counted_as_a_hit(

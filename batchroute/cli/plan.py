@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import click
 
-from batchroute.cache.runs import RunCache
 from batchroute.config import Job, load_job
 from batchroute.dispatch import params
 from batchroute.engines.forecast import forecast_job
@@ -48,9 +46,7 @@ def show_plan(
     (looked up by key, read-only) instead of being forecast.
     """
     prices = resolve_prices(job)
-    cache = None if no_cache else RunCache.for_job(job, lookup_only=True)
-    with cache if cache is not None else nullcontext():
-        forecast = forecast_job(job, prices, limit=limit, cache=cache)
+    forecast = forecast_job(job, prices, limit=limit, use_cache=not no_cache)
     plan = forecast.frame()
     totals = forecast_totals(plan)
     path = None

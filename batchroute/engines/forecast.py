@@ -7,6 +7,8 @@ It lives above `pricing` because it reads (`dataset`) and routes (`classify`); t
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import polars as pl
 
 from batchroute.cache.runs import RunCache
@@ -20,14 +22,23 @@ __all__ = ["forecast_job"]
 
 
 def forecast_job(
-    job: Job, prices: PriceTable, *, limit: int | None = None, cache: RunCache | None = None
+    job: Job, prices: PriceTable, *, limit: int | None = None, use_cache: bool = False
 ) -> ForecastAccumulator:
     """Read and classify the job's input batch by batch (no API call) and forecast it.
 
-    `limit` forecasts only the first rows, as `run --limit` would send them. With an open
-    `cache`, each batch's first requests are looked up by key, as a run looks them up before
-    sending: the rows it would answer are counted as cache hits, not forecast.
+    `limit` forecasts only the first rows, as `run --limit` would send them. With `use_cache`,
+    each batch's first requests are looked up by key in the job's response cache (read-only,
+    and only if the file exists), as a run looks them up before sending: the rows it would
+    answer are counted as cache hits, not forecast.
     """
+    cache = RunCache.for_job(job, lookup_only=True) if use_cache else None
+    with cache if cache is not None else nullcontext():
+        return _forecast(job, prices, limit=limit, cache=cache)
+
+
+def _forecast(
+    job: Job, prices: PriceTable, *, limit: int | None, cache: RunCache | None
+) -> ForecastAccumulator:
     router = build_router(job)
     forecast = ForecastAccumulator(job, prices)
     remaining = limit
