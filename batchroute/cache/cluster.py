@@ -106,7 +106,8 @@ class RemoteResponses:
 
     `RunCache` uses it as it uses the file: `get` asks the host and waits for the answer, which
     happens only when a row falls back. `put` gathers answers and sends them in chunks without
-    waiting. `close` sends the rest and waits until the host has them all.
+    waiting. `close` sends the rest and waits until the host has them all. A host that cannot
+    be reached never fails a row: lookups miss, stores are dropped, and `failed` is set.
     """
 
     def __init__(self, host: Any, *, read: bool, write: bool) -> None:
@@ -119,11 +120,15 @@ class RemoteResponses:
         self.hits = 0
         self.misses = 0
         self.stored = 0
+        self.failed = False
+        """Set when the host could not be reached: lookups miss from then on (a lost answer
+        costs a request; a row must not fail because the cache did)."""
 
     def __repr__(self) -> str:
         modes = "".join(("r" if self.read else "-", "w" if self.write else "-"))
+        failed = ", host failed" if self.failed else ""
         return (
-            f"<RemoteResponses [{modes}, hits: {self.hits}, misses: {self.misses}, "
+            f"<RemoteResponses [{modes}{failed}, hits: {self.hits}, misses: {self.misses}, "
             f"stored: {self.stored}, gathered: {len(self._pending)}, unconfirmed sends: "
             f"{len(self._sent)}]>"
         )
@@ -132,11 +137,16 @@ class RemoteResponses:
         """Nothing to open: the host opened the file when the run started."""
 
     def get(self, key: bytes) -> CachedAnswer | None:
-        if not self.read:
+        if not self.read or self.failed:
             return None
         import ray
 
-        answer: CachedAnswer | None = ray.get(self.host.get.remote(key))
+        try:
+            answer: CachedAnswer | None = ray.get(self.host.get.remote(key))
+        except ray.exceptions.RayError:
+            logger.debug("the response cache's host failed", exc_info=True)
+            self.failed = True
+            return None
         if answer is None:
             self.misses += 1
         else:
@@ -165,17 +175,30 @@ class RemoteResponses:
         import ray
 
         self._last_send = time.monotonic()
+        if self.failed:
+            self._pending = []
+            return
         if self._pending:
             self.stored += len(self._pending)
             self._sent.append(self.host.put_many.remote(self._pending))
             self._pending = []
         if self._sent:  # forget the sends the host has confirmed (memory stays bounded)
-            _, self._sent = ray.wait(self._sent, num_returns=len(self._sent), timeout=0)
+            done, self._sent = ray.wait(self._sent, num_returns=len(self._sent), timeout=0)
+            self._confirm(done)
 
-    def close(self) -> None:
-        """Send what is gathered and wait until the host has queued every answer."""
+    def _confirm(self, sent: list[Any]) -> None:
         import ray
 
+        try:
+            ray.get(sent)
+        except ray.exceptions.RayError:
+            logger.debug("the response cache's host failed", exc_info=True)
+            self.failed = True
+            self._sent = []
+
+    def close(self) -> None:
+        """Send what is gathered and wait until the host has queued every answer; `failed`
+        then says whether some were lost."""
         self._send()
         sent, self._sent = self._sent, []
-        ray.get(sent)
+        self._confirm(sent)

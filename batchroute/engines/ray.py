@@ -364,6 +364,13 @@ class _DriverRun(_Run):
             for actor in started:
                 try:
                     ray.get(actor.close.remote())
+                except ray.exceptions.RayError as exc:
+                    self._take_warnings(
+                        (
+                            f"the response cache's host failed ({type(exc).__name__}): answers "
+                            "sent in this run may not be stored, and a later run sends them again",
+                        )
+                    )
                 finally:
                     ray.kill(actor)
 

@@ -132,12 +132,16 @@ class _ShardRun(_Run):
         )
         if self.budget.max_cost_usd is not None:
             self.budget = LeasedBudget(self._lease_budget)
+        self._responses: RemoteResponses | None = None
         if spec.cache_host is not None:
             settings = cache_settings(
                 job.config.cache, no_cache=options.no_cache, refresh_cache=options.refresh_cache
             )
+            self._responses = RemoteResponses(
+                spec.cache_host, read=settings.read, write=settings.write
+            )
             self.cache = RunCache(
-                RemoteResponses(spec.cache_host, read=settings.read, write=settings.write),
+                self._responses,
                 plans=plan_tiers(job.config),
                 endpoints=endpoint_keys(job.config),
             )
@@ -182,14 +186,14 @@ class _ShardRun(_Run):
             anyio.run(self._dispatch_all, batches, _unchanged, done, self.spec.base_urls)
         finally:
             self.journal.close(compact=False)  # the driver compacts every journal at the end
-            try:
-                if self.cache is not None:
-                    self.cache.close()  # the host has every answer before the driver closes it
-            except Exception as exc:  # a lost store costs a request later, never an answer
-                self.warnings.append(
-                    f"worker {self.spec.index}: some answers were not stored in the response "
-                    f"cache ({type(exc).__name__}); a later run sends those requests again"
-                )
+            if self._responses is not None:
+                self._responses.close()  # the host has every answer before the driver closes it
+                if self._responses.failed:  # a lost store costs a request later, never an answer
+                    self.warnings.append(
+                        f"worker {self.spec.index}: the response cache's host could not be "
+                        "reached; answers it was sent may not be stored, and a later run sends "
+                        "those requests again"
+                    )
             try:
                 import ray
 

@@ -387,3 +387,23 @@ def test_run_control_relays_each_workers_warning_once() -> None:
     control.report(2, {}, {}, ("model big is gone", "model small is gone"))
     _, _, warnings = control.progress()
     assert warnings == ["model small is gone", "spend is running past", "model big is gone"]
+
+
+def test_a_lost_cache_host_is_a_miss_not_a_failed_row(
+    ray_cluster: Any, make_job: JobFactory
+) -> None:
+    """If the host dies, a worker's fallback lookup misses (the row is sent) and its stores are
+    dropped: nothing raises into the walk; `failed` makes the shard record a warning."""
+    from batchroute.cache.answers import CachedAnswer
+    from batchroute.cache.cluster import RemoteResponses, start_cache_host
+
+    job = load_job(make_job(sample_rows(2)))
+    host = start_cache_host(ray, job, no_cache=False, refresh_cache=False)
+    ray.kill(host)
+    responses = RemoteResponses(host, read=True, write=True)
+    answer = CachedAnswer("hi", "stop", "m", 1, 1)
+    assert responses.get(b"k" * 16) is None and responses.failed
+    stores = RemoteResponses(host, read=True, write=True)
+    assert stores.put(b"k" * 16, answer)
+    stores.close()
+    assert stores.failed, "a store the host never received is reported"
