@@ -407,3 +407,21 @@ def test_a_lost_cache_host_is_a_miss_not_a_failed_row(
     assert stores.put(b"k" * 16, answer)
     stores.close()
     assert stores.failed, "a store the host never received is reported"
+
+
+def test_a_tier_with_checks_is_not_served_from_the_cache_on_ray(
+    ray_cluster: Any, make_job: JobFactory
+) -> None:
+    """As on the local engine: answers must pass this run's checks, so they are sent again."""
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(
+            sample_rows(12),
+            endpoint=_endpoint(sim),
+            request=ROOM,
+            verify={"default": ["not_truncated"]},
+        )
+        _run(job, run_dir=Path("runs/a"), engine="ray")
+        first = _paid(sim)
+        again = _run(job, run_dir=Path("runs/b"), engine="ray")
+        assert _paid(sim) == 2 * first and again.cached_rows == 0
+    assert not pl.read_parquet("runs/b/results.parquet")["cache_hit"].any()
