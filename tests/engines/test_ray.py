@@ -400,6 +400,8 @@ def test_a_lost_cache_host_is_a_miss_not_a_failed_row(
     job = load_job(make_job(sample_rows(2)))
     host = start_cache_host(ray, job, no_cache=False, refresh_cache=False)
     ray.kill(host)
+    with pytest.raises(ray.exceptions.RayActorError):  # the kill has landed
+        ray.get(host.node.remote(), timeout=30)
     responses = RemoteResponses(host, read=True, write=True)
     answer = CachedAnswer("hi", "stop", "m", 1, 1)
     assert responses.get(b"k" * 16) is None and responses.failed
