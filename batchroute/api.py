@@ -184,10 +184,14 @@ async def run_async(
         return await loop.run_in_executor(pool, work)
 
 
-def plan(job: Job | Path | str, *, limit: int | None = None) -> pl.DataFrame:
-    """Forecast a job offline, as `batchroute plan` does: one row per tier (plan.parquet's)."""
+def plan(
+    job: Job | Path | str, *, limit: int | None = None, no_cache: bool = False
+) -> pl.DataFrame:
+    """Forecast a job offline, as `batchroute plan` does: one row per tier (plan.parquet's),
+    with the rows the response cache would answer in `cache_hits` unless `no_cache`."""
     from batchroute.engines.forecast import forecast_job
     from batchroute.pricing.prices import resolve_prices
 
     loaded = _job(job)
-    return forecast_job(loaded, resolve_prices(loaded), limit=limit).frame()
+    forecast = forecast_job(loaded, resolve_prices(loaded), limit=limit, use_cache=not no_cache)
+    return forecast.frame()

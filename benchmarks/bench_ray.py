@@ -14,7 +14,15 @@ machinery, and a budget cap far above the spend, so the budget is leased too):
 
 Both figures are from the same run, so the ratio holds on a noisy shared machine even when the
 absolute numbers do not. The whole runs are measured: reading, classification, dispatch, the
-journal, assembly and the reports.
+journal, assembly and the reports. These runs use `--no-cache`, so that every request is sent
+(the warm-up runs share prompts with the measured ones).
+
+The response cache on Ray: a job whose answers are long enough to finish (so they are stored),
+run on Ray three times, each in a fresh run directory, with a cache private to this benchmark:
+`off` (--no-cache, the baseline), `cold` (the cache is empty: every answer is sent and stored
+through the driver node's cache host) and `warm` (every row is a hit at the driver). It prints
+the cold run against off (what storing costs), the warm run against cold, and the requests
+each sent.
 
     python benchmarks/bench_ray.py            # 4,000 requests, 2 workers
     python benchmarks/bench_ray.py --quick    # 1,000 requests
@@ -41,7 +49,7 @@ from batchroute.progress import Progress
 from batchroute.sim import SimConfig, SimulatorProcess
 
 
-def _write_job(root: Path, base_url: str, rows: int, workers: int) -> Path:
+def _write_job(root: Path, base_url: str, rows: int, workers: int, *, max_tokens: int = 16) -> Path:
     data = root / "prompts.jsonl"
     with data.open("w") as handle:
         for i in range(rows):
@@ -50,7 +58,7 @@ def _write_job(root: Path, base_url: str, rows: int, workers: int) -> Path:
         "name": "bench",
         "input": {"path": str(data), "id_column": "id"},
         "endpoint": {"base_url": base_url, "api_key_env": None},
-        "request": {"max_tokens": 16},
+        "request": {"max_tokens": max_tokens},
         "tiers": {"complex": "m", "standard": "m", "structured": "m", "bulk": "m"},
         "models": {"m": {"input_per_mtok": 1, "output_per_mtok": 2, "rpm": 600_000}},
         "baseline_model": "m",
@@ -79,13 +87,15 @@ def _tree_cpu(exclude: set[int]) -> dict[int, float]:
     return found
 
 
-def _run(job_path: Path, run_dir: Path, engine: str, exclude: set[int]) -> tuple[float, float]:
+def _run(
+    job_path: Path, run_dir: Path, engine: str, exclude: set[int], *, no_cache: bool = True
+) -> tuple[float, float]:
     job = load_job(job_path)
     before = _tree_cpu(exclude)
     started = time.perf_counter()
     summary = run_job(
         job,
-        RunOptions(run_dir=run_dir, engine=engine),
+        RunOptions(run_dir=run_dir, engine=engine, no_cache=no_cache),
         progress=Progress(live=False, enabled=False),
     )
     wall = time.perf_counter() - started
@@ -108,6 +118,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, SimulatorProcess(SimConfig(), cpus=sim_cpus) as sim:
         root = Path(tmp)
+        os.environ["XDG_CACHE_HOME"] = str(root / "xdg")  # never the user's response cache
         exclude = {sim.pid}
         job = _write_job(root, sim.base_url, rows, args.workers)
         (root / "warm").mkdir()
@@ -119,6 +130,13 @@ def main() -> None:
             _run(warm, root / "warm-ray", "ray", exclude)  # start the worker processes
             ray_cpu, ray_wall = _run(job, root / "ray", "ray", exclude)
             manifest: dict[str, Any] = json.loads((root / "ray" / "run.json").read_text())
+            (root / "cached").mkdir()
+            cached = _write_job(root / "cached", sim.base_url, rows, args.workers, max_tokens=1024)
+            runs = []
+            for name in ("off", "cold", "warm"):
+                sent = int(sim.stats()["total"])
+                cpu, wall = _run(cached, root / name, "ray", exclude, no_cache=name == "off")
+                runs.append((name, cpu, wall, int(sim.stats()["total"]) - sent))
         finally:
             ray.shutdown()
     calls = int(manifest["engine"]["limiter_calls"])
@@ -130,6 +148,13 @@ def main() -> None:
     print(
         f"lease actor calls: {calls} = {1000 * calls / rows:.1f} per 1,000 requests (target <= 20)"
     )
+    print(f"\nthe response cache on Ray ({rows} rows; off = --no-cache)")
+    print(f"{'run':8} {'CPU s':>8} {'wall s':>8} {'requests':>9}")
+    for name, cpu, wall, sent in runs:
+        print(f"{name:8} {cpu:8.2f} {wall:8.2f} {sent:9d}")
+    (_, off_cpu, off_wall, _), (_, cold_cpu, cold_wall, _), (_, warm_cpu, warm_wall, _) = runs
+    print(f"cold / off (storing): wall {cold_wall / off_wall:.2f}, CPU {cold_cpu / off_cpu:.2f}")
+    print(f"warm / cold (served): wall {warm_wall / cold_wall:.2f}, CPU {warm_cpu / cold_cpu:.2f}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from batchroute.cache.answers import CachedAnswer
 from batchroute.cache.keys import request_key
@@ -33,10 +33,24 @@ from batchroute.dispatch.rows import RowOutcome
 from batchroute.dispatch.walk import TierPlan, plan_tiers
 from batchroute.schema import Status
 
-__all__ = ["Hit", "RunCache", "endpoint_keys"]
+__all__ = ["Hit", "Responses", "RunCache", "endpoint_keys"]
 
 Hit = tuple[int, str, CachedAnswer]
 """A row's cached answer: the position of its model in the chain, the model, the answer."""
+
+
+class Responses(Protocol):
+    """Where a run's answers are kept: the file (`ResponseCache`) or, in a Ray worker, the
+    driver node's `CacheHost` (`cluster.RemoteResponses`)."""
+
+    read: bool
+    write: bool
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def get(self, key: bytes) -> CachedAnswer | None: ...
+    def get_many(self, keys: Sequence[bytes]) -> list[CachedAnswer | None]: ...
+    def put(self, key: bytes, answer: CachedAnswer) -> bool: ...
 
 
 def endpoint_keys(config: JobConfig) -> dict[str, str]:
@@ -63,7 +77,7 @@ class RunCache:
 
     def __init__(
         self,
-        cache: ResponseCache,
+        cache: Responses,
         *,
         plans: Mapping[str, TierPlan],
         endpoints: Mapping[str, str],
@@ -74,12 +88,22 @@ class RunCache:
 
     @classmethod
     def for_job(
-        cls, job: Job, *, no_cache: bool = False, refresh_cache: bool = False
+        cls,
+        job: Job,
+        *,
+        no_cache: bool = False,
+        refresh_cache: bool = False,
+        lookup_only: bool = False,
     ) -> RunCache | None:
-        """The run's cache as the job and the command line set it; None when it is off."""
+        """The run's cache as the job and the command line set it; None when it is off.
+
+        `lookup_only` (`plan`): it never writes, not even a new file; None if there is none.
+        """
         settings = cache_settings(job.config.cache, no_cache=no_cache, refresh_cache=refresh_cache)
+        if lookup_only:
+            settings = settings.model_copy(update={"write": False})
         cache = ResponseCache.from_config(settings, base_dir=Path(job.base_dir))
-        if not cache.is_active:
+        if not cache.is_active or (lookup_only and not cache.path.is_file()):
             return None
         return cls(cache, plans=plan_tiers(job.config), endpoints=endpoint_keys(job.config))
 

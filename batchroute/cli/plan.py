@@ -33,11 +33,20 @@ FORMAT_OPTION = click.option(
 
 
 def show_plan(
-    job: Job, *, limit: int | None, output_format: OutputFormat, out_dir: Path | None
+    job: Job,
+    *,
+    limit: int | None,
+    output_format: OutputFormat,
+    out_dir: Path | None,
+    no_cache: bool = True,
 ) -> None:
-    """Forecast `job` and print it in `output_format`; write plan.parquet only into `out_dir`."""
+    """Forecast `job` and print it in `output_format`; write plan.parquet only into `out_dir`.
+
+    Unless `no_cache`, the rows the response cache would answer are counted as cache hits
+    (looked up by key, read-only) instead of being forecast.
+    """
     prices = resolve_prices(job)
-    forecast = forecast_job(job, prices, limit=limit)
+    forecast = forecast_job(job, prices, limit=limit, use_cache=not no_cache)
     plan = forecast.frame()
     totals = forecast_totals(plan)
     path = None
@@ -58,6 +67,7 @@ def show_plan(
                     "baseline_cost_usd": totals.baseline_cost_usd,
                     "unpriced": totals.unpriced,
                     "invalid_rows": forecast.invalid_rows,
+                    "cache_hits": totals.cache_hits,
                 },
                 written=path,
             )
@@ -82,9 +92,28 @@ def show_plan(
     "actual). Without it nothing is written.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Forecast only the first N rows.")
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Forecast every row as sent, without looking rows up in the response cache.",
+)
 @FORMAT_OPTION
 def plan_command(
-    job_file: Path, out_dir: Path | None, limit: int | None, output_format: OutputFormat
+    job_file: Path,
+    out_dir: Path | None,
+    limit: int | None,
+    no_cache: bool,
+    output_format: OutputFormat,
 ) -> None:
-    """Classify every row and forecast the cost per tier and against the baseline, offline."""
-    show_plan(load_job(job_file), limit=limit, output_format=output_format, out_dir=out_dir)
+    """Classify every row and forecast the cost per tier and against the baseline, offline.
+
+    Rows the response cache would answer are shown as cache hits costing $0, apart from the
+    forecast.
+    """
+    show_plan(
+        load_job(job_file),
+        limit=limit,
+        output_format=output_format,
+        out_dir=out_dir,
+        no_cache=no_cache,
+    )

@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 import polars as pl
 
-from batchroute.cache.runs import RunCache
+from batchroute.cache.runs import Hit, RunCache
 from batchroute.classify import build_router
 from batchroute.config import Job
 from batchroute.dataset import Batch, open_dataset
@@ -488,10 +488,17 @@ class _Run:
         assert self.cache is not None
         if frame.height == 0:
             return frame
-        cache = self.cache
         hits = await anyio.to_thread.run_sync(
-            cache.lookup, frame["tier"].to_list(), frame["messages"].to_list()
+            self.cache.lookup, frame["tier"].to_list(), frame["messages"].to_list()
         )
+        rest = self._settle_cached(frame, hits)
+        if rest.height < frame.height:
+            self._flush_wanted.set()
+        return rest
+
+    def _settle_cached(self, frame: pl.DataFrame, hits: list[Hit | None]) -> pl.DataFrame:
+        """Settle the rows of `frame` that `hits` (`RunCache.lookup`) answers; the rest."""
+        assert self.cache is not None
         found = pl.Series([hit is not None for hit in hits], dtype=pl.Boolean)
         if not found.any():
             return frame
@@ -502,10 +509,9 @@ class _Run:
             (hit for hit in hits if hit is not None),
             strict=True,
         ):
-            self.buffer.add(context, cache.outcome(tier, hit))
+            self.buffer.add(context, self.cache.outcome(tier, hit))
         self.cached_rows += served.height
         self.progress.settled(served["tier"], status="cached")
-        self._flush_wanted.set()
         return frame.filter(~found)
 
     async def _queue_batch(self, frame: pl.DataFrame) -> None:

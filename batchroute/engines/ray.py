@@ -11,7 +11,14 @@ actor (`leases.py`) holds each model's rate and the budget cap for the whole clu
 
 The run directory must be one directory that the driver and every worker see (a shared
 filesystem, see the README): workers write their journals there, fsynced, and the driver reads
-them back.
+them back. The response cache need not be shared: the driver looks each batch up before cutting
+it into shards, and a `CacheHost` actor on the driver's node keeps the file for the workers
+(`cache/cluster.py` says why).
+
+The end of a run is the local engine's (`_Run._assemble_and_report`, the over-forecast check).
+The warnings the workers' fleets raise (a model gone for the run, spend running past the
+forecast) reach the driver with their progress (`RunControl`). The driver logs each one once,
+as it arrives, and records it in run.json, as a local run does.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any
 
 import polars as pl
 
+from batchroute.cache.cluster import start_cache_host
 from batchroute.classify import build_router
 from batchroute.config import Job
 from batchroute.dataset import open_dataset
@@ -165,6 +173,8 @@ class _DriverRun(_Run):
         try:
             with ExitStack() as stack:
                 base_urls: dict[str, str] = {}
+                if self.cache is not None:  # a file it cannot use stops the run before a request
+                    stack.enter_context(self.cache)
                 if self._uses_simulator():
                     from batchroute.sim import EmbeddedSimulator
 
@@ -189,6 +199,7 @@ class _DriverRun(_Run):
             write_manifest(self.run_dir, self._ray_manifest(previous, summary))
             return summary
         counts, report = self._assemble_and_report()
+        self._warn_if_over_forecast(report)
         summary = self._summary(counts=counts, report=report)
         write_manifest(self.run_dir, self._ray_manifest(previous, summary))
         return summary
@@ -220,8 +231,11 @@ class _DriverRun(_Run):
             if batch.rejects.height:
                 self.rejects.append(batch.rejects)
             sendable = self._prepare(rows, classify, done)
+            if self.cache is not None and self.cache.reads and sendable.height:
+                hits = self.cache.lookup(sendable["tier"].to_list(), sendable["messages"].to_list())
+                sendable = self._settle_cached(sendable, hits)
             results, attempts = self.buffer.take()
-            self.journal.commit(results, attempts)  # the index, and the invalid rows
+            self.journal.commit(results, attempts)  # the index, invalid and cached rows
             parts = sendable.with_columns(_shard=pl.col("row_index") // shard_rows)
             for (index,), part in parts.partition_by(
                 "_shard", as_dict=True, include_key=False, maintain_order=True
@@ -269,6 +283,7 @@ class _DriverRun(_Run):
                 run_dir=self.run_dir.resolve(),
                 ordinal=self.journal.ordinal,
                 base_urls=base_urls,
+                cache_host=cache_host(),
             )
             refs.append(task.remote(self.job, options, self.prices, spec, rows, limits, control))
 
@@ -279,6 +294,7 @@ class _DriverRun(_Run):
             tier_models={str(tier): model for tier, model in self._requested.items()},
         )
         with (
+            self._cache_host(ray) as cache_host,
             progress.live(run_id=self.run_id, total_rows=self.total_rows),
             _stop_on_signals(ray, control, refs, self),
         ):
@@ -295,7 +311,8 @@ class _DriverRun(_Run):
             pending = list(refs)
             while pending:
                 _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.25)
-                tiers, in_flight = ray.get(control.progress.remote())
+                tiers, in_flight, warnings = ray.get(control.progress.remote())
+                self._take_warnings(tuple(warnings))  # as they happen, as a local run logs them
                 for tier, counts in base.items():
                     progress.tiers[tier] = add_counts(counts, tiers.get(tier, TierCounts()))
         results: list[ShardResult] = []
@@ -314,10 +331,56 @@ class _DriverRun(_Run):
         for result in results:
             self.sent_rows += result.sent_rows
             self.reused_rows += result.reused_rows
-            self.warnings.extend(result.warnings)
+            self._take_warnings(result.warnings)
             self.hard_stop = self.hard_stop or result.hard_stop
         self._take_stop(results)
         return results
+
+    @contextmanager
+    def _cache_host(self, ray: Any) -> Iterator[Callable[[], Any]]:
+        """The run's `CacheHost` while shards run, started when the first shard with rows to
+        send is handed out (a run the cache answers whole starts no actor); None when the
+        cache is off. Closed after the last shard ended: every answer stored is committed."""
+        started: list[Any] = []
+
+        def host() -> Any:
+            if self.cache is None:
+                return None
+            if not started:
+                options = self.options
+                started.append(
+                    start_cache_host(
+                        ray,
+                        self.job,
+                        no_cache=options.no_cache,
+                        refresh_cache=options.refresh_cache,
+                    )
+                )
+            return started[0]
+
+        try:
+            yield host
+        finally:
+            for actor in started:
+                try:
+                    ray.get(actor.close.remote())
+                except ray.exceptions.RayError as exc:
+                    self._take_warnings(
+                        (
+                            f"the response cache's host failed ({type(exc).__name__}): answers "
+                            "sent in this run may not be stored, and a later run sends them again",
+                        )
+                    )
+                finally:
+                    ray.kill(actor)
+
+    def _take_warnings(self, warnings: tuple[str, ...]) -> None:
+        """A worker's warnings, each logged and recorded once however many workers raised it
+        (every worker's fleet finds the same model gone)."""
+        for warning in warnings:
+            if warning not in self.warnings:
+                self.warnings.append(warning)
+                logger.warning("%s", warning)  # as the local engine's fleet logs it
 
     def _take_stop(self, results: list[ShardResult]) -> None:
         """The run's stop: an interrupt outranks an abort, which outranks the budget cap."""

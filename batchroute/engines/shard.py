@@ -6,7 +6,9 @@ journal shares the driver's ordinal and leaves the other workers' journals alone
 pace at the share of each model's rate leased from the cluster's `ClusterLimits` actor, and its
 budget is leased from the same actor; and it stops when the driver says so (polled from the
 `RunControl` actor) instead of on its own signals. It writes its answers to the run directory's
-journal like any session; the driver compacts and assembles them.
+journal like any session; the driver compacts and assembles them. Its response cache is the
+driver node's `CacheHost` (`cache/cluster.py`): the driver already served the rows whose first
+request was answered, so a shard looks up only fallbacks there, and stores what it is answered.
 
 A task that dies is retried by Ray. The retry first compacts the journals its shard's earlier
 attempts left behind, then sends only the rows of the shard that are not already answered.
@@ -28,9 +30,13 @@ import anyio
 import anyio.abc
 import polars as pl
 
+from batchroute.cache.cluster import RemoteResponses
+from batchroute.cache.runs import RunCache, endpoint_keys
+from batchroute.cache.store import cache_settings
 from batchroute.config import Job
 from batchroute.dataset import Batch
 from batchroute.dispatch.dispatcher import Dispatcher
+from batchroute.dispatch.walk import plan_tiers
 from batchroute.engines.leases import LeasedBudget, LeasedLimiter, LeaseKeeper
 from batchroute.engines.local import RunOptions, _BatchSource, _Classify, _Run
 from batchroute.logs import run_id_var
@@ -58,6 +64,8 @@ class ShardSpec:
     run_dir: Path
     ordinal: int
     base_urls: dict[str, str]
+    cache_host: Any = None
+    """The run's `CacheHost` actor, or None when the response cache is off (`--no-cache`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,9 @@ def run_shard(
 ) -> ShardResult:
     """Send one shard's rows (a Ray task: `limits`/`control` are actor handles)."""
     run_id_var.set(spec.run_id)
+    # The driver logs this worker's warnings (relayed through `RunControl`, and in the
+    # result), once each, in the run's log format; Ray would print them again, unformatted.
+    logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
     session = _ShardRun(job, options, prices=prices, spec=spec, limits=limits, control=control)
     return session.run(rows)
 
@@ -111,8 +122,7 @@ class _ShardRun(_Run):
         self._control = control
         super().__init__(
             job,
-            # The response cache is not wired into the Ray engine yet: a shard neither reads
-            # nor writes it (README: "Ray engine"), so it pays for every request it sends.
+            # Not the cache file: the driver node's host stands in for it (below).
             replace(options, limit=None, no_cache=True),
             run_id=spec.run_id,
             run_dir=spec.run_dir,
@@ -122,6 +132,19 @@ class _ShardRun(_Run):
         )
         if self.budget.max_cost_usd is not None:
             self.budget = LeasedBudget(self._lease_budget)
+        self._responses: RemoteResponses | None = None
+        if spec.cache_host is not None:
+            settings = cache_settings(
+                job.config.cache, no_cache=options.no_cache, refresh_cache=options.refresh_cache
+            )
+            self._responses = RemoteResponses(
+                spec.cache_host, read=settings.read, write=settings.write
+            )
+            self.cache = RunCache(
+                self._responses,
+                plans=plan_tiers(job.config),
+                endpoints=endpoint_keys(job.config),
+            )
 
     def _lease_budget(self, want_usd: float) -> float:
         import ray
@@ -163,6 +186,14 @@ class _ShardRun(_Run):
             anyio.run(self._dispatch_all, batches, _unchanged, done, self.spec.base_urls)
         finally:
             self.journal.close(compact=False)  # the driver compacts every journal at the end
+            if self._responses is not None:
+                self._responses.close()  # the host has every answer before the driver closes it
+                if self._responses.failed:  # a lost store costs a request later, never an answer
+                    self.warnings.append(
+                        f"worker {self.spec.index}: the response cache's host could not be "
+                        "reached; answers it was sent may not be stored, and a later run sends "
+                        "those requests again"
+                    )
             try:
                 import ray
 
@@ -189,6 +220,9 @@ class _ShardRun(_Run):
 
     def _prepare(self, rows: pl.DataFrame, classify: _Classify, done: pl.Series) -> pl.DataFrame:
         return rows  # classified, indexed and filtered by the driver
+
+    async def _serve_cached(self, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame  # the driver served the rows whose first request the cache answers
 
     async def _feed(
         self,
@@ -227,7 +261,10 @@ class _ShardRun(_Run):
         while True:
             tiers = {tier: astuple(counts) for tier, counts in self.progress.tiers.items()}
             in_flight = {name: lim.in_flight for name, lim in self._dispatcher.limiters.items()}
-            wanted: int = await self._control.report.remote(self.spec.index, tiers, in_flight)
+            warnings = tuple(self._dispatcher.warnings)
+            wanted: int = await self._control.report.remote(
+                self.spec.index, tiers, in_flight, warnings
+            )
             while stops < wanted:
                 stops += 1
                 self._interrupt(watchers)
@@ -264,24 +301,40 @@ def _node_id() -> str:
 
 
 class RunControl:
-    """The driver's side channel to its workers (a Ray actor): progress in, stop requests out."""
+    """The driver's side channel to its workers (a Ray actor): progress and warnings in, stop
+    requests out."""
 
     def __init__(self) -> None:
         self.stops = 0
         self.shards: dict[int, tuple[dict[str, tuple[Any, ...]], dict[str, int]]] = {}
+        self.warnings: list[str] = []
+        """Every worker's warnings so far, each once, in the order they were first reported."""
+
+    def __repr__(self) -> str:
+        return (
+            f"<RunControl [shards reporting: {len(self.shards)}, stops: {self.stops}, "
+            f"warnings: {len(self.warnings)}]>"
+        )
 
     def report(
-        self, shard: int, tiers: dict[str, tuple[Any, ...]], in_flight: dict[str, int]
+        self,
+        shard: int,
+        tiers: dict[str, tuple[Any, ...]],
+        in_flight: dict[str, int],
+        warnings: tuple[str, ...] = (),
     ) -> int:
-        """A worker's progress counters (`TierCounts` as tuples); returns the stop requests."""
+        """A worker's progress counters (`TierCounts` as tuples) and the warnings its fleet
+        raised so far; returns the stop requests."""
         self.shards[shard] = (tiers, in_flight)
+        self.warnings.extend(w for w in dict.fromkeys(warnings) if w not in self.warnings)
         return self.stops
 
     def stop(self) -> None:
         self.stops += 1
 
-    def progress(self) -> tuple[dict[str, TierCounts], dict[str, int]]:
-        """Every worker's counters added up per tier, and its in-flight requests per model."""
+    def progress(self) -> tuple[dict[str, TierCounts], dict[str, int], list[str]]:
+        """Every worker's counters added up per tier, their in-flight requests per model, and
+        the warnings (`warnings`)."""
         tiers: dict[str, TierCounts] = {}
         in_flight: dict[str, int] = {}
         for counts, flying in self.shards.values():
@@ -289,7 +342,7 @@ class RunControl:
                 tiers[tier] = add_counts(tiers.get(tier, TierCounts()), TierCounts(*values))
             for model, value in flying.items():
                 in_flight[model] = in_flight.get(model, 0) + value
-        return tiers, in_flight
+        return tiers, in_flight, self.warnings
 
 
 def add_counts(a: TierCounts, b: TierCounts) -> TierCounts:

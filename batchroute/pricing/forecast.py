@@ -5,7 +5,8 @@ simulator reports, so a rehearsal on the simulator matches its forecast exactly.
 the tier's `expected_output_tokens`, else its output limit, else `DEFAULT_OUTPUT_TOKENS`
 (`tokens.expected_output_tokens`). Each tier is priced on its own model (the first of its chain:
 fallbacks are not forecast) and, for comparison, on the baseline model. Rows that are invalid are
-never sent, so they are counted apart and cost nothing.
+never sent, so they are counted apart and cost nothing. So are rows the response cache would
+answer, when `plan` looked them up (`cache_hits`): they cost $0, outside the forecast.
 
 This is the one forecast: `plan` and the run write it per tier (`ForecastAccumulator`), and the
 router's calibration and evaluation price a labelled set with it (`tier_prices`,
@@ -69,11 +70,14 @@ PLAN_SCHEMA: Final = pl.Schema(
             "price_sha256": pl.String,
             "judge_cost_usd": COST_DTYPE,
             "escalation_cost_usd": COST_DTYPE,
+            "cache_hits": pl.Int64,
         },
     )
 )
 """plan.parquet: one row per tier that has rows, in tier order. `forecast_cost_usd` includes
-the verification forecast, `judge_cost_usd` + `escalation_cost_usd` (`verification_forecast`)."""
+the verification forecast, `judge_cost_usd` + `escalation_cost_usd` (`verification_forecast`).
+`rows` are the rows to send; `cache_hits` the tier's rows the response cache would answer, which
+`rows`, the tokens and both costs leave out (0 when nobody looked: a run's own plan)."""
 
 
 def baseline_model(config: JobConfig) -> str:
@@ -121,13 +125,24 @@ class ForecastAccumulator:
         self.prices = prices
         self.invalid_rows = 0
         self._rows: dict[str, int] = {}
+        self._cache_hits: dict[str, int] = {}
         self._input_tokens: dict[str, int] = {}
         self._tokens = input_tokens_expr(system_prompt=job.config.input.system_prompt)
 
-    def add(self, classified: pl.DataFrame) -> None:
-        """Count one classified batch (INPUT_SCHEMA columns plus `tier`)."""
+    def add(self, classified: pl.DataFrame, *, cached: pl.Series | None = None) -> None:
+        """Count one classified batch (INPUT_SCHEMA columns plus `tier`).
+
+        `cached` marks, row by row, the valid rows the response cache would answer: they are
+        counted as cache hits, not forecast.
+        """
         valid = pl.col("invalid_reason").is_null()
         self.invalid_rows += classified.height - int(classified.select(valid.sum()).item())
+        if cached is not None:
+            hit = valid & pl.lit(cached, dtype=pl.Boolean)
+            counted = classified.filter(hit).group_by("tier").len()
+            for tier, hits in counted.iter_rows():
+                self._cache_hits[tier] = self._cache_hits.get(tier, 0) + hits
+            valid = valid & ~pl.lit(cached, dtype=pl.Boolean)
         per_tier = (
             classified.lazy()
             .filter(valid)
@@ -148,16 +163,22 @@ class ForecastAccumulator:
 
     def frame(self) -> pl.DataFrame:
         """The forecast per tier, in PLAN_SCHEMA."""
-        tiers = sorted(self._rows, key=lambda t: (TIERS.index(t) if t in TIERS else len(TIERS), t))
-        total_rows = sum(self._rows.values())
+        tiers = sorted(
+            self._rows.keys() | self._cache_hits.keys(),
+            key=lambda t: (TIERS.index(t) if t in TIERS else len(TIERS), t),
+        )
+        total_rows = sum(self._rows.values()) + sum(self._cache_hits.values())
+        rows = {t: self._rows.get(t, 0) for t in tiers}
+        input_tokens = {t: self._input_tokens.get(t, 0) for t in tiers}
         baseline = baseline_model(self.job.config)
         counts = pl.DataFrame(
             {
                 "tier": tiers,
                 "model": [self._model(t) for t in tiers],
-                "rows": [self._rows[t] for t in tiers],
-                "input_tokens": [self._input_tokens[t] for t in tiers],
-                "output_tokens": [self._rows[t] * self._output_tokens(t) for t in tiers],
+                "rows": [rows[t] for t in tiers],
+                "input_tokens": [input_tokens[t] for t in tiers],
+                "output_tokens": [rows[t] * self._output_tokens(t) for t in tiers],
+                "cache_hits": [self._cache_hits.get(t, 0) for t in tiers],
             },
             schema={
                 "tier": pl.String,
@@ -165,6 +186,7 @@ class ForecastAccumulator:
                 "rows": pl.Int64,
                 "input_tokens": pl.Int64,
                 "output_tokens": pl.Int64,
+                "cache_hits": pl.Int64,
             },
         )
         tokens = {
@@ -180,8 +202,8 @@ class ForecastAccumulator:
                 self.job.config,
                 self.prices,
                 tier=t,
-                rows=self._rows[t],
-                input_tokens=self._input_tokens[t],
+                rows=rows[t],
+                input_tokens=input_tokens[t],
             )
             for t in tiers
         ]
@@ -191,7 +213,7 @@ class ForecastAccumulator:
         )
         return (
             counts.with_columns(
-                share=pl.col("rows") / max(total_rows, 1),
+                share=(pl.col("rows") + pl.col("cache_hits")) / max(total_rows, 1),
                 forecast_cost_usd=usage_cost_expr(  # batch-mode tiers at batch prices
                     **tokens, rates=model_rates(pl.col("model"), self.prices, batch=batched)
                 )
@@ -212,7 +234,7 @@ class ForecastAccumulator:
     def __repr__(self) -> str:
         return (
             f"<ForecastAccumulator {self.job.name!r} [rows: {sum(self._rows.values())}, "
-            f"invalid: {self.invalid_rows}]>"
+            f"cache hits: {sum(self._cache_hits.values())}, invalid: {self.invalid_rows}]>"
         )
 
 
@@ -268,6 +290,8 @@ class ForecastTotals:
     cost_usd: Decimal | None
     baseline_cost_usd: Decimal | None
     unpriced: bool
+    cache_hits: int = 0
+    """Rows the response cache would answer, outside every other figure here."""
 
     @property
     def savings_usd(self) -> Decimal | None:
@@ -294,6 +318,7 @@ def forecast_totals(plan: pl.DataFrame) -> ForecastTotals:
         cost_usd=None if unpriced else totals[3],
         baseline_cost_usd=totals[4],
         unpriced=unpriced,
+        cache_hits=int(plan["cache_hits"].sum()) if "cache_hits" in plan.columns else 0,
     )
 
 

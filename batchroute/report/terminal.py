@@ -262,6 +262,11 @@ def print_plan(
             )
     if invalid_rows:
         console.print(f"{invalid_rows:,} invalid rows will not be sent and cost nothing.")
+    if totals.cache_hits:
+        console.print(
+            f"{totals.cache_hits:,} rows would be answered by the response cache: $0, "
+            "outside the forecast above (plan --no-cache forecasts them as sent)."
+        )
     if totals.unpriced:
         console.print("[bold yellow]Some tiers use unpriced models:[/] the total is unknown.")
     if plan.height:

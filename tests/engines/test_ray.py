@@ -71,7 +71,7 @@ def _one_model(**model: Any) -> dict[str, Any]:
 def test_same_results_as_the_local_engine(ray_cluster: Any, make_job: JobFactory) -> None:
     with EmbeddedSimulator(SimConfig()) as sim:
         job = make_job(sample_rows(60), endpoint=_endpoint(sim))
-        local = _run(job, run_dir=Path("runs/local"))
+        local = _run(job, run_dir=Path("runs/local"), no_cache=True)  # Ray pays for every row
         on_ray = _run(job, run_dir=Path("runs/ray"), engine="ray")
     assert local.exit_code == on_ray.exit_code == ExitCode.OK
     columns = ["id", "row_index", "row_key", "tier", "model_used", "status", "content"]
@@ -253,3 +253,177 @@ def test_cli_engine_flag(ray_cluster: Any, make_job: JobFactory) -> None:
         assert result.exit_code == 0, result.output
         assert int(sim.stats()["total"]) == 12
     assert json.loads(Path("runs/t/run.json").read_text())["engine"]["kind"] == "ray"
+
+
+ROOM = {"max_tokens": 1024}
+"""Room to finish (`stop`, not `length`): only complete answers are stored."""
+
+
+def _paid(sim: EmbeddedSimulator) -> int:
+    """Requests the simulator has received so far."""
+    return int(sim.stats()["total"])
+
+
+def test_a_second_run_is_served_from_the_cache(ray_cluster: Any, make_job: JobFactory) -> None:
+    """The workers' answers are stored through the driver node's cache host: a second Ray run
+    of the job, in a fresh run directory, sends nothing, and a local run shares its keys."""
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(sample_rows(40), endpoint=_endpoint(sim), request=ROOM)
+        first = _run(job, run_dir=Path("runs/a"), engine="ray")
+        sent_first = _paid(sim)
+        second = _run(job, run_dir=Path("runs/b"), engine="ray")
+        sent_second = _paid(sim) - sent_first
+        local = _run(job, run_dir=Path("runs/c"))
+        sent_local = _paid(sim) - sent_first - sent_second
+    assert first.exit_code == second.exit_code == local.exit_code == ExitCode.OK
+    assert (sent_first, first.cached_rows) == (40, 0)
+    assert (sent_second, second.sent_rows, second.cached_rows) == (0, 0, 40)
+    assert (sent_local, local.cached_rows) == (0, 40), "a local run reads the Ray run's answers"
+    a = pl.read_parquet("runs/a/results.parquet")
+    b = pl.read_parquet("runs/b/results.parquet")
+    assert a.schema == b.schema
+    assert not a["cache_hit"].any() and b["cache_hit"].all()
+    same = ["id", "row_key", "tier", "model_used", "status", "content"]
+    same += ["input_tokens", "output_tokens"]
+    assert a.select(same).equals(b.select(same))
+    assert second.cost_usd == 0 and b["cost_usd"].sum() == 0
+    manifest = json.loads(Path("runs/b/run.json").read_text())
+    assert manifest["sessions"][-1]["cached_rows"] == manifest["cache_hits"] == 40
+    assert Decimal(str(manifest["cache_saved_usd"])) == first.cost_usd > 0
+
+
+def test_the_cache_flags_hold_on_ray(ray_cluster: Any, make_job: JobFactory) -> None:
+    """`--no-cache` on Ray stores nothing; `--refresh-cache` reads nothing, and stores."""
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(sample_rows(20), endpoint=_endpoint(sim), request=ROOM)
+        _run(job, run_dir=Path("runs/a"), engine="ray", no_cache=True)
+        assert _paid(sim) == 20
+        _run(job, run_dir=Path("runs/b"))  # nothing was stored: every row is sent again
+        assert _paid(sim) == 40
+        refreshed = _run(job, run_dir=Path("runs/c"), engine="ray", refresh_cache=True)
+        assert _paid(sim) == 60 and refreshed.cached_rows == 0
+        again = _run(job, run_dir=Path("runs/d"), engine="ray")
+        assert _paid(sim) == 60 and again.cached_rows == 20
+
+
+def test_a_worker_finds_a_fallback_answer_in_the_cache(
+    ray_cluster: Any, make_job: JobFactory
+) -> None:
+    """A row that falls back is looked up at the fallback, in the worker, through the host."""
+    sim_config = SimConfig(models={"s": {"not_found": True}})  # type: ignore[dict-item]
+    with EmbeddedSimulator(sim_config) as sim:
+        job = make_job(
+            sample_rows(30),
+            endpoint=_endpoint(sim),
+            request=ROOM,
+            tiers={"complex": "s", "standard": "s", "structured": "s", "bulk": "s"},
+            models={
+                "s": {"input_per_mtok": 1, "output_per_mtok": 2, "fallback": "m"},
+                "m": {"input_per_mtok": 3, "output_per_mtok": 15},
+            },
+            baseline_model="m",
+        )
+        _run(job, run_dir=Path("runs/a"), engine="ray")
+        answered_by_m = sim.stats()["requests"]["m"].get("200", 0)
+        second = _run(job, run_dir=Path("runs/b"), engine="ray")
+        assert sim.stats()["requests"]["m"].get("200", 0) == answered_by_m == 30
+    assert second.exit_code == ExitCode.OK
+    results = pl.read_parquet("runs/b/results.parquet")
+    assert results["cache_hit"].all()
+    assert results["model_used"].unique().to_list() == ["m"]
+    assert results["fallback_depth"].unique().to_list() == [1]
+
+
+def test_the_cache_host_runs_on_the_drivers_node(ray_cluster: Any, make_job: JobFactory) -> None:
+    """The cache file need not be shared: the one process that opens it for the workers is on
+    the driver's node, where a local run would keep it."""
+    from batchroute.cache.cluster import start_cache_host
+
+    job = load_job(make_job(sample_rows(2)))
+    host = start_cache_host(ray, job, no_cache=False, refresh_cache=False)
+    try:
+        assert ray.get(host.node.remote()) == ray.get_runtime_context().get_node_id()
+    finally:
+        ray.get(host.close.remote())
+        ray.kill(host)
+    assert (Path(os.environ["XDG_CACHE_HOME"]) / "batchroute" / "responses.sqlite3").exists()
+
+
+def test_ray_warns_like_the_local_engine(
+    ray_cluster: Any, make_job: JobFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model gone for the run (found by every worker) is warned once; spend past the forecast
+    is warned at the end; both are in the log, the summary, run.json and the reports."""
+    from click.testing import CliRunner
+
+    from batchroute.cli import main
+
+    sim_config = SimConfig(models={"small": {"not_found": True}})  # type: ignore[dict-item]
+    with EmbeddedSimulator(sim_config) as sim:
+        job = make_job(sample_rows(30), endpoint=_endpoint(sim), run={"warn_overrun_pct": 0})
+        with caplog.at_level("WARNING", logger="batchroute"):
+            summary = _run(job, engine="ray")
+    assert summary.exit_code == ExitCode.OK, summary.message
+    gone = [w for w in summary.warnings if "small is gone for this run" in w]
+    over = [w for w in summary.warnings if w.startswith("over the forecast: spend")]
+    assert len(gone) == 1 and len(over) == 1
+    logged = [record.getMessage() for record in caplog.records]
+    assert gone[0] in logged and over[0] in logged
+    recorded = json.loads(Path("runs/t/run.json").read_text())["warnings"]
+    assert recorded == list(summary.warnings)
+    report = CliRunner().invoke(main, ["report", "runs/t"])
+    assert "Warned during the run: model small is gone" in report.stdout
+    assert "Warned during the run: over the forecast: spend" in report.stdout
+
+
+def test_run_control_relays_each_workers_warning_once() -> None:
+    """Every worker finds the same model gone: the driver hears it once, in first-seen order."""
+    from batchroute.engines.shard import RunControl
+
+    control = RunControl()
+    control.report(0, {}, {}, ("model small is gone", "spend is running past"))
+    control.report(1, {}, {}, ("model small is gone",))
+    control.report(0, {}, {}, ("model small is gone", "spend is running past"))
+    control.report(2, {}, {}, ("model big is gone", "model small is gone"))
+    _, _, warnings = control.progress()
+    assert warnings == ["model small is gone", "spend is running past", "model big is gone"]
+
+
+def test_a_lost_cache_host_is_a_miss_not_a_failed_row(
+    ray_cluster: Any, make_job: JobFactory
+) -> None:
+    """If the host dies, a worker's fallback lookup misses (the row is sent) and its stores are
+    dropped: nothing raises into the walk; `failed` makes the shard record a warning."""
+    from batchroute.cache.answers import CachedAnswer
+    from batchroute.cache.cluster import RemoteResponses, start_cache_host
+
+    job = load_job(make_job(sample_rows(2)))
+    host = start_cache_host(ray, job, no_cache=False, refresh_cache=False)
+    ray.kill(host)
+    with pytest.raises(ray.exceptions.RayActorError):  # the kill has landed
+        ray.get(host.node.remote(), timeout=30)
+    responses = RemoteResponses(host, read=True, write=True)
+    answer = CachedAnswer("hi", "stop", "m", 1, 1)
+    assert responses.get(b"k" * 16) is None and responses.failed
+    stores = RemoteResponses(host, read=True, write=True)
+    assert stores.put(b"k" * 16, answer)
+    stores.close()
+    assert stores.failed, "a store the host never received is reported"
+
+
+def test_a_tier_with_checks_is_not_served_from_the_cache_on_ray(
+    ray_cluster: Any, make_job: JobFactory
+) -> None:
+    """As on the local engine: answers must pass this run's checks, so they are sent again."""
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(
+            sample_rows(12),
+            endpoint=_endpoint(sim),
+            request=ROOM,
+            verify={"default": ["not_truncated"]},
+        )
+        _run(job, run_dir=Path("runs/a"), engine="ray")
+        first = _paid(sim)
+        again = _run(job, run_dir=Path("runs/b"), engine="ray")
+        assert _paid(sim) == 2 * first and again.cached_rows == 0
+    assert not pl.read_parquet("runs/b/results.parquet")["cache_hit"].any()
