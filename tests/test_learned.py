@@ -79,6 +79,15 @@ def test_exported_model_predicts_what_the_sklearn_pipeline_predicts(
     assert model.tiers == tuple(pipeline.classes_)
 
 
+def test_a_long_column_is_scored_in_chunks_with_the_same_numbers(model_path: Path) -> None:
+    """Past one chunk of rows, every row still gets exactly the probabilities it gets alone."""
+    held, _ = read_labelled(LABELLED / "holdout.csv")
+    model = load_model(model_path)
+    alone = model.predict_proba(held)
+    many = model.predict_proba(held * 40)  # 4,680 rows: two chunks, one split mid-way
+    np.testing.assert_allclose(many, np.tile(alone, (40, 1)), rtol=1e-12)
+
+
 def test_text_is_prepared_alike_for_training_and_predicting() -> None:
     """Endings cut, head words marked, no length feature: in Python (training) as in polars."""
     forms = "Translated TRANSLATES translating; notification notifications?"
