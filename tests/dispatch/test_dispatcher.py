@@ -764,3 +764,30 @@ def test_fault_storm() -> None:
     assert all(o.error_type and o.error_message for o in failed)
     assert Counter(o.status for o in outcomes)[Status.OK] >= 950
     assert {o.model_used for o in outcomes if o.status == Status.OK} <= {"a", "c", "bulk"}
+
+
+def test_an_answer_is_priced_once_for_budget_spend_and_progress() -> None:
+    """The float cost the budget settles is the one the fleet's spend and the progress add."""
+    job = make_job(models={"a": {"input_per_mtok": 3, "output_per_mtok": 15}})
+    price = resolve_prices(job).get("a")
+    assert price is not None
+    budget = Budget(None)
+
+    async def main() -> tuple[list[RowOutcome], Dispatcher]:
+        async with LocalSimulator(SimConfig()) as server:
+            return await run_rows(job, server.base_url, [row(i) for i in range(12)], budget=budget)
+
+    outcomes, dispatcher = anyio.run(main)
+    assert all(o.status == Status.OK for o in outcomes)
+    for o in outcomes:
+        exact = usage_cost(
+            price,
+            input_tokens=o.input_tokens,
+            output_tokens=o.output_tokens,
+            cached_tokens=o.cached_tokens,
+            reasoning_tokens=o.reasoning_tokens,
+        )
+        assert o.cost_estimate_usd == pytest.approx(float(exact), rel=1e-9)
+    estimates = sum(o.cost_estimate_usd or 0.0 for o in outcomes)
+    assert dispatcher.fleet.spent_usd == pytest.approx(estimates, rel=1e-12)
+    assert budget.spent_usd == pytest.approx(estimates, rel=1e-12)
