@@ -123,6 +123,9 @@ class Completion:
     output_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+    cost_usd: float | None = None
+    """Its usage priced at the answering model's float rates, once the walk has (for the
+    budget); the fleet's spend and the progress display reuse it instead of pricing again."""
 
 
 @dataclass(slots=True)

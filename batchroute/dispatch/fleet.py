@@ -273,7 +273,8 @@ class Fleet:
             self.forecast_usd += rates.usage_usd(
                 input_tokens=row.prompt_tokens, output_tokens=output_tokens
             )
-        self.spent_usd += used.actual_cost(completion)
+        cost = completion.cost_usd
+        self.spent_usd += used.actual_cost(completion) if cost is None else cost
         self._answered += 1
         if used.name != requested:
             self._fallback_answers += 1

@@ -105,6 +105,9 @@ class RowOutcome:
     """Answered through the Batch API (priced at batch rates)."""
     cache_hit: bool = False
     """Answered from the response cache (`batchroute.cache`): nothing was sent or paid."""
+    cost_estimate_usd: float | None = None
+    """The answer's cost as a float, priced once by the walk, for the progress display only;
+    None where it was not priced (reports use the exact Decimal cost from the usage)."""
 
     def keep_answer(self, model: str, answer: Answer, *, latency_ms: float | None) -> None:
         """Keep `answer`, from `model`, as the row's answer: its text, finish reason and usage."""

@@ -452,7 +452,8 @@ class RowWalk:
             record.cached_tokens = completion.cached_tokens
             record.reasoning_tokens = completion.reasoning_tokens
             limiter.settle(tokens, self._charged_tokens(completion))
-            budget.settle(cost, model.actual_cost(completion))
+            completion.cost_usd = model.actual_cost(completion)
+            budget.settle(cost, completion.cost_usd)
         else:
             budget.settle(cost, cost)
         if completion.finish_reason == "content_filter":
@@ -598,6 +599,7 @@ class RowWalk:
         self.outcome.answered_tier = self.plan.tier
         self.outcome.keep_answer(model.name, completion, latency_ms=latency_ms)
         self.fleet.count_answer(self.row, model, completion)
+        self.outcome.cost_estimate_usd = completion.cost_usd
         if self.cache is not None:  # the policy accepted it: not filtered, JSON when asked
             self.cache.store(
                 model.name, self.plan.bodies[model.name], self.row.messages, completion

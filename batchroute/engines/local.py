@@ -649,6 +649,8 @@ class _Run:
 
     def _cost_estimate(self, outcome: RowOutcome) -> float:
         """A float cost for the progress display; reports use the exact Decimal cost."""
+        if outcome.cost_estimate_usd is not None:  # priced once, by the walk
+            return outcome.cost_estimate_usd
         rates = self._float_rates.get(outcome.model_used) if outcome.model_used else None
         if rates is None:
             return 0.0

@@ -688,6 +688,27 @@ def test_budget_cap_holds_when_the_provider_counts_more_prompt_tokens_than_estim
     assert spent <= cap
 
 
+def assert_attempts_match_server(outcomes: list[RowOutcome], stats: dict[str, Any]) -> None:
+    """Every request the server counted is an attempt the client recorded, and back.
+
+    The one gap allowed: an attempt that timed out or lost its connection before the server
+    read it (under load, a 0.5 s timeout can pass before the request is accepted or read). The
+    client records it, since it is an attempt it made and cannot know was never seen; the
+    server never counted it. So, per model: the server's count of each status is at least the
+    client's (every reply the client saw, the server sent), the client's total is at least the
+    server's, and any excess is no larger than the client's attempts without a reply.
+    """
+    records = [r for o in outcomes for r in o.attempt_records]
+    for model in {r.model for r in records} | set(stats["requests"]):
+        mine = [r for r in records if r.model == model]
+        served = stats["requests"].get(model, {})
+        unseen = len(mine) - sum(served.values())
+        no_reply = sum(r.status_code is None for r in mine)
+        assert 0 <= unseen <= no_reply, (model, len(mine), served, no_reply)
+        for status, count in Counter(r.status_code for r in mine if r.status_code).items():
+            assert count <= served.get(str(status), 0), (model, status, count, served)
+
+
 def test_fault_storm() -> None:
     """1,000 rows, ~15% mixed faults on one model, another model down: nothing is lost."""
     job = make_job(
@@ -736,13 +757,37 @@ def test_fault_storm() -> None:
     assert dispatcher.abort is None
     recorded = sum(o.attempts for o in outcomes)
     assert recorded == sum(len(o.attempt_records) for o in outcomes)
-    assert recorded == stats["total"], "attempts recorded == requests the server counted"
-    per_model = Counter(r.model for o in outcomes for r in o.attempt_records)
-    for model, count in per_model.items():
-        assert count == sum(stats["requests"][model].values())
+    assert_attempts_match_server(outcomes, stats)
     assert stats["requests"]["gone"] == {"404": 1}, "a retired model is called once per run"
     assert all(o.attempts <= 5 for o in outcomes)
     failed = [o for o in outcomes if o.status != Status.OK]
     assert all(o.error_type and o.error_message for o in failed)
     assert Counter(o.status for o in outcomes)[Status.OK] >= 950
     assert {o.model_used for o in outcomes if o.status == Status.OK} <= {"a", "c", "bulk"}
+
+
+def test_an_answer_is_priced_once_for_budget_spend_and_progress() -> None:
+    """The float cost the budget settles is the one the fleet's spend and the progress add."""
+    job = make_job(models={"a": {"input_per_mtok": 3, "output_per_mtok": 15}})
+    price = resolve_prices(job).get("a")
+    assert price is not None
+    budget = Budget(None)
+
+    async def main() -> tuple[list[RowOutcome], Dispatcher]:
+        async with LocalSimulator(SimConfig()) as server:
+            return await run_rows(job, server.base_url, [row(i) for i in range(12)], budget=budget)
+
+    outcomes, dispatcher = anyio.run(main)
+    assert all(o.status == Status.OK for o in outcomes)
+    for o in outcomes:
+        exact = usage_cost(
+            price,
+            input_tokens=o.input_tokens,
+            output_tokens=o.output_tokens,
+            cached_tokens=o.cached_tokens,
+            reasoning_tokens=o.reasoning_tokens,
+        )
+        assert o.cost_estimate_usd == pytest.approx(float(exact), rel=1e-9)
+    estimates = sum(o.cost_estimate_usd or 0.0 for o in outcomes)
+    assert dispatcher.fleet.spent_usd == pytest.approx(estimates, rel=1e-12)
+    assert budget.spent_usd == pytest.approx(estimates, rel=1e-12)
