@@ -21,6 +21,8 @@ from batchroute.classify.model import (
     FORMAT_VERSION,
     TOKEN_PATTERN,
     RouterModel,
+    decode_array,
+    encode_array,
     load_model,
     prepare,
     prepare_expr,
@@ -133,7 +135,10 @@ def test_a_model_file_is_plain_json_with_a_format_version(model_path: Path) -> N
     payload = json.loads(model_path.read_text())
     assert payload["format"] == "batchroute-router"
     assert payload["format_version"] == FORMAT_VERSION
-    assert len(payload["idf"]) == len(payload["unigrams"]) + len(payload["bigrams"])
+    idf, bigrams = decode_array(payload["idf"]), decode_array(payload["bigrams"])
+    assert idf.shape == (len(payload["unigrams"]) + len(bigrams),)
+    assert bigrams.shape[1] == 2
+    assert payload["coef"]["shape"] == [len(idf), len(payload["tiers"])]
 
 
 def _rewrite(src: Path, dst: Path, **changes: Any) -> Path:
@@ -157,12 +162,24 @@ def test_unknown_format_version_is_refused(model_path: Path, tmp_path: Path) -> 
 
 def test_damaged_tables_are_refused(model_path: Path, tmp_path: Path) -> None:
     payload = json.loads(model_path.read_text())
-    short = _rewrite(model_path, tmp_path / "s.json", idf=payload["idf"][:-1])
+    short = _rewrite(
+        model_path, tmp_path / "s.json", idf=encode_array(decode_array(payload["idf"])[:-1])
+    )
     with pytest.raises(ClassifierModelError, match="damaged model file"):
         load_model(short)
-    bad_pair = _rewrite(model_path, tmp_path / "p.json", bigrams=[[0, 10**9]])
+    pair = np.array([[0, 10**9]], dtype="<i4")
+    bad_pair = _rewrite(model_path, tmp_path / "p.json", bigrams=encode_array(pair))
     with pytest.raises(ClassifierModelError, match="damaged model file"):
         load_model(bad_pair)
+    as_lists = _rewrite(model_path, tmp_path / "l.json", idf=[1.0, 2.0])
+    with pytest.raises(ClassifierModelError, match="damaged model file"):
+        load_model(as_lists)
+    not_base64 = dict(payload["coef"], base64="not base64!")
+    with pytest.raises(ClassifierModelError, match="damaged model file"):
+        load_model(_rewrite(model_path, tmp_path / "b.json", coef=not_base64))
+    objects = dict(payload["coef"], dtype="|O")
+    with pytest.raises(ClassifierModelError, match="damaged model file"):
+        load_model(_rewrite(model_path, tmp_path / "o.json", coef=objects))
 
 
 def test_missing_foreign_and_pickled_files_are_refused_clearly(tmp_path: Path) -> None:
