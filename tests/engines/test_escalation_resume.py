@@ -10,6 +10,8 @@ embedded simulator; the test wraps `send_chat` only to see which model was asked
 from __future__ import annotations
 
 import re
+import signal
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,10 @@ class _Crash(BaseException):
 
 
 def _row_of(body: Mapping[str, Any]) -> int:
-    text = body["messages"][-1]["content"]
+    return _case(body["messages"][-1]["content"])
+
+
+def _case(text: str) -> int:
     match = re.search(r"\(case (\d+)\)", text)
     assert match, text
     return int(match.group(1))
@@ -150,3 +155,80 @@ def test_a_row_caught_mid_escalation_resumes_at_the_tier_it_reached(
         "escalated_rows",
     ):
         assert savings[figure] == whole_savings[figure], figure
+
+
+SLOW_MID_MS = 1500
+
+
+def asked(model: str, log: list[dict[str, str | None]]) -> list[int]:
+    """The rows a model was asked, in order, from the simulator's request log."""
+    return [_case(str(request["prompt"])) for request in log if request["model"] == model]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_escalation_neither_re_asks_the_rejected_tier_nor_re_buys_a_verified_answer(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of a real `batchroute run` while rows wait on the standard tier, then a rerun.
+
+    The simulator's own request log says which model was asked for which row: the killed
+    session's climbs resume at standard (small is never asked again for them), rows whose
+    verified answer was durable are not asked at all, and the results and cost report equal an
+    uninterrupted run's. Only the standard requests in flight at the kill are bought twice.
+    """
+    from batchroute.sim import SimConfig, SimulatorProcess
+    from tests.test_cron import Cron, wait_until
+
+    config = SimConfig.model_validate(
+        {
+            "seed": 3,
+            "log_requests": True,
+            "models": {"small": {"truncate_rate": 1.0}, "mid": {"latency_ms": SLOW_MID_MS}},
+        }
+    )
+    rows = [{**row, "tier": "bulk"} for row in sample_rows(ROWS)]
+    with SimulatorProcess(config) as server:
+        cron = Cron(tmp_path, server.base_url)
+        # 16 slots shared by 4 tiers: 4 bulk rows at a time, so they climb in waves of 4
+        cron.write_job(rows, max_in_flight=16, verify=VERIFY, request={"max_tokens": 200})
+        code, _, err = cron.run("--no-cache", "--run-dir", "runs/whole")
+        assert code == 0, err
+        server.reset()
+
+        def mid_requests() -> int:
+            return len(asked("mid", server.requests()))
+
+        first = cron.start("--no-cache")
+        wait_until(lambda: mid_requests() >= 8, proc=first)  # the second wave waits on mid
+        time.sleep(0.3)  # the first wave's answers (1.5 s before) are durable by now
+        first.send_signal(signal.SIGKILL)
+        assert cron.finish(first)[0] == -signal.SIGKILL
+        killed = server.requests()
+        code, _, err = cron.run("--no-cache")
+        assert code == 0, err
+        resumed = server.requests()[len(killed) :]
+
+    climbed = set(asked("mid", killed))
+    assert len(climbed) >= 8
+    small = asked("small", killed + resumed)
+    for row in climbed:
+        assert small.count(row) == 1, f"row {row}: the rejected tier was asked again"
+    untouched = set(range(ROWS)) - set(asked("mid", resumed)) - set(asked("small", resumed))
+    assert len(untouched) >= 4, "the first wave's verified answers were not bought again"
+    assert untouched <= climbed
+    bought_twice = set(asked("mid", killed)) & set(asked("mid", resumed))
+    assert len(bought_twice) <= 4, "only the standard requests in flight at the kill"
+    session = cron.manifest()["sessions"][-1]
+    assert session["reused_rows"] == len(untouched)
+
+    whole = cron.results(Path("runs/whole"))
+    again = cron.results()
+    assert again.select(COMPARED).equals(whole.select(COMPARED))
+    run_dir, whole_dir = tmp_path / "runs/t", tmp_path / "runs/whole"
+    attempts = pl.read_parquet(run_dir / "attempts.parquet")
+    assert attempts.filter(pl.col("verify") == "failed").height == ROWS
+    savings = pl.read_parquet(run_dir / "savings.parquet").row(0, named=True)
+    whole_savings = pl.read_parquet(whole_dir / "savings.parquet").row(0, named=True)
+    for figure in ("total_cost_usd", "failed_cost_usd", "verify_rejected_cost_usd"):
+        assert savings[figure] == whole_savings[figure], figure
+    assert savings["total_cost_usd"] == attempts["cost_usd"].sum()
