@@ -108,8 +108,13 @@ class Dispatcher:
     ) -> None:
         await self.fleet.close()
 
-    async def dispatch(self, row: RowRequest) -> RowOutcome:
-        """Answer one row by walking its tier's chain; never raises for a row-level problem."""
+    async def dispatch(self, row: RowRequest, *, durable_climb: bool = True) -> RowOutcome:
+        """Answer one row by walking its tier's chain; never raises for a row-level problem.
+
+        `durable_climb=False`: the caller holds earlier attempts of the row (the Batch API's) that
+        the row's outcome must carry, so its climb is made durable only with that outcome.
+        """
+        durable_climb = durable_climb and self.on_escalate is not None
         # A tier the job does not map goes where unmatched rows go (`standard` is required).
         plan = self._plans.get(row.tier) or self._plans["standard"]
         try:
@@ -119,8 +124,8 @@ class Dispatcher:
                 row,
                 self.cache,
                 plans=self._plans,
-                resume=self.resumed.get(row.row_key) if self.resumed else None,
-                on_escalate=self.on_escalate,
+                resume=self.resumed.get(row.row_key) if durable_climb and self.resumed else None,
+                on_escalate=self.on_escalate if durable_climb else None,
             ).run()
         finally:
             self.rows_done += 1
