@@ -243,9 +243,9 @@ class _Run:
         )
         self.warnings: list[str] = []
         self._undurable = 0
+        """Answered rows whose in-flight slot is held until their journal commit is durable."""
         self.climbs: dict[str, EscalationProgress] = {}
         """Rows an earlier session left mid-escalation, by key (`store.escalations`)."""
-        """Answered rows whose in-flight slot is held until their journal commit is durable."""
         self.started_at = datetime.now(UTC)
         self._contexts = tier_contexts(cfg)
         self.batch = (
