@@ -21,8 +21,13 @@ __all__ = ["eval_classifier_command", "render_evaluation", "render_replay"]
 
 
 @click.command("eval-classifier")
-@click.argument("target", type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("run_dirs", nargs=-1, type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("target", metavar="LABELLED|JOB", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument(
+    "run_dirs",
+    nargs=-1,
+    metavar="[DIR]...",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+)
 @click.option(
     "--runs",
     "from_runs",
