@@ -34,6 +34,7 @@ import polars as pl
 
 from batchroute.dispatch.policy import Action
 from batchroute.dispatch.rows import EscalationProgress, rejection_message
+from batchroute.errors import OutputError
 from batchroute.schema import ATTEMPT_SCHEMA, Status
 from batchroute.store.parts import PartFile, collect_parts, list_parts, scan_parts
 from batchroute.store.rundir import PARTS_DIR
@@ -98,7 +99,14 @@ def _attempts_of(parts: list[PartFile], keys: pl.Series, *, where: Path) -> pl.D
     scans = []
     for number, part in enumerate(parts):
         scan = pl.scan_parquet(part.path)
-        present = scan.collect_schema().names()
+        try:
+            present = scan.collect_schema().names()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise OutputError(
+                f"a checkpoint part cannot be read ({exc}); move the damaged part out of the "
+                "way and rerun: its rows are sent again",
+                path=part.path,
+            ) from None
         scans.append(
             scan.filter(pl.col("row_key").is_in(keys))
             .select(

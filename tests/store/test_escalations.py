@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
 from batchroute.dispatch.rows import EscalationProgress
+from batchroute.errors import OutputError
 from batchroute.schema import ATTEMPT_SCHEMA, RESULT_SCHEMA, Status
 from batchroute.store.escalations import pending_escalations
 from batchroute.store.parts import PartWriter
@@ -155,3 +157,12 @@ def test_a_failed_row_retried_and_caught_climbing_again_resumes_its_new_climb(
     progress = pending_escalations(tmp_path, done=NONE_DONE)["a"]
     assert (progress.depth, progress.attempts) == (1, 1)
     assert progress.verify_failures == ("bulk/small: not_truncated: cut at 1",)
+
+
+def test_a_damaged_attempts_part_is_a_clear_error(tmp_path: Path) -> None:
+    _session(tmp_path, "s1", [_rejected("a", 1, tier="bulk", model="small", depth=0)])
+    _session(tmp_path, "s2", [_rejected("b", 1, tier="bulk", model="small", depth=0)])
+    damaged = sorted((tmp_path / "parts").glob("attempts-0002-*"))[0]
+    damaged.write_bytes(b"PAR1 not a part")
+    with pytest.raises(OutputError, match="cannot be read"):
+        pending_escalations(tmp_path, done=NONE_DONE)
