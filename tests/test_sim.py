@@ -539,3 +539,33 @@ def test_an_unknown_route_answers_the_apis_json_404(sim: EmbeddedSimulator) -> N
             "code": None,
         }
     }
+
+
+def _get(sim: EmbeddedSimulator, path: str, *, method: str = "GET") -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    url = sim.base_url.removesuffix("/v1") + path
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_request_log_says_which_model_was_asked_what() -> None:
+    with EmbeddedSimulator(SimConfig(log_requests=True)) as logged:
+        call(logged, complete("small"))
+        call(logged, complete("big", messages=[{"role": "user", "content": "second"}]))
+        status, body = _get(logged, "/sim/requests")
+        assert status == 200
+        assert body["requests"] == [
+            {"model": "small", "prompt": MESSAGES[-1]["content"]},
+            {"model": "big", "prompt": "second"},
+        ]
+        _get(logged, "/sim/reset", method="POST")
+        assert _get(logged, "/sim/requests")[1] == {"requests": []}
+    with EmbeddedSimulator(SimConfig()) as unlogged:
+        status, body = _get(unlogged, "/sim/requests")
+        assert status == 400 and "log_requests: true" in body["error"]["message"]

@@ -739,7 +739,7 @@ class BatchRunner:
                         prompt_tokens=row["prompt_tokens"],
                         prompt_token_bound=row["prompt_token_bound"],
                     )
-                    outcome = await self._dispatcher.dispatch(request)
+                    outcome = await self._dispatcher.dispatch(request, durable_climb=False)
                     self._settle_row(row["row_key"], outcome, context)
 
             async with anyio.create_task_group() as group:

@@ -15,7 +15,13 @@ from batchroute.config import Job, JobConfig
 from batchroute.dispatch.fleet import Fleet, ModelState
 from batchroute.dispatch.limits import ModelLimiter
 from batchroute.dispatch.policy import Action
-from batchroute.dispatch.rows import AttemptRecord, RowOutcome, RowRequest
+from batchroute.dispatch.rows import (
+    AttemptRecord,
+    EscalationHook,
+    EscalationProgress,
+    RowOutcome,
+    RowRequest,
+)
 from batchroute.dispatch.walk import AnswerCache, RowWalk, TierPlan, plan_tiers
 from batchroute.errors import RunAbortedError
 from batchroute.pricing.budget import Budget
@@ -39,8 +45,15 @@ class Dispatcher:
         budget: Budget | None = None,
         base_urls: Mapping[str, str] | None = None,
         cache: AnswerCache | None = None,
+        resumed: Mapping[str, EscalationProgress] | None = None,
+        on_escalate: EscalationHook | None = None,
     ) -> None:
+        """`resumed`: by row key, the climbs an earlier session made durable; `on_escalate`:
+        makes a climbing row's attempts durable (see `walk.RowWalk`). Without the hook a climb
+        is made durable only with the row's outcome."""
         self.config = job.config if isinstance(job, Job) else job
+        self.resumed: Mapping[str, EscalationProgress] = resumed or {}
+        self.on_escalate = on_escalate
         self.cache = cache
         """The response cache: fallbacks are looked up in it, accepted answers stored."""
         self.prices = prices
@@ -95,11 +108,24 @@ class Dispatcher:
     ) -> None:
         await self.fleet.close()
 
-    async def dispatch(self, row: RowRequest) -> RowOutcome:
-        """Answer one row by walking its tier's chain; never raises for a row-level problem."""
+    async def dispatch(self, row: RowRequest, *, durable_climb: bool = True) -> RowOutcome:
+        """Answer one row by walking its tier's chain; never raises for a row-level problem.
+
+        `durable_climb=False`: the caller holds earlier attempts of the row (the Batch API's) that
+        the row's outcome must carry, so its climb is made durable only with that outcome.
+        """
+        durable_climb = durable_climb and self.on_escalate is not None
         # A tier the job does not map goes where unmatched rows go (`standard` is required).
         plan = self._plans.get(row.tier) or self._plans["standard"]
         try:
-            return await RowWalk(self.fleet, plan, row, self.cache, plans=self._plans).run()
+            return await RowWalk(
+                self.fleet,
+                plan,
+                row,
+                self.cache,
+                plans=self._plans,
+                resume=self.resumed.get(row.row_key) if durable_climb and self.resumed else None,
+                on_escalate=self.on_escalate if durable_climb else None,
+            ).run()
         finally:
             self.rows_done += 1

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["AttemptRecord", "RowOutcome", "RowRequest"]
+__all__ = [
+    "AttemptRecord",
+    "EscalationHook",
+    "EscalationProgress",
+    "RowOutcome",
+    "RowRequest",
+    "rejection_message",
+]
 
 
 @dataclass(slots=True)
@@ -50,6 +58,38 @@ class AttemptRecord:
     verify_failures: str | None = None
     judge: bool = False
     """Whether the attempt was a judge grading an answer (its cost is reported apart)."""
+
+
+def rejection_message(why: str, model: str) -> str:
+    """How a row's error message words an answer its checks refused (`why`, from `model`)."""
+    return f"the answer failed its checks: {why} [{model}]"
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationProgress:
+    """How far up its escalation path a row had climbed when an earlier session stopped.
+
+    Read back from the attempts that session made durable (`store.escalations`), so a resumed
+    row starts at the tier it reached, with the depth, attempts, failed checks and failed tokens
+    an uninterrupted walk would have carried there.
+    """
+
+    depth: int
+    """Escalations made: the row resumes at the `depth`-th tier of its path."""
+    attempts: int
+    """Attempts already made (and paid for); the next one is numbered `attempts + 1`."""
+    verify_failures: tuple[str, ...] = ()
+    """The failed checks so far, as `tier/model: check: why` (`RowOutcome.verify_failures`)."""
+    failed_input_tokens: int = 0
+    failed_output_tokens: int = 0
+    last_message: str | None = None
+    """Why the last rejected answer was refused, as the walk words it (a row that then fails
+    for want of a model reports it)."""
+
+
+EscalationHook = Callable[[RowRequest, list[AttemptRecord]], Awaitable[None]]
+"""Called when a row climbs a tier, with the attempts made since the last call (taken out of
+the outcome): it returns once they are durable, before the next tier is asked."""
 
 
 class Answer(Protocol):

@@ -10,6 +10,11 @@ An answer is checked against its tier's checks (`verify.py`, and the judge's cal
 before it counts. One that fails sends the row up its escalation path: the walk starts the next
 tier's chain with that tier's request, within the same attempt cap, and the first answer that
 passes is the row's. Fallback moves along a chain; escalation moves between tiers.
+
+A row's climb survives a crash: before the next tier is asked, the attempts made so far are
+handed to the run's `on_escalate` hook, which returns once they are durable; a later session
+reads them back (`store.escalations`) and resumes the row at the tier it reached
+(`EscalationProgress`), so a rejected answer is never bought twice.
 """
 
 from __future__ import annotations
@@ -28,7 +33,15 @@ from batchroute.dispatch.fleet import Fleet, ModelState
 from batchroute.dispatch.judge import JudgePlan, JudgeRequest, read_verdict
 from batchroute.dispatch.params import adapt_body
 from batchroute.dispatch.policy import Action, Ending, RowState, decide, is_retryable
-from batchroute.dispatch.rows import Answer, AttemptRecord, RowOutcome, RowRequest
+from batchroute.dispatch.rows import (
+    Answer,
+    AttemptRecord,
+    EscalationHook,
+    EscalationProgress,
+    RowOutcome,
+    RowRequest,
+    rejection_message,
+)
 from batchroute.dispatch.verify import Verifier
 from batchroute.pricing.budget import reserved_output_tokens
 from batchroute.schema import ErrorType, Status
@@ -136,6 +149,7 @@ class RowWalk:
         "fleet",
         "last_message",
         "last_type",
+        "on_escalate",
         "origin",
         "outcome",
         "plan",
@@ -153,6 +167,8 @@ class RowWalk:
         cache: AnswerCache | None = None,
         *,
         plans: Mapping[str, TierPlan] | None = None,
+        resume: EscalationProgress | None = None,
+        on_escalate: EscalationHook | None = None,
     ) -> None:
         self.fleet = fleet
         self.cache = cache
@@ -171,6 +187,30 @@ class RowWalk:
         self.context_blocked = False
         self.last_type: str | None = None
         self.last_message: str | None = None
+        self.on_escalate = on_escalate
+        if resume is not None:
+            self._resume(resume)
+
+    def _resume(self, progress: EscalationProgress) -> None:
+        """Start where an earlier session's climb stopped: at the tier it reached, carrying what
+        an uninterrupted walk would carry there. A climb this job's path no longer allows (it
+        cannot, short of a changed key) is ignored: the row starts from its own tier."""
+        path = self.origin.escalation
+        depth = progress.depth
+        if not 0 < depth <= min(len(path), self.origin.max_escalations):
+            return
+        if path[depth - 1] not in self.plans:
+            return
+        outcome = self.outcome
+        outcome.escalated_from = self.origin.tier
+        outcome.escalation_depth = depth
+        outcome.verify_failures = list(progress.verify_failures)
+        outcome.failed_input_tokens = progress.failed_input_tokens
+        outcome.failed_output_tokens = progress.failed_output_tokens
+        self.attempts = progress.attempts
+        self.plan = self.plans[path[depth - 1]]
+        self.last_type = ErrorType.VERIFICATION_FAILED
+        self.last_message = progress.last_message
 
     async def run(self) -> RowOutcome:
         """Walk the chain, and up the escalation path while answers fail their checks, until an
@@ -185,6 +225,11 @@ class RowWalk:
             self.outcome.escalation_depth += 1
             self.plan = self.plans[self._escalation_target()]
             self.context_blocked = False
+            if self.on_escalate is not None:
+                # The rejected answers become durable before the next tier is asked: a crash from
+                # here on resumes the row at that tier, and they are recorded once, here.
+                made, self.outcome.attempt_records = self.outcome.attempt_records, []
+                await self.on_escalate(self.row, made)
 
     async def _walk_chain(self) -> RowOutcome | None:
         """The current tier's chain: an outcome, or None when the row escalates."""
@@ -531,7 +576,7 @@ class RowWalk:
         self.outcome.failed_output_tokens += completion.output_tokens
         self.outcome.verify_failures.append(f"{self.plan.tier}/{model.name}: {why}")
         self.last_type = ErrorType.VERIFICATION_FAILED
-        self.last_message = f"the answer failed its checks: {why} [{model.name}]"
+        self.last_message = rejection_message(why, model.name)
         if self._can_escalate():
             record.action = Action.ESCALATE
             self.escalating = True

@@ -36,7 +36,8 @@ from batchroute.classify import build_router
 from batchroute.config import Job
 from batchroute.dataset import Batch, open_dataset
 from batchroute.dispatch.batch import BatchRunner, check_no_wait
-from batchroute.dispatch.dispatcher import Dispatcher, RowOutcome, RowRequest
+from batchroute.dispatch.dispatcher import AttemptRecord, Dispatcher, RowOutcome, RowRequest
+from batchroute.dispatch.rows import EscalationProgress
 from batchroute.engines.workers import Backlog, Lane, WorkerPool
 from batchroute.errors import OutputError
 from batchroute.exitcodes import ExitCode
@@ -51,6 +52,7 @@ from batchroute.report import ReportSummary, write_reports
 from batchroute.report.notes import overrun_warning
 from batchroute.schema import ErrorType, Status
 from batchroute.store.assembly import assemble_results
+from batchroute.store.escalations import pending_escalations
 from batchroute.store.journal import Journal
 from batchroute.store.keys import row_keys, tier_contexts
 from batchroute.store.lock import RunLock
@@ -242,6 +244,8 @@ class _Run:
         self.warnings: list[str] = []
         self._undurable = 0
         """Answered rows whose in-flight slot is held until their journal commit is durable."""
+        self.climbs: dict[str, EscalationProgress] = {}
+        """Rows an earlier session left mid-escalation, by key (`store.escalations`)."""
         self.started_at = datetime.now(UTC)
         self._contexts = tier_contexts(cfg)
         self.batch = (
@@ -269,6 +273,7 @@ class _Run:
     def execute(self, batches: _BatchSource, classify: _Classify) -> RunSummary:
         previous = read_manifest(self.run_dir)
         done = completed_keys(self.run_dir, retry_failed=self.options.retry_failed)
+        self.climbs = pending_escalations(self.run_dir, done=done)
         write_manifest(self.run_dir, self._manifest(previous, finished=False))
         base_urls: dict[str, str] = {}
         try:
@@ -350,10 +355,14 @@ class _Run:
                 budget=self.budget,
                 base_urls=base_urls,
                 cache=self.cache,
+                resumed=self.climbs,
+                on_escalate=self._escalated,
             ) as dispatcher,
             anyio.create_task_group() as watchers,
         ):
             self._flush_wanted = anyio.Event()
+            self._durable = anyio.Event()
+            """Set by the commit that makes the attempts buffered before it durable."""
             self._flush_lock = anyio.Lock()
             self._dispatcher = dispatcher
             # fast_acquire: the feeder takes a free slot without yielding, so a batch's rows are
@@ -705,15 +714,25 @@ class _Run:
             await anyio.sleep(max(0.0, started + interval - anyio.current_time()))
 
     async def _flush(self) -> None:
-        if len(self.buffer) == 0:
+        if self.buffer.is_empty:
             return
         results, attempts = self.buffer.take()
         held, self._undurable = self._undurable, 0
+        durable, self._durable = self._durable, anyio.Event()
         with anyio.CancelScope(shield=True):  # a commit is written whole or not at all
             async with self._flush_lock:  # batch collection commits beside the periodic flush
                 await anyio.to_thread.run_sync(self.journal.commit, results, attempts)
         for _ in range(held):
             self._slots.release()
+        durable.set()
+
+    async def _escalated(self, row: RowRequest, attempts: list[AttemptRecord]) -> None:
+        """A row climbs a tier: return once its attempts so far are durable (with the next group
+        commit), so a crash from here on resumes it at that tier (`store.escalations`)."""
+        durable = self._durable
+        self.buffer.add_attempts((row.id, row.row_index, row.row_key), attempts)
+        self._flush_wanted.set()
+        await durable.wait()
 
     # -- stopping -----------------------------------------------------------------------------
 
@@ -851,7 +870,7 @@ def _spend(report: ReportSummary) -> dict[str, Decimal]:
 
 @contextmanager
 def _removed_unless_used(run_dir: Path) -> Iterator[None]:
-    """Create the run directory; remove it again if the session fails before any row settles.
+    """Create the run directory; remove it again if the session fails before anything is paid.
 
     A run that never started (a missing key variable, a refused lock, a bad endpoint) so leaves
     nothing for `runs` or `report` to stumble on. A directory that existed is left alone.
@@ -867,7 +886,9 @@ def _removed_unless_used(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if created and not any((run_dir / PARTS_DIR).glob("results-*")):
+        parts = run_dir / PARTS_DIR
+        # Attempts alone are paid for too (a row's climb is made durable before its result).
+        if created and not any(parts.glob("results-*")) and not any(parts.glob("attempts-*")):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 

@@ -47,6 +47,7 @@ __all__ = [
     "input_tokens_expr",
     "is_overrun",
     "prompt_tokens_expr",
+    "reprice_plan",
     "tier_output_tokens",
     "tier_prices",
     "verification_forecast",
@@ -189,40 +190,13 @@ class ForecastAccumulator:
                 "cache_hits": pl.Int64,
             },
         )
-        tokens = {
-            "input_tokens": pl.col("input_tokens"),
-            "output_tokens": pl.col("output_tokens"),
-            "cached_tokens": pl.lit(0, dtype=pl.Int64),
-            "reasoning_tokens": pl.lit(0, dtype=pl.Int64),
-        }
-        config = self.job.config
-        batched = pl.col("tier").is_in([t for t in config.tiers if config.tier_mode(t) == "batch"])
-        verifying = [
-            verification_forecast(
-                self.job.config,
-                self.prices,
-                tier=t,
-                rows=rows[t],
-                input_tokens=input_tokens[t],
-            )
-            for t in tiers
-        ]
-        counts = counts.with_columns(
-            pl.Series("judge_cost_usd", [v[0] for v in verifying], dtype=COST_DTYPE),
-            pl.Series("escalation_cost_usd", [v[1] for v in verifying], dtype=COST_DTYPE),
-        )
         return (
-            counts.with_columns(
+            _priced_forecast(counts, self.job.config, self.prices)
+            .with_columns(
                 share=(pl.col("rows") + pl.col("cache_hits")) / max(total_rows, 1),
-                forecast_cost_usd=usage_cost_expr(  # batch-mode tiers at batch prices
-                    **tokens, rates=model_rates(pl.col("model"), self.prices, batch=batched)
-                )
-                + pl.col("judge_cost_usd").fill_null(0)
-                + pl.col("escalation_cost_usd").fill_null(0),
-                priced=pl.col("model").is_in(list(self.prices.prices)),
                 baseline_model=pl.lit(baseline),
                 baseline_cost_usd=usage_cost_expr(
-                    **tokens, rates=rate_literals(self.prices.get(baseline))
+                    **_PLAN_TOKENS, rates=rate_literals(self.prices.get(baseline))
                 ),
                 price_source=pl.lit(self.prices.source),
                 price_sha256=pl.lit(self.prices.sha256),
@@ -236,6 +210,56 @@ class ForecastAccumulator:
             f"<ForecastAccumulator {self.job.name!r} [rows: {sum(self._rows.values())}, "
             f"cache hits: {sum(self._cache_hits.values())}, invalid: {self.invalid_rows}]>"
         )
+
+
+_PLAN_TOKENS: Final = {
+    "input_tokens": pl.col("input_tokens"),
+    "output_tokens": pl.col("output_tokens"),
+    "cached_tokens": pl.lit(0, dtype=pl.Int64),
+    "reasoning_tokens": pl.lit(0, dtype=pl.Int64),
+}
+
+
+def _answers_cost(config: JobConfig, prices: PriceTable) -> pl.Expr:
+    """The forecast answers' cost on each tier's model; batch-mode tiers at batch prices."""
+    batched = pl.col("tier").is_in([t for t in config.tiers if config.tier_mode(t) == "batch"])
+    return usage_cost_expr(
+        **_PLAN_TOKENS, rates=model_rates(pl.col("model"), prices, batch=batched)
+    )
+
+
+def _priced_forecast(plan: pl.DataFrame, config: JobConfig, prices: PriceTable) -> pl.DataFrame:
+    """A plan's per-tier counts (`tier`, `model`, `rows`, `input_tokens`, `output_tokens`) with
+    its costs: `judge_cost_usd` and `escalation_cost_usd` (`verification_forecast`), and
+    `forecast_cost_usd`, the answers plus both."""
+    verifying = [
+        verification_forecast(config, prices, tier=tier, rows=rows, input_tokens=tokens)
+        for tier, rows, tokens in plan.select("tier", "rows", "input_tokens").iter_rows()
+    ]
+    return plan.with_columns(
+        pl.Series("judge_cost_usd", [v[0] for v in verifying], dtype=COST_DTYPE),
+        pl.Series("escalation_cost_usd", [v[1] for v in verifying], dtype=COST_DTYPE),
+    ).with_columns(
+        forecast_cost_usd=_answers_cost(config, prices)
+        + pl.col("judge_cost_usd").fill_null(0)
+        + pl.col("escalation_cost_usd").fill_null(0),
+        priced=pl.col("model").is_in(list(prices.prices)),
+    )
+
+
+def reprice_plan(plan: pl.DataFrame, config: JobConfig, prices: PriceTable) -> pl.DataFrame:
+    """A plan.parquet's forecast priced again with `prices`, from its own token counts.
+
+    The verification part (the judge's calls and the escalations) is forecast again from the
+    job's checks, as `plan` would with these prices. A plan written before verification existed
+    has none, and gets none. The other columns are kept as they were.
+    """
+    if "judge_cost_usd" not in plan.columns:
+        return plan.with_columns(
+            forecast_cost_usd=_answers_cost(config, prices),
+            priced=pl.col("model").is_in(list(prices.prices)),
+        )
+    return _priced_forecast(plan, config, prices).select(plan.columns)
 
 
 def verification_forecast(

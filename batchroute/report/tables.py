@@ -21,7 +21,6 @@ from batchroute.config import TIERS, Job
 from batchroute.errors import OutputError
 from batchroute.pricing.costs import (
     batch_saving,
-    model_rates,
     paid_apart,
     price_attempts,
     rate_literals,
@@ -29,7 +28,7 @@ from batchroute.pricing.costs import (
     usage_cost,
     usage_cost_expr,
 )
-from batchroute.pricing.forecast import baseline_model
+from batchroute.pricing.forecast import baseline_model, reprice_plan
 from batchroute.pricing.prices import PriceTable
 from batchroute.report.schemas import (
     COST_REPORT_SCHEMA,
@@ -507,8 +506,7 @@ def _build(
 
     plan = read_plan(run_dir)
     if plan is not None and info.repriced:
-        batched = [str(t) for t in config.tiers if config.tier_mode(t) == "batch"]
-        plan = _reprice_plan(plan, prices, batch_tiers=batched)
+        plan = reprice_plan(plan, config, prices)
     forecast = (
         plan.select("tier", forecast_rows="rows", forecast_cost_usd="forecast_cost_usd")
         if plan is not None
@@ -572,26 +570,6 @@ def _build(
         savings=savings,
         model_attempts=model_attempts,
         paths={stem: run_dir / f"{stem}.parquet" for stem in REPORT_FILES},
-    )
-
-
-def _reprice_plan(
-    plan: pl.DataFrame, prices: PriceTable, *, batch_tiers: list[str]
-) -> pl.DataFrame:
-    """The plan's forecast priced again, from its tokens, with these prices (batch-mode tiers
-    at batch prices, as `plan` forecast them)."""
-    tokens = {
-        "input_tokens": pl.col("input_tokens"),
-        "output_tokens": pl.col("output_tokens"),
-        "cached_tokens": pl.lit(0, dtype=pl.Int64),
-        "reasoning_tokens": pl.lit(0, dtype=pl.Int64),
-    }
-    return plan.with_columns(
-        forecast_cost_usd=usage_cost_expr(
-            **tokens,
-            rates=model_rates(pl.col("model"), prices, batch=pl.col("tier").is_in(batch_tiers)),
-        ),
-        priced=pl.col("model").is_in(list(prices.prices)),
     )
 
 

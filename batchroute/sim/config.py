@@ -142,6 +142,9 @@ class SimConfig(_Section):
     models: Mapping[str, SimModelConfig] = Field(default_factory=dict)
     batch: SimBatchConfig = SimBatchConfig()
     """The `/v1/files` and `/v1/batches` endpoints' clock and endings."""
+    log_requests: bool = False
+    """Keep every chat request's model and last user message, for `GET /sim/requests`: which
+    rows a model was asked, for tests (memory grows with the requests, so it is off by default)."""
 
     def for_model(self, model: str) -> SimModelConfig:
         """The settings that apply to one model name: `default`, with its own section on top."""

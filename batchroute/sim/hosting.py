@@ -319,6 +319,12 @@ class SimulatorProcess:
         """Zero the server-side counts (`POST /sim/reset`)."""
         self._fetch("/sim/reset", method="POST")
 
+    def requests(self) -> list[dict[str, str | None]]:
+        """Every chat request's model and last user message, in order (`GET /sim/requests`;
+        the config needs `log_requests: true`)."""
+        log: list[dict[str, str | None]] = self._fetch("/sim/requests")["requests"]
+        return log
+
     def __repr__(self) -> str:
         state = f"pid {self._process.pid}" if self._process is not None else "stopped"
         return f"<SimulatorProcess {self.base_url or '(not started)'} [{state}]>"

@@ -109,6 +109,8 @@ class SimState:
         self.started = time.monotonic()
         """The origin of the fault schedules' clock; `/sim/reset` restarts it."""
         self._models: dict[str, _ModelRuntime] = {}
+        self.request_log: list[dict[str, str | None]] | None = [] if config.log_requests else None
+        """With `log_requests`: each chat request's model and last user message, in order."""
 
     def model(self, name: str) -> _ModelRuntime:
         """The runtime for a model name, created on first use (every name is served)."""
@@ -123,6 +125,8 @@ class SimState:
         """Zero the counts and restart the fault schedules' clock (rate windows carry on)."""
         self.stats.reset()
         self.started = time.monotonic()
+        if self.request_log is not None:
+            self.request_log.clear()
 
     def listed_models(self) -> list[str]:
         """The models `GET /v1/models` lists: the configured ones that are not "retired"."""
@@ -228,6 +232,8 @@ async def _chat_completions(request: web.Request) -> web.Response:
         return _bad_request(
             "'messages' must be a non-empty array of message objects", param="messages"
         )
+    if state.request_log is not None:
+        state.request_log.append({"model": model_name, "prompt": _last_user_text(messages)})
     max_tokens = _parse_max_tokens(body)
     if isinstance(max_tokens, str):
         stats.count(stat_key, "400")
@@ -319,6 +325,14 @@ async def _chat_completions(request: web.Request) -> web.Response:
     if fault == "malformed":
         payload = payload[: len(payload) // 2]
     return _respond(payload, headers=headers)
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str | None:
+    for message in reversed(messages):
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, str):
+            return content
+    return None
 
 
 def _too_many(
@@ -451,6 +465,13 @@ async def _stats(request: web.Request) -> web.Response:
     return _respond(json.dumps(request.app[SIM_STATE].stats.snapshot()).encode())
 
 
+async def _requests(request: web.Request) -> web.Response:
+    log = request.app[SIM_STATE].request_log
+    if log is None:
+        return _bad_request("the simulator keeps no request log; start it with log_requests: true")
+    return _respond(json.dumps({"requests": log}).encode())
+
+
 async def _reset(request: web.Request) -> web.Response:
     state = request.app[SIM_STATE]
     state.reset()
@@ -469,6 +490,7 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _get_model)
     app.router.add_get("/sim/stats", _stats)
+    app.router.add_get("/sim/requests", _requests)
     from batchroute.sim.batches import add_batch_routes  # it reads SIM_STATE from this module
 
     add_batch_routes(app)

@@ -17,6 +17,7 @@ from batchroute.schema import ATTEMPT_SCHEMA, COST_DTYPE, RESULT_SCHEMA
 
 if TYPE_CHECKING:
     from batchroute.dispatch.dispatcher import RowOutcome
+    from batchroute.dispatch.rows import AttemptRecord
 
 __all__ = ["OutcomeBuffer", "ROW_CONTEXT_COLUMNS", "skipped_results"]
 
@@ -129,11 +130,21 @@ class OutcomeBuffer:
         """Record one finished row (its context tuple, as `contexts` gives it) and its attempts."""
         self._rows.append(context + _outcome_values(outcome))
         row_id, row_index, _, row_key = context[:4]
-        for record in outcome.attempt_records:
+        self.add_attempts((row_id, row_index, row_key), outcome.attempt_records)
+
+    def add_attempts(self, row: tuple[str, int, str], records: Iterable[AttemptRecord]) -> None:
+        """Record attempts of a row (`(id, row_index, row_key)`), in ATTEMPT_SCHEMA's order: a
+        settled row's, or the rejected answers of a row that climbs a tier, made durable before
+        it goes on."""
+        for record in records:
             self._attempts.append(
-                (row_id, row_index, row_key, *_attempt_usage(record), None, None)
-                + _attempt_rest(record)
+                (*row, *_attempt_usage(record), None, None, *_attempt_rest(record))
             )
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to write: no row, and no attempt of a row still on its way."""
+        return not (self._rows or self._frames or self._attempts)
 
     def add_unsent(
         self, context: tuple[Any, ...], *, status: str, error_type: str, message: str

@@ -453,3 +453,24 @@ def test_held_rows_are_spooled_not_kept_in_memory(
     back = runner._read(["k0009999", "k0000000"])
     assert back["row_key"].to_list() == ["k0009999", "k0000000"]
     assert back["messages"][0][0]["content"] == prompt
+
+
+def test_rows_sent_online_after_the_batch_api_climb_with_their_attempts_numbered_once(
+    make_job: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A row the Batch API left for the online path may fail its checks and climb a tier; its
+    attempts stay one sequence: the Batch API's first, then the online ones, none twice."""
+    overrides = batch_job(sim_batch={"endings": ["expired"]}, batch={"deadline_h": 1e-9})
+    overrides["simulator"]["models"] = {"small": {"truncate_rate": 1.0}}
+    overrides["verify"] = {"default": ["not_truncated"]}
+    job = make_job(bulk_rows(10), **overrides)
+    run(str(job))
+    res, attempts = results(tmp_path)
+    climbed = res.filter(~pl.col("batch") & (pl.col("escalation_depth") > 0))
+    assert climbed.height > 0
+    numbers = attempts.group_by("row_key").agg(pl.col("attempt").sort(), pl.len())
+    for key, attempt, count in numbers.iter_rows():
+        assert attempt == list(range(1, count + 1)), key
+    per_row = dict(numbers.select("row_key", "len").iter_rows())
+    for key, made in res.select("row_key", "attempts").iter_rows():
+        assert per_row.get(key, 0) == made, key

@@ -227,3 +227,41 @@ def test_a_bad_verify_key_is_a_clear_error_from_the_cli_not_a_traceback(
         assert code != 0
         assert "Traceback" not in out + err
         assert "tiers.standard.escalate_to: the escalation path" in err, command
+
+
+def test_a_report_repriced_with_another_job_keeps_the_forecast_of_the_checks(
+    make_job: JobFactory,
+) -> None:
+    """`report RUN --job DEARER.yaml` prices the plan again, its judge and escalations too: the
+    forecast it shows is the one `plan DEARER.yaml` makes for the same rows."""
+    import yaml
+
+    models = {
+        "big": {"input_per_mtok": 5, "output_per_mtok": 25, "fallback": "mid"},
+        "mid": {"input_per_mtok": 3, "output_per_mtok": 15, "fallback": "big"},
+        "small": {"input_per_mtok": 0.27, "output_per_mtok": 1.1, "fallback": "mid"},
+        "grader": {"input_per_mtok": 1, "output_per_mtok": 4},
+    }
+    verify = {
+        "default": ["not_truncated", {"check": "judge", "rubric": "Answers the question."}],
+        "judge": {"model": "grader"},
+        "expected_failure_rate": 0.3,
+    }
+    simulator = {"seed": 5, "models": {"grader": {"judge": {"fail_rates": {"small": 0.3}}}}}
+    job = make_job(
+        bulk_rows(20), simulator=simulator, verify=verify, request=REQUEST, models=models
+    )
+    assert run_cli("run", str(job))[0] == 0
+    spec = yaml.safe_load(job.read_text())
+    spec["models"]["grader"]["input_per_mtok"] = 10  # a dearer judge
+    spec["models"]["mid"]["output_per_mtok"] = 30  # dearer escalations
+    dearer = job.with_name("dearer.yaml")
+    dearer.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    code, out, err = run_cli("plan", str(dearer), "--format", "json")
+    assert code == 0, err
+    forecast = Decimal(json.loads(out)["totals"]["forecast_cost_usd"])
+    assert run_cli("report", "runs/t", "--job", str(dearer))[0] == 0
+    savings = pl.read_parquet("runs/t/savings.parquet").row(0, named=True)
+    assert savings["repriced"]
+    assert savings["forecast_cost_usd"] == forecast

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from batchroute.pricing.costs import usage_cost
-from batchroute.pricing.forecast import ForecastAccumulator, tier_output_tokens
+from batchroute.pricing.forecast import ForecastAccumulator, reprice_plan, tier_output_tokens
 from batchroute.pricing.prices import resolve_prices
 from batchroute.pricing.tokens import count_text_tokens
 from tests.pricing.test_forecast import ROWS, classified, make_job
@@ -70,3 +70,43 @@ def test_the_judge_is_forecast_on_every_answer_it_grades(rate: float) -> None:
         output_tokens=round(calls * 30),
     )
     assert standard["judge_cost_usd"] == expected > Decimal(0)
+
+
+def test_a_repriced_plan_keeps_its_verification_part_at_the_new_prices() -> None:
+    """Repricing a plan is forecasting it again with the new prices: judge and escalations too."""
+    models = {**make_job().config.models, "grader": {"input_per_mtok": 1, "output_per_mtok": 4}}
+    dearer = {
+        name: {
+            **model.model_dump(exclude_unset=True),
+            "input_per_mtok": 2 * (model.input_per_mtok or 0),
+        }
+        for name, model in make_job(models=models).config.models.items()
+    }
+    verify = {
+        "default": ["not_truncated", "judge"],
+        "judge": {"model": "grader", "expected_output_tokens": 30},
+        "expected_failure_rate": 0.25,
+    }
+    cheap, dear = make_job(models=models, verify=verify), make_job(models=dearer, verify=verify)
+    frames = []
+    for job in (cheap, dear):
+        acc = ForecastAccumulator(job, resolve_prices(job))
+        acc.add(classified(ROWS))
+        frames.append(acc.frame())
+    written, expected = frames
+    repriced = reprice_plan(written, dear.config, resolve_prices(dear))
+    assert repriced.columns == written.columns
+    columns = ["tier", "forecast_cost_usd", "judge_cost_usd", "escalation_cost_usd", "priced"]
+    assert repriced.select(columns).equals(expected.select(columns))
+    assert (repriced["judge_cost_usd"] > written["judge_cost_usd"]).all()
+    assert repriced["forecast_cost_usd"].sum() > written["forecast_cost_usd"].sum()
+
+
+def test_a_plan_from_before_verification_is_repriced_without_one() -> None:
+    verify = {"default": ["not_truncated"], "expected_failure_rate": 0.5}
+    job = make_job(verify=verify)
+    acc = ForecastAccumulator(make_job(), resolve_prices(job))
+    acc.add(classified(ROWS))
+    old = acc.frame().drop("judge_cost_usd", "escalation_cost_usd")
+    repriced = reprice_plan(old, job.config, resolve_prices(job))
+    assert repriced["forecast_cost_usd"].equals(old["forecast_cost_usd"])
