@@ -30,6 +30,15 @@ REQUEST = {"max_tokens": 400}
 VERIFY: dict[str, Any] = {"default": ["not_truncated", "not_refusal"], "max_escalations": 2}
 
 
+JUDGED_MODELS = {
+    "big": {"input_per_mtok": 5, "output_per_mtok": 25, "fallback": "mid"},
+    "mid": {"input_per_mtok": 3, "output_per_mtok": 15, "fallback": "big"},
+    "small": {"input_per_mtok": 0.27, "output_per_mtok": 1.1, "fallback": "mid"},
+    "grader": {"input_per_mtok": 1, "output_per_mtok": 4},
+}
+"""Three tiers' models and a judge, each falling back to another."""
+
+
 def run_cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
@@ -141,12 +150,7 @@ def test_judge_cost_is_reported_apart_and_reconciles_with_the_attempts(
             "grader": {"judge": {"fail_rates": {"small": 0.3}, "garbage_rate": 0.05}},
         },
     }
-    models = {
-        "big": {"input_per_mtok": 5, "output_per_mtok": 25, "fallback": "mid"},
-        "mid": {"input_per_mtok": 3, "output_per_mtok": 15, "fallback": "big"},
-        "small": {"input_per_mtok": 0.27, "output_per_mtok": 1.1, "fallback": "mid"},
-        "grader": {"input_per_mtok": 1, "output_per_mtok": 4},
-    }
+    models = JUDGED_MODELS
     verify = {
         "default": ["not_truncated", {"check": "judge", "rubric": "Answers the question."}],
         "judge": {"model": "grader"},
@@ -236,12 +240,7 @@ def test_a_report_repriced_with_another_job_keeps_the_forecast_of_the_checks(
     forecast it shows is the one `plan DEARER.yaml` makes for the same rows."""
     import yaml
 
-    models = {
-        "big": {"input_per_mtok": 5, "output_per_mtok": 25, "fallback": "mid"},
-        "mid": {"input_per_mtok": 3, "output_per_mtok": 15, "fallback": "big"},
-        "small": {"input_per_mtok": 0.27, "output_per_mtok": 1.1, "fallback": "mid"},
-        "grader": {"input_per_mtok": 1, "output_per_mtok": 4},
-    }
+    models = JUDGED_MODELS
     verify = {
         "default": ["not_truncated", {"check": "judge", "rubric": "Answers the question."}],
         "judge": {"model": "grader"},
