@@ -11,18 +11,18 @@ is reading JSON, so it can never execute code. A model file is one JSON object::
      "batchroute_version": "...", "sklearn_version": "..."}
 
 An ARRAY is a numeric table as plain data, `{"dtype": "<f8", "shape": [rows, columns], "base64":
-"..."}`: its little-endian bytes in base64, which loads 10x faster than the same numbers written out
-as JSON decimals (and every run loads the model). `unigrams` are the vocabulary's single words; a
-bigram is a pair of unigram indices. Feature `f`
+"..."}`: its little-endian bytes in base64, which loads ten times faster than the same numbers
+written as JSON decimals (and every run loads the model).
+
+`unigrams` are the vocabulary's single words; a bigram is a pair of unigram indices. Feature `f`
 is `unigrams[f]` for `f < len(unigrams)`, then the bigrams in order; `idf[f]` and `coef[f]` (one
-weight per tier) belong to it. Scoring a frame is polars over the whole column: prepare the text
-(`prepare_expr`: lowercase, cut common word endings, add the marker and head words), tokenise
-with `str.extract_all`, explode, join the words against the unigram
-table and the word pairs against the bigram table by integer keys, count, weight by
-`(1 + ln tf) · idf`, then per-row sums with `numpy.bincount`. That is exactly scikit-learn's
-`TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)` on the prepared text (`prepare`),
-followed by a
-multinomial `LogisticRegression.predict_proba`.
+weight per tier) belong to it. Training reads each text as `prepare` writes it: lowercased, common
+word endings cut (`ENDINGS`), between marker words, followed by its head words (`HEAD_WORDS`),
+through scikit-learn's `TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)` and a
+multinomial `LogisticRegression`. Predicting gives the same numbers without writing that text:
+each text is tokenised once in polars, the batch's distinct words are stemmed and looked up, the
+marker and head words are laid out by index arithmetic in numpy, and the features are weighted by
+`(1 + ln tf) · idf` and summed per row with `numpy.bincount`.
 
 The package ships one such file, `batchroute/data/router.json`, which a job uses when it names
 no other (`routing.classifier.kind: model`, the default).
@@ -91,9 +91,11 @@ dearest tier. Length says how much there is to read, not how hard the work is.
 ENDINGS = r"\b(\w{3,}?)(ations?|ments?|ings?|ers?|ed|ly|ies|es|s)\b"
 """Common English endings cut from every word of four or more letters before tokenising.
 
-"translate", "translated" and "translations" then count as one word ("translat"), so the model
-learns what a prompt asks for from fewer examples and reads a word form it never saw. The pattern
-means the same to Python's `re` (training, `\\1`) and to polars' regex (predicting, `$1`).
+"translated", "translates" and "translating" then count as one word ("translat"), so the model
+learns what a prompt asks for from fewer examples and reads a word form it never saw. Training
+cuts them from the text with Python's `re`; predicting cuts them from each distinct word with
+polars' regex (`_WHOLE_WORD_ENDING`), which is the same, since a word is a whole run of word
+characters.
 """
 
 HEAD_WORDS = 16
