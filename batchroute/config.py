@@ -321,8 +321,9 @@ class RoutingConfig(_Section):
     under_routing_penalty: Annotated[float, Field(ge=0, le=1000)] = 2.5
     """How much worse than its price an under-routed row is (see `classify.decision`).
 
-    2.5 is the least penalty that keeps under-routing at or below 3% on every labelled pass
-    written apart from the rest (`bench_classify.py --penalty-sweep`); higher only over-routes.
+    2.5 is the least penalty that keeps under-routing at or below 3% on each labelled pass of
+    everyday traffic written apart from the rest, held out (`bench_classify.py --penalty-sweep`);
+    higher only over-routes them.
     """
 
 
