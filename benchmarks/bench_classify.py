@@ -342,25 +342,28 @@ def penalty_sweep() -> None:
     from batchroute.classify.learned import train_classifier
 
     labelled = ROOT / "sample_data" / "labelled"
-    files = sorted((labelled / "corpus").glob("*.csv"))
-    number = {f: int(f.name.split("-")[0]) for f in files}
-    base = read_labelled(labelled / "train.csv")
-    holdout = read_labelled(labelled / "holdout.csv")
-    splits = [("first passes -> later passes", [f for f in files if number[f] >= LATER_PASS])]
+    corpus = {f: read_labelled(f) for f in sorted((labelled / "corpus").glob("*.csv"))}
+    number = {f: int(f.name.split("-")[0]) for f in corpus}
+    nothing: tuple[list[str], list[str]] = ([], [])
+    splits = [
+        (
+            "first passes -> later passes",
+            {f for f in corpus if number[f] >= LATER_PASS},
+            read_labelled(labelled / "holdout.csv"),
+        )
+    ]
     splits += [
-        (f"pass {lo:03d}-{hi:03d} held out", [f for f in files if lo <= number[f] <= hi])
+        (f"pass {lo:03d}-{hi:03d} held out", {f for f in corpus if lo <= number[f] <= hi}, nothing)
         for lo, hi in PASSES
     ]
-    for name, held in splits:
-        prompts, tiers = list(base[0]), list(base[1])
-        dev_prompts, dev_tiers = ([], []) if held is not splits[0][1] else holdout
-        dev_prompts, dev_tiers = list(dev_prompts), list(dev_tiers)
-        for path in files:
-            more_prompts, more_tiers = read_labelled(path)
-            if path in held:
-                dev_prompts, dev_tiers = dev_prompts + more_prompts, dev_tiers + more_tiers
-            else:
-                prompts, tiers = prompts + more_prompts, tiers + more_tiers
+    base = read_labelled(labelled / "train.csv")
+    for name, held, extra in splits:
+        trained = [base, *(corpus[f] for f in corpus if f not in held)]
+        scored = [extra, *(corpus[f] for f in corpus if f in held)]
+        prompts = [p for texts, _ in trained for p in texts]
+        tiers = [t for _, labels in trained for t in labels]
+        dev_prompts = [p for texts, _ in scored for p in texts]
+        dev_tiers = [t for _, labels in scored for t in labels]
         model = train_classifier(prompts, tiers)
         print(f"{name}: trained on {len(prompts):,} prompts, scored on {len(dev_prompts):,}")
         job = default_job()

@@ -275,26 +275,10 @@ class _Run:
         done = completed_keys(self.run_dir, retry_failed=self.options.retry_failed)
         self.climbs = pending_escalations(self.run_dir, done=done)
         write_manifest(self.run_dir, self._manifest(previous, finished=False))
-        base_urls: dict[str, str] = {}
-        try:
-            with ExitStack() as stack:
-                if self.cache is not None:  # a file it cannot use stops the run before a request
-                    stack.enter_context(self.cache)
-                if self._uses_simulator():
-                    from batchroute.sim import EmbeddedSimulator
-
-                    sim = stack.enter_context(EmbeddedSimulator(self.job.config.simulator))
-                    base_urls["simulator"] = sim.base_url
-                with self.progress.live(run_id=self.run_id, total_rows=self.total_rows):
-                    with _request_loop_gc():
-                        anyio.run(self._dispatch_all, batches, classify, done, base_urls)
-        except BaseException:
-            self.journal.close()
-            if self.sent_rows == 0 and previous is not None:
-                # Nothing was sent (a missing key, a bad endpoint): the run is as it was.
-                write_manifest(self.run_dir, previous)
-            raise
-        self.journal.close()
+        with self._sending(previous) as base_urls:
+            with self.progress.live(run_id=self.run_id, total_rows=self.total_rows):
+                with _request_loop_gc():
+                    anyio.run(self._dispatch_all, batches, classify, done, base_urls)
         if self._batches_left():
             summary = self._summary(counts={}, report=None)
             write_manifest(self.run_dir, self._manifest(previous, finished=False))
@@ -308,6 +292,29 @@ class _Run:
         summary = self._summary(counts=counts, report=report)
         write_manifest(self.run_dir, self._manifest(previous, finished=True, summary=summary))
         return summary
+
+    @contextmanager
+    def _sending(self, previous: RunManifest | None) -> Iterator[dict[str, str]]:
+        """While requests are sent: the response cache open, and the embedded simulator up (its
+        base URL, by name, is yielded); then the journal is closed. A session that failed before
+        sending anything (a missing key, a bad endpoint) leaves run.json as it was."""
+        try:
+            with ExitStack() as stack:
+                base_urls: dict[str, str] = {}
+                if self.cache is not None:  # a file it cannot use stops the run before a request
+                    stack.enter_context(self.cache)
+                if self._uses_simulator():
+                    from batchroute.sim import EmbeddedSimulator
+
+                    sim = stack.enter_context(EmbeddedSimulator(self.job.config.simulator))
+                    base_urls["simulator"] = sim.base_url
+                yield base_urls
+        except BaseException:
+            self.journal.close()
+            if self.sent_rows == 0 and previous is not None:
+                write_manifest(self.run_dir, previous)
+            raise
+        self.journal.close()
 
     def _assemble_and_report(self) -> tuple[dict[str, int], ReportSummary]:
         """Assemble results.parquet from the parts, then write the side files and the reports."""

@@ -28,7 +28,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import replace
 from types import FrameType
 from typing import Any
@@ -169,24 +169,8 @@ class _DriverRun(_Run):
         previous = read_manifest(self.run_dir)
         done = completed_keys(self.run_dir, retry_failed=self.options.retry_failed)
         write_manifest(self.run_dir, self._manifest(previous, finished=False))
-        results: list[ShardResult] = []
-        try:
-            with ExitStack() as stack:
-                base_urls: dict[str, str] = {}
-                if self.cache is not None:  # a file it cannot use stops the run before a request
-                    stack.enter_context(self.cache)
-                if self._uses_simulator():
-                    from batchroute.sim import EmbeddedSimulator
-
-                    sim = stack.enter_context(EmbeddedSimulator(self.job.config.simulator))
-                    base_urls["simulator"] = sim.base_url
-                results = self._send_on_cluster(ray, workers, batches, classify, done, base_urls)
-        except BaseException:
-            self.journal.close()
-            if self.sent_rows == 0 and previous is not None:
-                write_manifest(self.run_dir, previous)
-            raise
-        self.journal.close()
+        with self._sending(previous) as base_urls:
+            results = self._send_on_cluster(ray, workers, batches, classify, done, base_urls)
         recover_journals(self.run_dir, part_rows=self.job.config.output.checkpoint_rows)
         self.engine_record = {
             "kind": "ray",

@@ -168,3 +168,17 @@ def test_each_request_carries_its_prompts_byte_bound_for_the_budget(
         row.prompt_token_bound is not None and row.prompt_token_bound >= row.prompt_tokens
         for row in seen
     )
+
+
+def test_a_session_that_fails_before_sending_leaves_run_json_as_it_was(
+    make_job: JobFactory, tmp_path: Path
+) -> None:
+    """The response cache cannot be opened (its path is a directory): nothing was sent, so the
+    run directory's record of the earlier session stands, unchanged."""
+    assert run_cli("run", str(make_job(sample_rows(10))), "--run-dir", "runs/t")[0] == 0
+    before = Path("runs/t/run.json").read_text()
+    (tmp_path / "not-a-file").mkdir()
+    job = make_job(sample_rows(20), cache={"path": str(tmp_path / "not-a-file")})
+    code, _, err = run_cli("run", str(job), "--run-dir", "runs/t")
+    assert code != 0 and "not-a-file" in err
+    assert Path("runs/t/run.json").read_text() == before
