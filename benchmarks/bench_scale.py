@@ -6,8 +6,13 @@ simulator process at zero latency, and reports for each: peak RSS of the batchro
 throughput in rows/s and the time to the first request. The figure that matters is the ratio of
 the two peaks (target: the large run's peak at most 1.5x the small run's).
 
+`--classify-share` also times every call of the router's `classify` inside the run (issue 11
+asks what share of a 1M-row run's wall time goes to classifying). The run is then started
+through a small wrapper that times the calls and prints their total when the process exits.
+
     python benchmarks/bench_scale.py                  # 100k and 1M rows (about 30 minutes here)
     python benchmarks/bench_scale.py --small 20000 --large 200000   # a quicker look
+    python benchmarks/bench_scale.py --classify-share --small 20000 --large 1000000
 """
 
 # ruff: noqa: T201  (a benchmark script reports its figures on stdout)
@@ -82,12 +87,37 @@ def write_job(path: Path, *, data: Path, base_url: str, run_dir: Path) -> None:
     path.write_text(yaml.safe_dump(job))
 
 
+TIMED_RUN = """
+import atexit, sys, time
+from batchroute.classify.router import Router
+from batchroute.cli import entry
+
+out = sys.argv.pop()
+spent = [0.0]
+classify = Router.classify
+
+def timed(self, *args, **kwargs):
+    started = time.perf_counter()
+    try:
+        return classify(self, *args, **kwargs)
+    finally:
+        spent[0] += time.perf_counter() - started
+
+Router.classify = timed
+atexit.register(lambda: open(out, "w").write(repr(spent[0])))
+entry()
+"""
+"""`python -c TIMED_RUN run JOB --quiet OUT`: a run that writes its seconds in `classify` to OUT."""
+
+
 def _sim_total(stats_url: str) -> int:
     with urllib.request.urlopen(stats_url) as response:
         return int(json.loads(response.read())["total"])
 
 
-def measure(rows: int, workdir: Path, base_url: str) -> dict[str, float]:
+def measure(
+    rows: int, workdir: Path, base_url: str, *, classify_share: bool = False
+) -> dict[str, float]:
     """Run one size end to end; return peak RSS (MiB), rows/s and seconds to first request."""
     data = workdir / f"in-{rows}.jsonl"
     write_input(data, rows)
@@ -96,10 +126,12 @@ def measure(rows: int, workdir: Path, base_url: str) -> dict[str, float]:
     stats_url = base_url.removesuffix("/v1") + "/sim/stats"
     before = _sim_total(stats_url)
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchroute", "run", str(job), "--quiet"],
-        stdout=subprocess.DEVNULL,
-    )
+    command = [sys.executable, "-m", "batchroute", "run", str(job), "--quiet"]
+    classify_file = workdir / f"classify-{rows}.txt"
+    if classify_share:
+        command[1:3] = ["-c", TIMED_RUN]
+        command.append(str(classify_file))
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     first_request = float("nan")
     while True:  # wait4 with WNOHANG reaps the child itself, so its rusage is not lost
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -113,24 +145,32 @@ def measure(rows: int, workdir: Path, base_url: str) -> dict[str, float]:
         raise SystemExit(
             f"batchroute run exited {os.waitstatus_to_exitcode(status)} on {rows} rows"
         )
-    return {
+    figures = {
         "rows": rows,
         "peak_rss_mib": usage.ru_maxrss / 1024,
         "rows_per_s": rows / elapsed,
         "first_request_s": first_request,
         "cpu_s": usage.ru_utime + usage.ru_stime,
+        "wall_s": elapsed,
     }
+    if classify_share:
+        figures["classify_s"] = float(classify_file.read_text())
+        figures["classify_share_of_wall"] = figures["classify_s"] / elapsed
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=100_000)
     parser.add_argument("--large", type=int, default=1_000_000)
+    parser.add_argument(
+        "--classify-share", action="store_true", help="time the router's classify calls too"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, running_simulator() as base_url:
-        small = measure(args.small, Path(tmp), base_url)
+        small = measure(args.small, Path(tmp), base_url, classify_share=args.classify_share)
         print(json.dumps(small))
-        large = measure(args.large, Path(tmp), base_url)
+        large = measure(args.large, Path(tmp), base_url, classify_share=args.classify_share)
         print(json.dumps(large))
     ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
     print(
@@ -142,6 +182,11 @@ def main() -> None:
         f"throughput: {small['rows_per_s']:.0f} and {large['rows_per_s']:.0f} rows/s; "
         f"first request after {small['first_request_s']:.2f} s and {large['first_request_s']:.2f} s"
     )
+    if args.classify_share:
+        print(
+            f"classifying: {large['classify_s']:.1f} s of the {args.large:,}-row run's "
+            f"{large['wall_s']:.0f} s wall ({large['classify_share_of_wall']:.1%})"
+        )
 
 
 if __name__ == "__main__":
