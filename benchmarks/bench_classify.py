@@ -20,6 +20,13 @@ With `--mt-bench QUESTIONS.jsonl`, also the default router's accuracy on MT-Benc
 committed here. Categories map as issue 11 says: extraction → structured; coding, math,
 reasoning → complex; writing, roleplay, humanities, stem → standard.
 
+Two more public sets, scored the same way, since 80 questions are few (each is 1.25 points):
+`--vicuna-bench` takes FastChat's `fastchat/llm_judge/data/vicuna_bench/question.jsonl` (80
+questions of the lm-sys/FastChat repository; categories mapped in `VICUNA_BENCH_TIERS`), and
+`--gsm8k` takes `grade_school_math/data/test.jsonl` of the openai/grade-school-math repository
+(1,319 grade-school word problems, all complex: plain-language maths with no engineering words,
+issue 11's class 5). Neither is committed, and neither is ever trained or tuned on.
+
 With `--source-cv`, also the routing quality figures the README reports (needs the `ml` extra):
 the default router's accuracy and under-/over-routed shares on `labelled/corpus/`, 5-fold
 cross-validated by source file (each fold's sources unseen in training, with `train.csv` always
@@ -220,6 +227,8 @@ def main() -> None:
     parser.add_argument("--run-rps", type=float, default=1000.0, help="a run's measured req/s")
     parser.add_argument("--rules-comparison", action="store_true")
     parser.add_argument("--mt-bench", type=Path, help="MT-Bench question.jsonl (see above)")
+    parser.add_argument("--vicuna-bench", type=Path, help="Vicuna-bench question.jsonl")
+    parser.add_argument("--gsm8k", type=Path, help="GSM8K test.jsonl (see above)")
     parser.add_argument("--quality-only", action="store_true", help="skip the timings")
     parser.add_argument("--source-cv", action="store_true", help="quality by source-held-out CV")
     parser.add_argument("--penalty-sweep", action="store_true", help="choose the default penalty")
@@ -229,7 +238,14 @@ def main() -> None:
     if args.penalty_sweep:
         penalty_sweep()
     if args.mt_bench is not None:
-        evaluate_mt_bench(args.mt_bench)
+        prompts, categories = read_fastchat_questions(args.mt_bench, MT_BENCH_TIERS)
+        evaluate_public("MT-Bench first turns", prompts, categories, MT_BENCH_TIERS)
+    if args.vicuna_bench is not None:
+        prompts, categories = read_fastchat_questions(args.vicuna_bench, VICUNA_BENCH_TIERS)
+        evaluate_public("Vicuna-bench first turns", prompts, categories, VICUNA_BENCH_TIERS)
+    if args.gsm8k is not None:
+        prompts, categories = read_gsm8k(args.gsm8k)
+        evaluate_public("GSM8K test", prompts, categories, {"math word problem": "complex"})
     if args.quality_only:
         return
     n = args.rows
@@ -394,35 +410,66 @@ MT_BENCH_TIERS = {
 }
 
 
-def evaluate_mt_bench(path: Path) -> None:
-    """The default router (and the rules alone) on MT-Bench's first turns, per category."""
+VICUNA_BENCH_TIERS = {
+    "coding": "complex",
+    "math": "complex",
+    "fermi": "complex",
+    "generic": "standard",
+    "knowledge": "standard",
+    "common-sense": "standard",
+    "counterfactual": "standard",
+    "roleplay": "standard",
+    "writing": "standard",
+}
+"""Vicuna-bench's categories (FastChat's other question set), mapped by the corpus's conventions:
+Fermi estimates ("how many times does a human blink in a lifetime? explain step by step") are
+multi-step estimation, so complex."""
+
+
+def read_fastchat_questions(path: Path, tiers: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(first turns, categories) of a FastChat question.jsonl (MT-Bench or Vicuna-bench)."""
+    questions = pl.read_ndjson(path)
+    unknown = set(questions["category"].to_list()) - set(tiers)
+    if unknown:
+        raise SystemExit(f"{path}: categories with no tier mapping: {sorted(unknown)}")
+    return [turns[0] for turns in questions["turns"].to_list()], questions["category"].to_list()
+
+
+def read_gsm8k(path: Path) -> tuple[list[str], list[str]]:
+    """(questions, categories) of GSM8K's test.jsonl: every one a multi-step word problem."""
+    questions = pl.read_ndjson(path)["question"].to_list()
+    return questions, ["math word problem"] * len(questions)
+
+
+def evaluate_public(
+    name: str, prompts: list[str], categories: list[str], tiers: dict[str, str]
+) -> None:
+    """The default router (and the rules alone) on a public question set, per category."""
     from batchroute.classify.evaluate import evaluate_router
 
-    questions = pl.read_ndjson(path)
-    prompts = [turns[0] for turns in questions["turns"].to_list()]
-    labels = [MT_BENCH_TIERS[c] for c in questions["category"].to_list()]
+    labels = [tiers[c] for c in categories]
     job = default_job()
-    for name, router in [
+    for router_name, router in [
         ("default routing", build_router(job)),
         ("rules alone", build_router(default_job(rules_only=True))),
     ]:
         result = evaluate_router(router, prompts, labels, job=job)
         print(
-            f"MT-Bench first turns ({result.rows}), {name}: accuracy {result.accuracy:.1%}, "
+            f"{name} ({result.rows}), {router_name}: accuracy {result.accuracy:.1%}, "
             f"under-routed {result.under_routed_share:.1%}, "
             f"over-routed {result.over_routed_share:.1%}"
         )
     routed = build_router(job).classify(frame_from_prompts(prompts))
     by_category = (
-        pl.DataFrame({"category": questions["category"], "tier": routed["tier"]})
-        .with_columns(pl.col("category").replace_strict(MT_BENCH_TIERS).alias("label"))
+        pl.DataFrame({"category": categories, "tier": routed["tier"]})
+        .with_columns(pl.col("category").replace_strict(tiers).alias("label"))
         .group_by("category")
         .agg((pl.col("tier") == pl.col("label")).mean().alias("accuracy"), pl.col("tier"))
         .sort("category")
     )
-    for category, accuracy, tiers in by_category.iter_rows():
-        counts = ", ".join(f"{t}: {tiers.count(t)}" for t in sorted(set(tiers)))
-        print(f"  {category:<11} {accuracy:6.1%}  ({counts})")
+    for category, accuracy, routed_tiers in by_category.iter_rows():
+        counts = ", ".join(f"{t}: {routed_tiers.count(t)}" for t in sorted(set(routed_tiers)))
+        print(f"  {category:<17} {accuracy:6.1%}  ({counts})")
 
 
 def compare_rules(frame: pl.DataFrame, *, repeat: int) -> None:
