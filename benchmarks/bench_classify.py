@@ -341,10 +341,12 @@ LATER_PASS = 40
 PENALTIES = (1.5, 2.0, 2.5, 3.0, 4.0)
 
 
-PASSES = ((40, 60), (61, 82), (83, 102), (103, 121), (122, 133))
+PASSES = ((40, 60), (61, 82), (83, 102), (103, 121), (122, 133), (134, 151), (160, 173))
 """The later passes' corpus files, each written apart by its own hands (sample_data/README.md).
 
-The first four are everyday traffic; the last was written to hit the router's known weak spots."""
+The first four are everyday traffic; `122`-`133` was written to hit the router's known weak
+spots; `134`-`151` is general-assistant chat (explanations, role-play, extraction from passages,
+plain-language puzzles); `160`-`173` is engineering, data and support teams' traffic."""
 
 
 def penalty_sweep() -> None:
