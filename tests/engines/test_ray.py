@@ -437,3 +437,102 @@ def test_a_tier_with_checks_is_not_served_from_the_cache_on_ray(
         again = _run(job, run_dir=Path("runs/b"), engine="ray")
         assert _paid(sim) == 2 * first and again.cached_rows == 0
     assert not pl.read_parquet("runs/b/results.parquet")["cache_hit"].any()
+
+
+CLIMB_ROWS = 8
+SLOW_MID_MS = 1500
+CLIMB_SIM: dict[str, Any] = {
+    "seed": 3,
+    "log_requests": True,
+    # Every cheap answer is cut short, so every bulk row fails `not_truncated` and climbs to
+    # standard (mid), which is slow: a climb is caught with its request in flight.
+    "models": {"small": {"truncate_rate": 1.0}, "mid": {"latency_ms": SLOW_MID_MS}},
+}
+CLIMB_VERIFY: dict[str, Any] = {"default": ["not_truncated"], "max_escalations": 2}
+
+
+def _asked(sim: EmbeddedSimulator, model: str) -> list[int]:
+    """The rows (by their `(case N)`) the simulator's request log says `model` was asked."""
+    import re
+    import urllib.request
+
+    url = sim.base_url.removesuffix("/v1") + "/sim/requests"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        log = json.loads(response.read())["requests"]
+    rows = []
+    for request in log:
+        if request["model"] == model:
+            match = re.search(r"\(case (\d+)\)", str(request["prompt"]))
+            assert match, request
+            rows.append(int(match.group(1)))
+    return rows
+
+
+def _climb_job(make_job: JobFactory, sim: EmbeddedSimulator) -> Path:
+    return make_job(
+        [{**row, "tier": "bulk"} for row in sample_rows(CLIMB_ROWS)],
+        endpoint=_endpoint(sim),
+        verify=CLIMB_VERIFY,
+        request={"max_tokens": 200},
+        run={"max_in_flight": 16},  # 16 slots shared by 4 tiers: 4 bulk rows at a time
+        engine={"kind": "ray", "workers": 1},
+    )
+
+
+def test_a_worker_killed_mid_climb_resumes_the_climb(
+    ray_cluster: Any, make_job: JobFactory
+) -> None:
+    """Kill the shard's worker while its rows wait on the tier they climbed to: Ray's retry
+    resumes each journaled climb at that tier, so no rejected answer is bought twice, and the
+    results and spend equal an uninterrupted run's (the climb is durable on Ray too)."""
+    with EmbeddedSimulator(SimConfig.model_validate(CLIMB_SIM)) as sim:
+        job = _climb_job(make_job, sim)
+        whole = _run(job, run_dir=Path("runs/whole"), engine="local", no_cache=True)
+        assert whole.exit_code == ExitCode.OK, whole.message
+        sim.reset()
+        before = len(_asked(sim, "small")), len(_asked(sim, "mid"))
+        killed: list[set[int]] = []
+        done = threading.Event()
+
+        def kill_mid_climb() -> None:
+            while not done.is_set():
+                climbed = set(_asked(sim, "mid")[before[1] :])
+                if len(climbed) >= 4:  # the first wave's climbs are durable, mid in flight
+                    pid = _a_shard_worker_pid()
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(climbed)
+                    return
+                done.wait(0.01)
+
+        killer = threading.Thread(target=kill_mid_climb)
+        killer.start()
+        try:
+            summary = _run(job, no_cache=True)
+        finally:
+            done.set()
+            killer.join()
+        small = _asked(sim, "small")[before[0] :]
+        mid = _asked(sim, "mid")[before[1] :]
+    assert killed, "the worker was killed mid-climb"
+    assert summary.exit_code == ExitCode.OK, summary.message
+    climbed = killed[0]
+    for row in climbed:
+        assert small.count(row) == 1, f"row {row}: its rejected answer was bought again"
+    assert sorted(set(small)) == list(range(CLIMB_ROWS))
+    assert len(mid) - CLIMB_ROWS <= 4, "only the standard requests in flight at the kill"
+
+    compared = ["id", "status", "model_used", "content", "verified", "verify_failures"]
+    compared += ["escalated_from", "escalation_depth", "attempts", "cost_usd", "failed_cost_usd"]
+    results = pl.read_parquet("runs/t/results.parquet")
+    expected = pl.read_parquet("runs/whole/results.parquet")
+    assert results["row_index"].to_list() == list(range(CLIMB_ROWS)), "every row exactly once"
+    assert results.select(compared).equals(expected.select(compared))
+    attempts = pl.read_parquet("runs/t/attempts.parquet")
+    assert attempts.filter(pl.col("verify") == "failed").height == CLIMB_ROWS, (
+        "each rejected answer is recorded, and costed, once"
+    )
+    assert attempts.filter(pl.col("model") == "small").height == CLIMB_ROWS
+    spend = results["cost_usd"].sum() + results["failed_cost_usd"].sum()
+    assert summary.cost_usd == whole.cost_usd
+    assert spend == attempts["cost_usd"].sum() == summary.cost_usd
