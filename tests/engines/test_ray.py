@@ -536,3 +536,84 @@ def test_a_worker_killed_mid_climb_resumes_the_climb(
     spend = results["cost_usd"].sum() + results["failed_cost_usd"].sum()
     assert summary.cost_usd == whole.cost_usd
     assert spend == attempts["cost_usd"].sum() == summary.cost_usd
+
+
+# -- start-up: both engines start through engines/startup.py ----------------------------------
+
+ENGINES = ["local", "ray"]
+
+
+def _engine(request: pytest.FixtureRequest, engine: str) -> str:
+    if engine == "ray":
+        request.getfixturevalue("ray_cluster")
+    return engine
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_engines_warn_when_they_take_over_a_dead_runs_lock(
+    engine: str,
+    request: pytest.FixtureRequest,
+    make_job: JobFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import socket
+
+    engine = _engine(request, engine)
+    pid = _dead_pid()
+    Path("runs/t").mkdir(parents=True)
+    lock = {"pid": pid, "hostname": socket.gethostname(), "run_id": "dead"}
+    Path("runs/t/.lock").write_text(json.dumps(lock))
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(sample_rows(3), endpoint=_endpoint(sim))
+        with caplog.at_level("WARNING", logger="batchroute"):
+            summary = _run(job, engine=engine, no_cache=True)
+    assert summary.exit_code == ExitCode.OK, summary.message
+    stale = [r for r in caplog.records if getattr(r, "reason", None) == "stale_lock"]
+    assert len(stale) == 1, [r.getMessage() for r in caplog.records]
+    assert f"left by process {pid}" in stale[0].getMessage()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_engines_refuse_a_run_dir_another_live_run_holds(
+    engine: str, request: pytest.FixtureRequest, make_job: JobFactory
+) -> None:
+    from batchroute.errors import RunLockedError
+    from batchroute.store.lock import RunLock
+
+    engine = _engine(request, engine)
+    job = make_job(sample_rows(3))
+    with RunLock(Path("runs/t")), pytest.raises(RunLockedError) as refused:
+        _run(job, engine=engine)
+    assert refused.value.pid == os.getpid()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_engines_check_no_wait_before_making_a_run_dir(
+    engine: str, request: pytest.FixtureRequest, make_job: JobFactory
+) -> None:
+    """`--no-wait` with batches on the embedded simulator (which ends with the run) is a user
+    error on either engine, raised before a run directory exists."""
+    from batchroute.errors import JobError
+
+    engine = _engine(request, engine)
+    job = make_job(
+        [{**row, "tier": "bulk"} for row in sample_rows(3)],
+        tiers={
+            "complex": "big",
+            "standard": "mid",
+            "structured": "mid",
+            "bulk": {"model": "small", "mode": "batch"},
+        },
+    )
+    with pytest.raises(JobError, match="--no-wait leaves batches open"):
+        _run(job, engine=engine, wait=False)
+    assert not Path("runs").exists()
