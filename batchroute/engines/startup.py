@@ -22,7 +22,6 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,7 +89,7 @@ class RunClaim:
         job: Job,
         *,
         rows: int,
-        max_cost_usd: Decimal | None,
+        max_cost_usd: float | None,
         engine: str = "local",
         workers: int | None = None,
     ) -> None:
