@@ -453,19 +453,20 @@ CLIMB_VERIFY: dict[str, Any] = {"default": ["not_truncated"], "max_escalations":
 
 def _asked(sim: EmbeddedSimulator, model: str) -> list[int]:
     """The rows (by their `(case N)`) the simulator's request log says `model` was asked."""
-    import re
     import urllib.request
 
     url = sim.base_url.removesuffix("/v1") + "/sim/requests"
     with urllib.request.urlopen(url, timeout=30) as response:
         log = json.loads(response.read())["requests"]
-    rows = []
-    for request in log:
-        if request["model"] == model:
-            match = re.search(r"\(case (\d+)\)", str(request["prompt"]))
-            assert match, request
-            rows.append(int(match.group(1)))
-    return rows
+    return [_case(str(request["prompt"])) for request in log if request["model"] == model]
+
+
+def _case(prompt: str) -> int:
+    import re
+
+    match = re.search(r"\(case (\d+)\)", prompt)
+    assert match, prompt
+    return int(match.group(1))
 
 
 def _climb_job(make_job: JobFactory, sim: EmbeddedSimulator) -> Path:
@@ -617,3 +618,46 @@ def test_both_engines_check_no_wait_before_making_a_run_dir(
     with pytest.raises(JobError, match="--no-wait leaves batches open"):
         _run(job, engine=engine, wait=False)
     assert not Path("runs").exists()
+
+
+def test_a_climb_a_crashed_local_run_journaled_resumes_on_ray(
+    ray_cluster: Any, make_job: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Across engines: a local session dies with rows waiting on the tier they climbed to; the
+    run finishes on Ray, whose shard resumes each climb there (small is not asked again)."""
+    from batchroute.dispatch import walk
+
+    class _Crash(BaseException):
+        """The process dies: nothing after it runs as a normal exit would."""
+
+    with EmbeddedSimulator(SimConfig.model_validate(CLIMB_SIM)) as sim:
+        job = _climb_job(make_job, sim)
+        real = walk.send_chat
+        climbed: set[int] = set()  # rows that asked mid: their climb was durable by then
+
+        async def dies_on_the_fourth_mid_request(client: Any, body: Any) -> Any:
+            if body["model"] == "mid":
+                climbed.add(_case(body["messages"][-1]["content"]))
+                if len(climbed) == 4:
+                    raise _Crash
+            return await real(client, body)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(walk, "send_chat", dies_on_the_fourth_mid_request)
+            with pytest.raises(BaseException) as crash:
+                _run(job, engine="local", no_cache=True)
+        if isinstance(crash.value, BaseExceptionGroup):
+            assert crash.group_contains(_Crash)
+        else:
+            assert crash.type is _Crash
+        assert len(climbed) == 4
+        summary = _run(job, no_cache=True)  # the job's engine: Ray
+        small = _asked(sim, "small")
+    assert summary.exit_code == ExitCode.OK, summary.message
+    for row in climbed:
+        assert small.count(row) == 1, f"row {row}: its rejected answer was bought again"
+    results = pl.read_parquet("runs/t/results.parquet")
+    assert results["row_index"].to_list() == list(range(CLIMB_ROWS))
+    assert (results["escalation_depth"] == 1).all() and results["verified"].all()
+    attempts = pl.read_parquet("runs/t/attempts.parquet")
+    assert attempts.filter(pl.col("verify") == "failed").height == CLIMB_ROWS
