@@ -54,7 +54,7 @@ from batchroute.engines.shard import (
     run_shard,
 )
 from batchroute.engines.startup import check_run, claim_run_dir
-from batchroute.errors import EngineUnavailableError, OutputError
+from batchroute.errors import EngineUnavailableError, JobError, OutputError
 from batchroute.logs import log_event
 from batchroute.progress import Progress, TierCounts
 from batchroute.schema import Status
@@ -87,6 +87,7 @@ def run_job_on_ray(job: Job, options: RunOptions, *, progress: Progress) -> RunS
     """`run_job` on a Ray cluster (`engine.kind: ray` or `--engine ray`)."""
     ray = _import_ray()
     inputs = check_run(job, options)
+    _check_online_only(job)
     engine = job.config.engine
     address = options.address or engine.address
     if not ray.is_initialized():
@@ -119,6 +120,22 @@ def run_job_on_ray(job: Job, options: RunOptions, *, progress: Progress) -> RunS
         summary = run.execute_on_ray(ray, workers, inputs.dataset.batches, inputs.router.classify)
     _log_finished(summary)
     return summary
+
+
+def _check_online_only(job: Job) -> None:
+    """Refuse batch-mode tiers: the Ray engine sends every row online.
+
+    Its shards would each spool and submit batches into the one run directory (they clobber each
+    other's spool), and with `--no-wait` the driver would report a run whose batches are open.
+    """
+    cfg = job.config
+    batched = [tier for tier in cfg.tiers if cfg.tier_mode(tier) == "batch"]
+    if batched:
+        raise JobError(
+            f"tier {batched[0]} goes through the Batch API (mode: batch), which the Ray engine "
+            "does not do yet; run this job with --engine local, or set the tier's mode: online",
+            path=job.path,
+        )
 
 
 def _check_reachable(address: str | None) -> None:
