@@ -1,6 +1,8 @@
 """The Ray engine: the same job, results and reports, with rows sent from a Ray cluster.
 
-The driver (this process) does what the single-process session does before and after sending:
+The driver (this process) starts as the local engine does (`startup.py`: the same checks, then
+the same run-directory choice, lock and stale-lock warning), refusing only what Ray cannot run
+(batch-mode tiers). It does what the single-process session does before and after sending:
 it reads and classifies the input, records the rows it read, settles invalid and already
 answered rows, and at the end compacts every journal, assembles results.parquet and writes the
 reports and run.json. While it reads, it cuts the input into `workers` shards by row-index range
