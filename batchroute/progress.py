@@ -39,6 +39,8 @@ logger = logging.getLogger("batchroute.progress")
 
 class _Attempt(Protocol):
     @property
+    def attempt(self) -> int: ...
+    @property
     def status_code(self) -> int | None: ...
 
 
@@ -62,7 +64,8 @@ class TierCounts:
     cached: int = 0
     """Rows answered by the response cache: nothing sent."""
     retries: int = 0
-    """Attempts beyond a row's first (retries and fallbacks), counted when the row finishes."""
+    """Attempts beyond a row's first (retries, fallbacks, escalations and judge calls, those of a
+    climb an earlier session made durable included), counted when the row finishes."""
     rate_limited: int = 0
     """429 answers, counted when the row finishes."""
     cost_usd: float = 0.0
@@ -139,7 +142,10 @@ class Progress:
         else:
             counts.skipped += 1
         counts.cost_usd += cost_usd
-        counts.retries += max(len(attempts) - 1, 0)
+        # By the attempts' numbers, not their count: a climbing row's earlier attempts were made
+        # durable when it climbed (in this session, or one that crashed mid-climb) and are not
+        # among `attempts`, yet the numbering counts them.
+        counts.retries += max((attempt.attempt for attempt in attempts), default=1) - 1
         counts.rate_limited += sum(1 for attempt in attempts if attempt.status_code == 429)
 
     def settled(self, tiers: Iterable[str | None], *, status: str) -> None:

@@ -13,6 +13,7 @@ from batchroute.progress import Progress
 @dataclass
 class _Attempt:
     status_code: int | None
+    attempt: int = 1
 
 
 @dataclass
@@ -53,7 +54,7 @@ def test_retries_and_429s_come_from_the_finished_rows_attempts() -> None:
         "bulk",
         status="ok",
         cost_usd=0.5,
-        attempts=[_Attempt(429), _Attempt(500), _Attempt(200)],
+        attempts=[_Attempt(429, 1), _Attempt(500, 2), _Attempt(200, 3)],
     )
     figures = progress.snapshot()
     assert figures["retries"] == 2 and figures["rate_limited"] == 1
@@ -101,3 +102,14 @@ def test_rows_the_response_cache_answers_count_as_done_and_cached() -> None:
     assert (snapshot["done"], snapshot["cached"], snapshot["skipped"]) == (2, 2, 0)
     assert snapshot["tiers"]["bulk"]["cached"] == 1
     assert "2 from the cache" in progress.line(snapshot)
+
+
+def test_retries_count_the_attempts_a_climb_made_durable_before_it_went_on() -> None:
+    """A row that climbed (its first two attempts journaled when it did, in this session or a
+    crashed one) finishes with only its later attempts in hand: their numbers count the rest."""
+    progress = _progress({})
+    progress.sent("bulk")
+    progress.finished("bulk", status="ok", cost_usd=0.5, attempts=[_Attempt(200, 3)])
+    progress.sent("bulk")
+    progress.finished("bulk", status="failed", cost_usd=0.0, attempts=[])
+    assert progress.snapshot()["retries"] == 2

@@ -17,7 +17,6 @@ import functools
 import gc
 import logging
 import os
-import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -32,20 +31,19 @@ import anyio
 import polars as pl
 
 from batchroute.cache.runs import Hit, RunCache
-from batchroute.classify import build_router
 from batchroute.config import Job
-from batchroute.dataset import Batch, open_dataset
-from batchroute.dispatch.batch import BatchRunner, check_no_wait
+from batchroute.dataset import Batch
+from batchroute.dispatch.batch import BatchRunner
 from batchroute.dispatch.dispatcher import AttemptRecord, Dispatcher, RowOutcome, RowRequest
 from batchroute.dispatch.rows import EscalationProgress
+from batchroute.engines.startup import check_run, claim_run_dir
 from batchroute.engines.workers import Backlog, Lane, WorkerPool
-from batchroute.errors import OutputError
 from batchroute.exitcodes import ExitCode
-from batchroute.logs import log_event, run_id_var
+from batchroute.logs import log_event
 from batchroute.pricing.budget import Budget
 from batchroute.pricing.costs import FloatRates
 from batchroute.pricing.forecast import ForecastAccumulator, forecast_totals
-from batchroute.pricing.prices import PriceTable, resolve_prices
+from batchroute.pricing.prices import PriceTable
 from batchroute.pricing.tokens import messages_token_bound_expr, messages_tokens_expr
 from batchroute.progress import Progress
 from batchroute.report import ReportSummary, write_reports
@@ -55,12 +53,11 @@ from batchroute.store.assembly import assemble_results
 from batchroute.store.escalations import pending_escalations
 from batchroute.store.journal import Journal
 from batchroute.store.keys import row_keys, tier_contexts
-from batchroute.store.lock import RunLock
-from batchroute.store.manifest import RunManifest, new_run_id, read_manifest, write_manifest
+from batchroute.store.manifest import RunManifest, read_manifest, write_manifest
 from batchroute.store.outcomes import OutcomeBuffer, skipped_results
 from batchroute.store.parts import completed_keys
 from batchroute.store.plan import write_plan
-from batchroute.store.rundir import PARTS_DIR, atomic_file, select_run_dir
+from batchroute.store.rundir import atomic_file
 
 __all__ = ["RunOptions", "RunSummary", "run_job"]
 
@@ -125,53 +122,19 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
         from batchroute.engines.ray import run_job_on_ray
 
         return run_job_on_ray(job, options, progress=progress)
-    prices = resolve_prices(job)
-    router = build_router(job)
-    dataset = open_dataset(job)
-    checked = dataset.check()  # file-level problems stop here, before a run dir exists
-    job.check_api_keys()
-    if not options.wait:
-        check_no_wait(job)
-    run_id = new_run_id()
-    run_id_var.set(run_id)
-    choice = select_run_dir(job, run_dir=options.run_dir, fresh=options.fresh)
-    run_dir = choice.path
-    with _removed_unless_used(run_dir), RunLock(run_dir, run_id=run_id) as lock:
+    inputs = check_run(job, options)
+    with claim_run_dir(job, options) as claim:
         run = _Run(
             job,
             options,
-            run_id=run_id,
-            run_dir=run_dir,
-            prices=prices,
+            run_id=claim.run_id,
+            run_dir=claim.run_dir,
+            prices=inputs.prices,
             progress=progress,
-            total_rows=min(checked.rows, options.limit or checked.rows),
+            total_rows=inputs.total_rows,
         )
-        source = job.resolve(job.config.input.path)
-        log_event(
-            logger,
-            "run_started",
-            f"run {run_id}: {run.total_rows} rows from {source} -> {run_dir} "
-            f"({'resuming' if choice.resumes else 'starting'}: {choice.reason})",
-            job=job.config.name,
-            resumes=choice.resumes,
-            run_dir_reason=choice.reason,
-            job_path=str(job.path),
-            input=str(source),
-            rows=run.total_rows,
-            run_dir=str(run_dir),
-            max_cost_usd=run.budget.max_cost_usd,
-        )
-        if lock.stale_pid is not None:
-            log_event(
-                logger,
-                "warning",
-                f"{run_dir}: took over a lock left by process {lock.stale_pid}, "
-                "which is no longer running; resuming its work",
-                level=logging.WARNING,
-                reason="stale_lock",
-                stale_pid=lock.stale_pid,
-            )
-        summary = run.execute(dataset.batches, router.classify)
+        claim.announce(job, rows=run.total_rows, max_cost_usd=run.budget.max_cost_usd)
+        summary = run.execute(inputs.dataset.batches, inputs.router.classify)
     _log_finished(summary)
     return summary
 
@@ -873,31 +836,6 @@ def _spend(report: ReportSummary) -> dict[str, Decimal]:
         "answers_superseded_usd": report.superseded_cost_usd,
         "failed_attempts_usd": report.failed_cost_usd,
     }
-
-
-@contextmanager
-def _removed_unless_used(run_dir: Path) -> Iterator[None]:
-    """Create the run directory; remove it again if the session fails before anything is paid.
-
-    A run that never started (a missing key variable, a refused lock, a bad endpoint) so leaves
-    nothing for `runs` or `report` to stumble on. A directory that existed is left alone.
-    """
-    created = not run_dir.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot create the run directory ({exc.strerror}); check output.dir in the job",
-            path=run_dir,
-        ) from None
-    try:
-        yield
-    except BaseException:
-        parts = run_dir / PARTS_DIR
-        # Attempts alone are paid for too (a row's climb is made durable before its result).
-        if created and not any(parts.glob("results-*")) and not any(parts.glob("attempts-*")):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
 
 
 @contextmanager

@@ -1,6 +1,8 @@
 """The Ray engine: the same job, results and reports, with rows sent from a Ray cluster.
 
-The driver (this process) does what the single-process session does before and after sending:
+The driver (this process) starts as the local engine does (`startup.py`: the same checks, then
+the same run-directory choice, lock and stale-lock warning), refusing only what Ray cannot run
+(batch-mode tiers). It does what the single-process session does before and after sending:
 it reads and classifies the input, records the rows it read, settles invalid and already
 answered rows, and at the end compacts every journal, assembles results.parquet and writes the
 reports and run.json. While it reads, it cuts the input into `workers` shards by row-index range
@@ -36,9 +38,7 @@ from typing import Any
 import polars as pl
 
 from batchroute.cache.cluster import start_cache_host
-from batchroute.classify import build_router
 from batchroute.config import Job
-from batchroute.dataset import open_dataset
 from batchroute.engines.leases import ClusterLimits
 from batchroute.engines.local import (
     RunOptions,
@@ -46,7 +46,6 @@ from batchroute.engines.local import (
     _BatchSource,
     _Classify,
     _log_finished,
-    _removed_unless_used,
     _Run,
 )
 from batchroute.engines.shard import (
@@ -56,16 +55,14 @@ from batchroute.engines.shard import (
     add_counts,
     run_shard,
 )
-from batchroute.errors import EngineUnavailableError, OutputError
-from batchroute.logs import log_event, run_id_var
-from batchroute.pricing.prices import resolve_prices
+from batchroute.engines.startup import check_run, claim_run_dir
+from batchroute.errors import EngineUnavailableError, JobError, OutputError
+from batchroute.logs import log_event
 from batchroute.progress import Progress, TierCounts
 from batchroute.schema import Status
 from batchroute.store.journal import recover_journals
-from batchroute.store.lock import RunLock
-from batchroute.store.manifest import new_run_id, read_manifest, write_manifest
+from batchroute.store.manifest import read_manifest, write_manifest
 from batchroute.store.parts import completed_keys
-from batchroute.store.rundir import select_run_dir
 
 __all__ = ["run_job_on_ray"]
 
@@ -91,11 +88,8 @@ def _import_ray() -> Any:
 def run_job_on_ray(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
     """`run_job` on a Ray cluster (`engine.kind: ray` or `--engine ray`)."""
     ray = _import_ray()
-    prices = resolve_prices(job)
-    router = build_router(job)
-    dataset = open_dataset(job)
-    checked = dataset.check()
-    job.check_api_keys()
+    inputs = check_run(job, options)
+    _check_online_only(job)
     engine = job.config.engine
     address = options.address or engine.address
     if not ray.is_initialized():
@@ -108,36 +102,42 @@ def run_job_on_ray(job: Job, options: RunOptions, *, progress: Progress) -> RunS
                 "start one with `ray start --head`, or check engine.address / --address"
             ) from None
     workers = engine.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    run_id = new_run_id()
-    run_id_var.set(run_id)
-    choice = select_run_dir(job, run_dir=options.run_dir, fresh=options.fresh)
-    run_dir = choice.path
-    with _removed_unless_used(run_dir), RunLock(run_dir, run_id=run_id):
+    with claim_run_dir(job, options) as claim:
         run = _DriverRun(
             job,
             options,
-            run_id=run_id,
-            run_dir=run_dir,
-            prices=prices,
+            run_id=claim.run_id,
+            run_dir=claim.run_dir,
+            prices=inputs.prices,
             progress=progress,
-            total_rows=min(checked.rows, options.limit or checked.rows),
+            total_rows=inputs.total_rows,
         )
-        log_event(
-            logger,
-            "run_started",
-            f"run {run_id}: {run.total_rows} rows from {job.resolve(job.config.input.path)} -> "
-            f"{run_dir} on Ray, {workers} workers "
-            f"({'resuming' if choice.resumes else 'starting'}: {choice.reason})",
-            job=job.config.name,
+        claim.announce(
+            job,
+            rows=run.total_rows,
+            max_cost_usd=run.budget.max_cost_usd,
             engine="ray",
             workers=workers,
-            resumes=choice.resumes,
-            rows=run.total_rows,
-            run_dir=str(run_dir),
         )
-        summary = run.execute_on_ray(ray, workers, dataset.batches, router.classify)
+        summary = run.execute_on_ray(ray, workers, inputs.dataset.batches, inputs.router.classify)
     _log_finished(summary)
     return summary
+
+
+def _check_online_only(job: Job) -> None:
+    """Refuse batch-mode tiers: the Ray engine sends every row online.
+
+    Its shards would each spool and submit batches into the one run directory (they clobber each
+    other's spool), and with `--no-wait` the driver would report a run whose batches are open.
+    """
+    cfg = job.config
+    batched = [tier for tier in cfg.tiers if cfg.tier_mode(tier) == "batch"]
+    if batched:
+        raise JobError(
+            f"tier {batched[0]} goes through the Batch API (mode: batch), which the Ray engine "
+            "does not do yet; run this job with --engine local, or set the tier's mode: online",
+            path=job.path,
+        )
 
 
 def _check_reachable(address: str | None) -> None:

@@ -11,7 +11,11 @@ driver node's `CacheHost` (`cache/cluster.py`): the driver already served the ro
 request was answered, so a shard looks up only fallbacks there, and stores what it is answered.
 
 A task that dies is retried by Ray. The retry first compacts the journals its shard's earlier
-attempts left behind, then sends only the rows of the shard that are not already answered.
+attempts left behind, then sends only the rows of the shard that are not already answered. A row
+caught mid-escalation resumes at the tier it reached, as on the local engine: the shard journals
+a climbing row's attempts before the next tier is asked (`_Run._escalated`, inherited), and reads
+back the climbs left pending (`store.escalations`), whether by its own dead attempt or by an
+earlier session of the run on either engine.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from batchroute.logs import run_id_var
 from batchroute.pricing.prices import PriceTable
 from batchroute.progress import Progress, TierCounts
 from batchroute.schema import Status
+from batchroute.store.escalations import pending_escalations
 from batchroute.store.journal import JOURNAL_GLOB, Journal, compact_journal
 from batchroute.store.parts import completed_keys
 from batchroute.store.rundir import PARTS_DIR
@@ -172,6 +177,7 @@ class _ShardRun(_Run):
 
     def run(self, rows: pl.DataFrame) -> ShardResult:
         done = completed_keys(self.run_dir, retry_failed=self.options.retry_failed)
+        self.climbs = pending_escalations(self.run_dir, done=done)
         answered = rows["row_key"].is_in(done.implode())
         self.reused_rows = int(answered.sum())
         self.progress.settled(rows.filter(answered)["tier"], status="reused")

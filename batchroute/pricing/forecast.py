@@ -8,9 +8,10 @@ fallbacks are not forecast) and, for comparison, on the baseline model. Rows tha
 never sent, so they are counted apart and cost nothing. So are rows the response cache would
 answer, when `plan` looked them up (`cache_hits`): they cost $0, outside the forecast.
 
-This is the one forecast: `plan` and the run write it per tier (`ForecastAccumulator`), and the
-router's calibration and evaluation price a labelled set with it (`tier_prices`,
-`forecast_by_tier`), all through the one cost formula of `batchroute.pricing.costs`. Reading
+This is the one forecast: `plan` and the run (on either engine) write it per tier
+(`ForecastAccumulator`), and the router's calibration forecasts a labelled set through the same
+accumulator (`forecast_by_tier`); evaluation prices single tiers with `tier_prices`. All go
+through the one cost formula of `batchroute.pricing.costs`. Reading
 and classifying a job's input to forecast it is `engines.forecast.forecast_job`'s, and writing
 plan.parquet is `store.plan`'s: pricing reads no file and routes no row.
 """
@@ -34,7 +35,7 @@ from batchroute.pricing.tokens import (
     messages_tokens_expr,
     text_tokens_expr,
 )
-from batchroute.schema import COST_DTYPE
+from batchroute.schema import COST_DTYPE, INPUT_SCHEMA
 
 __all__ = [
     "PLAN_SCHEMA",
@@ -177,6 +178,10 @@ class ForecastAccumulator:
                 "tier": tiers,
                 "model": [self._model(t) for t in tiers],
                 "rows": [rows[t] for t in tiers],
+                # Divided here, not by polars (which multiplies by 1/total): 18/150 is 0.12.
+                "share": [
+                    (rows[t] + self._cache_hits.get(t, 0)) / max(total_rows, 1) for t in tiers
+                ],
                 "input_tokens": [input_tokens[t] for t in tiers],
                 "output_tokens": [rows[t] * self._output_tokens(t) for t in tiers],
                 "cache_hits": [self._cache_hits.get(t, 0) for t in tiers],
@@ -185,6 +190,7 @@ class ForecastAccumulator:
                 "tier": pl.String,
                 "model": pl.String,
                 "rows": pl.Int64,
+                "share": pl.Float64,
                 "input_tokens": pl.Int64,
                 "output_tokens": pl.Int64,
                 "cache_hits": pl.Int64,
@@ -193,7 +199,6 @@ class ForecastAccumulator:
         return (
             _priced_forecast(counts, self.job.config, self.prices)
             .with_columns(
-                share=(pl.col("rows") + pl.col("cache_hits")) / max(total_rows, 1),
                 baseline_model=pl.lit(baseline),
                 baseline_cost_usd=usage_cost_expr(
                     **_PLAN_TOKENS, rates=rate_literals(self.prices.get(baseline))
@@ -426,34 +431,33 @@ def tier_prices(job: Job, prices: PriceTable | None = None) -> dict[str, TierPri
 
 
 def forecast_by_tier(frame: pl.DataFrame, *, job: Job) -> pl.DataFrame:
-    """Rows, share, input tokens and exact cost per tier of a routed frame with a `prompt`."""
-    prices = tier_prices(job)
-    grouped = (
-        frame.with_columns(prompt_tokens_expr(job).alias("input_tokens"))
-        .group_by("tier")
-        .agg(pl.len().alias("rows"), pl.col("input_tokens").sum())
-        .sort("tier")
+    """Rows, share, input tokens and exact cost per tier of a routed frame with a `prompt`.
+
+    The one forecast over a labelled set (`calibrate`): the frame's rows go through
+    `ForecastAccumulator` as a run's rows would (each sent as its prompt after the job's system
+    prompt), whichever engine later runs the job. `forecast_cost_usd` is plan.parquet's figure
+    for the same rows; `cost_usd` is its answers alone (batch-mode tiers at batch prices),
+    without the checks' forecast (`verification_forecast`).
+    """
+    forecast = ForecastAccumulator(job, resolve_prices(job))
+    forecast.add(
+        frame.select(
+            pl.col("tier").cast(pl.String),
+            pl.col("prompt").cast(pl.String),
+            pl.lit(None, dtype=INPUT_SCHEMA["messages"]).alias("messages"),
+            pl.lit(None, dtype=pl.String).alias("system_prompt"),
+            pl.lit(None, dtype=pl.String).alias("invalid_reason"),
+        )
     )
-    total = max(frame.height, 1)
-    records = [
-        {
-            "tier": tier,
-            "model": prices[tier].model,
-            "rows": rows,
-            "share": rows / total,
-            "input_tokens": tokens,
-            "output_tokens": rows * prices[tier].output_tokens,
-            "cost_usd": prices[tier].cost_usd(input_tokens=tokens, rows=rows),
-        }
-        for tier, rows, tokens in grouped.iter_rows()
-    ]
-    schema: dict[str, Any] = {
-        "tier": pl.String,
-        "model": pl.String,
-        "rows": pl.Int64,
-        "share": pl.Float64,
-        "input_tokens": pl.Int64,
-        "output_tokens": pl.Int64,
-        "cost_usd": COST_DTYPE,
-    }
-    return pl.DataFrame(records, schema=schema)
+    return forecast.frame().select(
+        "tier",
+        "model",
+        "rows",
+        "share",
+        "input_tokens",
+        "output_tokens",
+        (pl.col("forecast_cost_usd") - pl.col("judge_cost_usd") - pl.col("escalation_cost_usd"))
+        .cast(COST_DTYPE)
+        .alias("cost_usd"),
+        "forecast_cost_usd",
+    )

@@ -437,3 +437,247 @@ def test_a_tier_with_checks_is_not_served_from_the_cache_on_ray(
         again = _run(job, run_dir=Path("runs/b"), engine="ray")
         assert _paid(sim) == 2 * first and again.cached_rows == 0
     assert not pl.read_parquet("runs/b/results.parquet")["cache_hit"].any()
+
+
+CLIMB_ROWS = 8
+SLOW_MID_MS = 1500
+CLIMB_SIM: dict[str, Any] = {
+    "seed": 3,
+    "log_requests": True,
+    # Every cheap answer is cut short, so every bulk row fails `not_truncated` and climbs to
+    # standard (mid), which is slow: a climb is caught with its request in flight.
+    "models": {"small": {"truncate_rate": 1.0}, "mid": {"latency_ms": SLOW_MID_MS}},
+}
+CLIMB_VERIFY: dict[str, Any] = {"default": ["not_truncated"], "max_escalations": 2}
+
+
+def _asked(sim: EmbeddedSimulator, model: str) -> list[int]:
+    """The rows (by their `(case N)`) the simulator's request log says `model` was asked."""
+    import urllib.request
+
+    url = sim.base_url.removesuffix("/v1") + "/sim/requests"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        log = json.loads(response.read())["requests"]
+    return [_case(str(request["prompt"])) for request in log if request["model"] == model]
+
+
+def _case(prompt: str) -> int:
+    import re
+
+    match = re.search(r"\(case (\d+)\)", prompt)
+    assert match, prompt
+    return int(match.group(1))
+
+
+def _climb_job(make_job: JobFactory, sim: EmbeddedSimulator) -> Path:
+    return make_job(
+        [{**row, "tier": "bulk"} for row in sample_rows(CLIMB_ROWS)],
+        endpoint=_endpoint(sim),
+        verify=CLIMB_VERIFY,
+        request={"max_tokens": 200},
+        run={"max_in_flight": 16},  # 16 slots shared by 4 tiers: 4 bulk rows at a time
+        engine={"kind": "ray", "workers": 1},
+    )
+
+
+def test_a_worker_killed_mid_climb_resumes_the_climb(
+    ray_cluster: Any, make_job: JobFactory
+) -> None:
+    """Kill the shard's worker while its rows wait on the tier they climbed to: Ray's retry
+    resumes each journaled climb at that tier, so no rejected answer is bought twice, and the
+    results and spend equal an uninterrupted run's (the climb is durable on Ray too)."""
+    with EmbeddedSimulator(SimConfig.model_validate(CLIMB_SIM)) as sim:
+        job = _climb_job(make_job, sim)
+        whole = _run(job, run_dir=Path("runs/whole"), engine="local", no_cache=True)
+        assert whole.exit_code == ExitCode.OK, whole.message
+        sim.reset()
+        before = len(_asked(sim, "small")), len(_asked(sim, "mid"))
+        killed: list[set[int]] = []
+        done = threading.Event()
+
+        def kill_mid_climb() -> None:
+            while not done.is_set():
+                climbed = set(_asked(sim, "mid")[before[1] :])
+                if len(climbed) >= 4:  # the first wave's climbs are durable, mid in flight
+                    pid = _a_shard_worker_pid()
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(climbed)
+                    return
+                done.wait(0.01)
+
+        killer = threading.Thread(target=kill_mid_climb)
+        killer.start()
+        try:
+            summary = _run(job, no_cache=True)
+        finally:
+            done.set()
+            killer.join()
+        small = _asked(sim, "small")[before[0] :]
+        mid = _asked(sim, "mid")[before[1] :]
+    assert killed, "the worker was killed mid-climb"
+    assert summary.exit_code == ExitCode.OK, summary.message
+    climbed = killed[0]
+    for row in climbed:
+        assert small.count(row) == 1, f"row {row}: its rejected answer was bought again"
+    assert sorted(set(small)) == list(range(CLIMB_ROWS))
+    assert len(mid) - CLIMB_ROWS <= 4, "only the standard requests in flight at the kill"
+
+    compared = ["id", "status", "model_used", "content", "verified", "verify_failures"]
+    compared += ["escalated_from", "escalation_depth", "attempts", "cost_usd", "failed_cost_usd"]
+    results = pl.read_parquet("runs/t/results.parquet")
+    expected = pl.read_parquet("runs/whole/results.parquet")
+    assert results["row_index"].to_list() == list(range(CLIMB_ROWS)), "every row exactly once"
+    assert results.select(compared).equals(expected.select(compared))
+    attempts = pl.read_parquet("runs/t/attempts.parquet")
+    assert attempts.filter(pl.col("verify") == "failed").height == CLIMB_ROWS, (
+        "each rejected answer is recorded, and costed, once"
+    )
+    assert attempts.filter(pl.col("model") == "small").height == CLIMB_ROWS
+    spend = results["cost_usd"].sum() + results["failed_cost_usd"].sum()
+    assert summary.cost_usd == whole.cost_usd
+    assert spend == attempts["cost_usd"].sum() == summary.cost_usd
+
+
+# -- start-up: both engines start through engines/startup.py ----------------------------------
+
+ENGINES = ["local", "ray"]
+
+
+def _engine(request: pytest.FixtureRequest, engine: str) -> str:
+    if engine == "ray":
+        request.getfixturevalue("ray_cluster")
+    return engine
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_engines_warn_when_they_take_over_a_dead_runs_lock(
+    engine: str,
+    request: pytest.FixtureRequest,
+    make_job: JobFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import socket
+
+    engine = _engine(request, engine)
+    pid = _dead_pid()
+    Path("runs/t").mkdir(parents=True)
+    lock = {"pid": pid, "hostname": socket.gethostname(), "run_id": "dead"}
+    Path("runs/t/.lock").write_text(json.dumps(lock))
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(sample_rows(3), endpoint=_endpoint(sim))
+        with caplog.at_level("WARNING", logger="batchroute"):
+            summary = _run(job, engine=engine, no_cache=True)
+    assert summary.exit_code == ExitCode.OK, summary.message
+    stale = [r for r in caplog.records if getattr(r, "reason", None) == "stale_lock"]
+    assert len(stale) == 1, [r.getMessage() for r in caplog.records]
+    assert f"left by process {pid}" in stale[0].getMessage()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_engines_refuse_a_run_dir_another_live_run_holds(
+    engine: str, request: pytest.FixtureRequest, make_job: JobFactory
+) -> None:
+    from batchroute.errors import RunLockedError
+    from batchroute.store.lock import RunLock
+
+    engine = _engine(request, engine)
+    job = make_job(sample_rows(3))
+    with RunLock(Path("runs/t")), pytest.raises(RunLockedError) as refused:
+        _run(job, engine=engine)
+    assert refused.value.pid == os.getpid()
+
+
+def test_ray_refuses_batch_mode_tiers_before_anything_is_paid(make_job: JobFactory) -> None:
+    """Ray shards cannot share the Batch API's spool and ledger yet: a clear error up front,
+    not a shard failing three times (or, with --no-wait, a run reported done with batches open)."""
+    from batchroute.errors import JobError
+
+    job = make_job(
+        [{**row, "tier": "bulk"} for row in sample_rows(3)],
+        tiers={
+            "complex": "big",
+            "standard": "mid",
+            "structured": "mid",
+            "bulk": {"model": "small", "mode": "batch"},
+        },
+    )
+    with pytest.raises(JobError, match="tier bulk goes through the Batch API") as refused:
+        _run(job, engine="ray")
+    assert "--engine local" in str(refused.value)
+    assert not Path("runs").exists()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_engines_check_no_wait_before_making_a_run_dir(
+    engine: str, request: pytest.FixtureRequest, make_job: JobFactory
+) -> None:
+    """`--no-wait` with batches on the embedded simulator (which ends with the run) is a user
+    error on either engine, raised before a run directory exists."""
+    from batchroute.errors import JobError
+
+    engine = _engine(request, engine)
+    job = make_job(
+        [{**row, "tier": "bulk"} for row in sample_rows(3)],
+        tiers={
+            "complex": "big",
+            "standard": "mid",
+            "structured": "mid",
+            "bulk": {"model": "small", "mode": "batch"},
+        },
+    )
+    with pytest.raises(JobError, match="--no-wait leaves batches open"):
+        _run(job, engine=engine, wait=False)
+    assert not Path("runs").exists()
+
+
+def test_a_climb_a_crashed_local_run_journaled_resumes_on_ray(
+    ray_cluster: Any, make_job: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Across engines: a local session dies with rows waiting on the tier they climbed to; the
+    run finishes on Ray, whose shard resumes each climb there (small is not asked again)."""
+    from batchroute.dispatch import walk
+
+    class _Crash(BaseException):
+        """The process dies: nothing after it runs as a normal exit would."""
+
+    with EmbeddedSimulator(SimConfig.model_validate(CLIMB_SIM)) as sim:
+        job = _climb_job(make_job, sim)
+        real = walk.send_chat
+        climbed: set[int] = set()  # rows that asked mid: their climb was durable by then
+
+        async def dies_on_the_fourth_mid_request(client: Any, body: Any) -> Any:
+            if body["model"] == "mid":
+                climbed.add(_case(body["messages"][-1]["content"]))
+                if len(climbed) == 4:
+                    raise _Crash
+            return await real(client, body)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(walk, "send_chat", dies_on_the_fourth_mid_request)
+            with pytest.raises(BaseException) as crash:
+                _run(job, engine="local", no_cache=True)
+        if isinstance(crash.value, BaseExceptionGroup):
+            assert crash.group_contains(_Crash)
+        else:
+            assert crash.type is _Crash
+        assert len(climbed) == 4
+        summary = _run(job, no_cache=True)  # the job's engine: Ray
+        small = _asked(sim, "small")
+    assert summary.exit_code == ExitCode.OK, summary.message
+    for row in climbed:
+        assert small.count(row) == 1, f"row {row}: its rejected answer was bought again"
+    results = pl.read_parquet("runs/t/results.parquet")
+    assert results["row_index"].to_list() == list(range(CLIMB_ROWS))
+    assert (results["escalation_depth"] == 1).all() and results["verified"].all()
+    attempts = pl.read_parquet("runs/t/attempts.parquet")
+    assert attempts.filter(pl.col("verify") == "failed").height == CLIMB_ROWS

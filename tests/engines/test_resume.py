@@ -121,7 +121,7 @@ def test_a_run_that_fails_after_creating_its_directory_removes_it(
             assert Path("runs/t").is_dir()  # the failure comes after the directory exists
             raise OutputError("the lock file cannot be written", path=Path("runs/t/.lock"))
 
-    monkeypatch.setattr("batchroute.engines.local.RunLock", _FailingLock)
+    monkeypatch.setattr("batchroute.engines.startup.RunLock", _FailingLock)
     job = make_job(sample_rows(5))
     code, _, err = run_cli("run", str(job))
     assert code == 7 and "lock file" in err

@@ -231,3 +231,40 @@ def test_no_module_outside_pricing_computes_a_price() -> None:
         and readers.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+def test_a_labelled_sets_forecast_is_the_runs_forecast() -> None:
+    """`forecast_by_tier` (calibrate) is the run's and plan's `ForecastAccumulator`, not a twin:
+    the same rows, tokens and cost per tier (batch prices, and the checks' forecast apart)."""
+    from batchroute.pricing.forecast import forecast_by_tier
+
+    job = make_job(
+        tiers={**JOB["tiers"], "bulk": {"model": "deepseek-chat", "mode": "batch"}},
+        models={
+            **JOB["models"],
+            "deepseek-chat": {
+                "input_per_mtok": 0.27,
+                "output_per_mtok": 1.10,
+                "batch_discount": 0.5,
+            },
+        },
+        verify={"default": ["not_truncated"], "expected_failure_rate": 0.25},
+    )
+    rows = [
+        row
+        for row in ROWS
+        if not (row.get("messages") or row.get("system_prompt") or row.get("invalid_reason"))
+    ]
+    forecast = ForecastAccumulator(job, resolve_prices(job))
+    forecast.add(classified(rows))
+    plan = forecast.frame()
+    assert (plan["escalation_cost_usd"] > 0).any(), "the checks are forecast"
+    labelled = pl.DataFrame(
+        {"prompt": [r["prompt"] for r in rows], "tier": [r["tier"] for r in rows]}
+    )
+    by_tier = forecast_by_tier(labelled, job=job)
+    columns = ["tier", "model", "rows", "share", "input_tokens", "output_tokens"]
+    assert by_tier.select(columns).equals(plan.select(columns))
+    assert by_tier["forecast_cost_usd"].to_list() == plan["forecast_cost_usd"].to_list()
+    answers = plan["forecast_cost_usd"] - plan["judge_cost_usd"] - plan["escalation_cost_usd"]
+    assert by_tier["cost_usd"].to_list() == answers.to_list()
