@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from batchroute.classify import Router, build_router, frame_from_prompts
 from batchroute.classify.evaluate import read_labelled
-from batchroute.classify.learned import export_pipeline, fit_pipeline
+from batchroute.classify.learned import FUNCTION_WORDS, export_pipeline, fit_pipeline
 from batchroute.classify.model import (
     FORMAT_VERSION,
     TOKEN_PATTERN,
@@ -79,6 +79,26 @@ def test_exported_model_predicts_what_the_sklearn_pipeline_predicts(
         model.predict_proba(texts), pipeline.predict_proba(texts), rtol=1e-9, atol=1e-12
     )
     assert model.tiers == tuple(pipeline.classes_)
+
+
+def test_function_words_weigh_nothing_alone_but_count_in_pairs(model_path: Path) -> None:
+    """"the", "and", "hhthe" have no weight of their own; a pair such as "and how" keeps one."""
+    model = load_model(model_path)
+    index = {word: i for i, word in enumerate(model.unigrams)}
+    alone = [index[w] for w in ("the", "and", "thi", "hhthe", "hhand") if w in index]
+    assert len(alone) == 5
+    assert not model.idf[alone].any() and not model.coef[alone].any()
+    pairs = [
+        len(model.unigrams) + k
+        for k, (a, b) in enumerate(model.bigrams)
+        if FUNCTION_WORDS & {model.unigrams[a], model.unigrams[b]}
+    ]
+    assert pairs and model.idf[pairs].all() and model.coef[pairs].any()
+    # A function word added to a prompt changes nothing unless it makes a known pair.
+    np.testing.assert_allclose(
+        model.predict_proba(["Translate the release notes"]),
+        model.predict_proba(["Translate the the release notes"]),
+    )
 
 
 def test_a_long_column_is_scored_in_chunks_with_the_same_numbers(model_path: Path) -> None:

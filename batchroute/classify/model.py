@@ -16,7 +16,9 @@ written as JSON decimals (and every run loads the model).
 
 `unigrams` are the vocabulary's single words; a bigram is a pair of unigram indices. Feature `f`
 is `unigrams[f]` for `f < len(unigrams)`, then the bigrams in order; `idf[f]` and `coef[f]` (one
-weight per tier) belong to it. Training reads each text as `prepare` writes it: lowercased, common
+weight per tier) belong to it. A unigram whose idf is 0 weighs nothing: it is in the vocabulary
+only so that the pairs it opens or closes can be read (the function words, see
+`batchroute.classify.learned`). Training reads each text as `prepare` writes it: lowercased, common
 word endings cut (`ENDINGS`), between marker words, followed by its head words (`HEAD_WORDS`),
 through scikit-learn's `TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)` and a
 multinomial `LogisticRegression`. Predicting gives the same numbers without writing that text:
