@@ -105,6 +105,23 @@ def test_target_cost_is_met_and_penalises_pricier_tiers_more(workdir: Path) -> N
     assert result.bias["complex"] < result.bias["standard"] < result.bias["bulk"] <= 0
 
 
+def test_the_cost_calibrated_against_is_plans_forecast_checks_included(workdir: Path) -> None:
+    """With checks on the answers, the cost a target is met against includes their forecast, as
+    `plan`'s total does; the answers alone would understate what the run will spend."""
+    path = write_job(workdir, "checked")
+    data = yaml.safe_load(path.read_text())
+    data["verify"] = {"default": ["not_truncated"], "expected_failure_rate": 0.25}
+    path.write_text(yaml.safe_dump(data))
+    job = load_job(path)
+    sample, total = read_sample(job, rows=150, seed=1)
+    result = calibrate_router(
+        build_router(job), sample, job=job, input_rows=total, target_cost_usd=Decimal(1000)
+    )
+    answers = sum(result.before["cost_usd"].to_list(), Decimal(0))
+    assert result.cost_before_usd == sum(result.before["forecast_cost_usd"].to_list(), Decimal(0))
+    assert result.cost_before_usd > answers
+
+
 def test_unreachable_target_is_reported_not_met(workdir: Path) -> None:
     job = load_job(write_job(workdir, "unreachable"))
     router = build_router(job)

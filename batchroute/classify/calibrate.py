@@ -74,7 +74,8 @@ class Calibration:
 
 
 def _total(forecast: pl.DataFrame) -> Decimal:
-    return sum(forecast["cost_usd"].to_list(), Decimal(0))
+    """The forecast `plan` shows for these rows: the answers, and any checks on them."""
+    return sum(forecast["forecast_cost_usd"].to_list(), Decimal(0))
 
 
 def read_sample(job: Job, *, rows: int, seed: int) -> tuple[pl.DataFrame, int]:
@@ -201,12 +202,14 @@ def calibrate_router(
 
 
 def _scaled(forecast: pl.DataFrame, scale: Decimal) -> pl.DataFrame:
-    """A sample's forecast scaled up to the whole input (rows, tokens and cost)."""
+    """A sample's forecast scaled up to the whole input (rows, tokens and costs)."""
     factor = float(scale)
-    costs = [(c * scale).quantize(_PICO) for c in forecast["cost_usd"].to_list()]
     return forecast.with_columns(
         (pl.col("rows") * factor).round(0).cast(pl.Int64),
         (pl.col("input_tokens") * factor).round(0).cast(pl.Int64),
         (pl.col("output_tokens") * factor).round(0).cast(pl.Int64),
-        pl.Series("cost_usd", costs, dtype=COST_DTYPE),
+        *(
+            pl.Series(name, [(c * scale).quantize(_PICO) for c in forecast[name]], dtype=COST_DTYPE)
+            for name in ("cost_usd", "forecast_cost_usd")
+        ),
     )

@@ -151,13 +151,13 @@ def _forecast_table(forecast: pl.DataFrame, *, console: Console, title: str) -> 
         table.add_column(column, justify="left" if column in {"tier", "model"} else "right")
     total = Decimal(0)
     for row in forecast.iter_rows(named=True):
-        total += row["cost_usd"]
+        total += row["forecast_cost_usd"]
         table.add_row(
             row["tier"],
             row["model"],
             f"{row['rows']:,}",
             f"{row['share']:.1%}",
-            format_usd(row["cost_usd"]),
+            format_usd(row["forecast_cost_usd"]),
         )
     table.add_row("total", "", f"{forecast['rows'].sum():,}", "", format_usd(total))
     console.print(table)
