@@ -341,12 +341,25 @@ LATER_PASS = 40
 PENALTIES = (1.5, 2.0, 2.5, 3.0, 4.0)
 
 
-PASSES = ((40, 60), (61, 82), (83, 102), (103, 121), (122, 133), (134, 151), (160, 173))
+PASSES = (
+    (40, 60),
+    (61, 82),
+    (83, 102),
+    (103, 121),
+    (122, 133),
+    (134, 151),
+    (160, 173),
+    (174, 192),
+    (200, 215),
+)
 """The later passes' corpus files, each written apart by its own hands (sample_data/README.md).
 
 The first four are everyday traffic; `122`-`133` was written to hit the router's known weak
 spots; `134`-`151` is general-assistant chat (explanations, role-play, extraction from passages,
-plain-language puzzles); `160`-`173` is engineering, data and support teams' traffic."""
+plain-language puzzles); `160`-`173` is engineering, data and support teams' traffic; `174`-`192`
+the teams covered least (product, legal, finance, security, ML, QA...); `200`-`215` the hardest
+contrasts (a question about a task against the task, mechanical work on hard subjects, a data
+format named only as context)."""
 
 
 def penalty_sweep() -> None:
