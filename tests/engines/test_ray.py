@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -164,26 +165,8 @@ def test_worker_death_loses_and_repeats_no_row(ray_cluster: Any, make_job: JobFa
             run={"max_in_flight": 4},
             **_one_model(rpm=1200, max_concurrency=2),
         )
-        killed: list[int] = []
-        done = threading.Event()
-
-        def kill_a_worker() -> None:
-            while not done.is_set():
-                if int(sim.stats()["total"]) >= 30:
-                    pid = _a_shard_worker_pid()
-                    if pid is not None:
-                        os.kill(pid, signal.SIGKILL)
-                        killed.append(pid)
-                    return
-                done.wait(0.01)
-
-        killer = threading.Thread(target=kill_a_worker)
-        killer.start()
-        try:
+        with killing_a_worker(when=lambda: int(sim.stats()["total"]) >= 30) as killed:
             summary = _run(job, engine="ray")
-        finally:
-            done.set()
-            killer.join()
         good = int(sim.stats()["requests"]["m"].get("200", 0))
     assert killed, "a worker was killed mid-run"
     assert summary.exit_code == ExitCode.OK, summary.message
@@ -193,6 +176,34 @@ def test_worker_death_loses_and_repeats_no_row(ray_cluster: Any, make_job: JobFa
     # A row holds its slot until its answer is durable: the dead worker re-buys at most its
     # run.max_in_flight rows (requests in flight and answers not yet committed).
     assert rows <= good <= rows + 4
+
+
+@contextmanager
+def killing_a_worker(*, when: Callable[[], bool]) -> Iterator[list[int]]:
+    """SIGKILL a shard's worker process once `when()` holds, from a thread, while the body runs.
+
+    Yields the killed pids (empty if the body ended first), so the test can check the kill came.
+    """
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill() -> None:
+        while not done.is_set():
+            if when():
+                pid = _a_shard_worker_pid()
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                return
+            done.wait(0.01)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        yield killed
+    finally:
+        done.set()
+        killer.join()
 
 
 def _a_shard_worker_pid() -> int | None:
@@ -492,32 +503,18 @@ def test_a_worker_killed_mid_climb_resumes_the_climb(
         assert whole.exit_code == ExitCode.OK, whole.message
         sim.reset()
         before = len(_asked(sim, "small")), len(_asked(sim, "mid"))
-        killed: list[set[int]] = []
-        done = threading.Event()
+        climbed: set[int] = set()
 
-        def kill_mid_climb() -> None:
-            while not done.is_set():
-                climbed = set(_asked(sim, "mid")[before[1] :])
-                if len(climbed) >= 4:  # the first wave's climbs are durable, mid in flight
-                    pid = _a_shard_worker_pid()
-                    if pid is not None:
-                        os.kill(pid, signal.SIGKILL)
-                        killed.append(climbed)
-                    return
-                done.wait(0.01)
+        def mid_climb() -> bool:  # the first wave's climbs are durable, mid in flight
+            climbed.update(_asked(sim, "mid")[before[1] :])
+            return len(climbed) >= 4
 
-        killer = threading.Thread(target=kill_mid_climb)
-        killer.start()
-        try:
+        with killing_a_worker(when=mid_climb) as killed:
             summary = _run(job, no_cache=True)
-        finally:
-            done.set()
-            killer.join()
         small = _asked(sim, "small")[before[0] :]
         mid = _asked(sim, "mid")[before[1] :]
     assert killed, "the worker was killed mid-climb"
     assert summary.exit_code == ExitCode.OK, summary.message
-    climbed = killed[0]
     for row in climbed:
         assert small.count(row) == 1, f"row {row}: its rejected answer was bought again"
     assert sorted(set(small)) == list(range(CLIMB_ROWS))
