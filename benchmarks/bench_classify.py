@@ -351,6 +351,8 @@ PASSES = (
     (160, 173),
     (174, 192),
     (200, 215),
+    (230, 237),
+    (250, 256),
 )
 """The later passes' corpus files, each written apart by its own hands (sample_data/README.md).
 
@@ -359,7 +361,8 @@ spots; `134`-`151` is general-assistant chat (explanations, role-play, extractio
 plain-language puzzles); `160`-`173` is engineering, data and support teams' traffic; `174`-`192`
 the teams covered least (product, legal, finance, security, ML, QA...); `200`-`215` the hardest
 contrasts (a question about a task against the task, mechanical work on hard subjects, a data
-format named only as context)."""
+format named only as context); `230`-`237` short chat messages with symbols and fragments;
+`250`-`256` people outside engineering (support, teachers, students, small businesses)."""
 
 
 def penalty_sweep() -> None:
