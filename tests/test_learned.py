@@ -82,7 +82,7 @@ def test_exported_model_predicts_what_the_sklearn_pipeline_predicts(
 
 
 def test_function_words_weigh_nothing_alone_but_count_in_pairs(model_path: Path) -> None:
-    """"the", "and", "hhthe" have no weight of their own; a pair such as "and how" keeps one."""
+    """ "the", "and", "hhthe" have no weight of their own; a pair such as "and how" keeps one."""
     model = load_model(model_path)
     index = {word: i for i, word in enumerate(model.unigrams)}
     alone = [index[w] for w in ("the", "and", "thi", "hhthe", "hhand") if w in index]
