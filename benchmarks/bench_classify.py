@@ -338,7 +338,7 @@ def source_cv(folds: int = 5) -> None:
 LATER_PASS = 40
 """Corpus files from `corpus/040-*` on were written in a later pass, apart from the others."""
 
-PENALTIES = (1.5, 2.0, 2.5, 3.0, 4.0)
+PENALTIES = (2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
 
 
 PASSES = (
@@ -391,6 +391,10 @@ def penalty_sweep() -> None:
         for lo, hi in PASSES
     ]
     base = read_labelled(labelled / "train.csv")
+    log_probs: list[np.ndarray] = []
+    truths: list[int] = []
+    pooled: dict[str, np.ndarray] = {}  # router -> (correct, under, over, rows) over the passes
+    worst_under: dict[str, float] = {}
     for name, held, extra in splits:
         trained = [base, *(corpus[f] for f in corpus if f not in held)]
         scored = [extra, *(corpus[f] for f in corpus if f in held)]
@@ -400,6 +404,9 @@ def penalty_sweep() -> None:
         dev_tiers = [t for _, labels in scored for t in labels]
         model = train_classifier(prompts, tiers)
         print(f"{name}: trained on {len(prompts):,} prompts, scored on {len(dev_prompts):,}")
+        if name.startswith("pass"):
+            log_probs.append(np.log(model.predict_proba(dev_prompts)))
+            truths += [model.tiers.index(t) for t in dev_tiers]
         job = default_job()
         decided = build_router(job, model=model)
         routers = [("most probable tier", Router(decided.rules, classifier=model))]
@@ -414,6 +421,37 @@ def penalty_sweep() -> None:
                 f"under-routed {result.under_routed_share:5.1%}  "
                 f"over-routed {result.over_routed_share:5.1%}"
             )
+            if name.startswith("pass"):
+                counts = (result.correct, result.under_routed_rows, result.over_routed_rows)
+                pooled[label] = pooled.get(label, np.zeros(4)) + (*counts, result.rows)
+                worst = max(worst_under.get(label, 0.0), result.under_routed_share)
+                worst_under[label] = worst
+    print(f"the {len(PASSES)} later passes pooled, each scored by a model trained without it:")
+    for label, (correct, under, over, rows) in pooled.items():
+        print(
+            f"  {label:<20} accuracy {correct / rows:6.1%}  under-routed {under / rows:5.2%}  "
+            f"over-routed {over / rows:5.1%}  (worst pass under-routed {worst_under[label]:.1%})"
+        )
+    print_temperature_fit(np.concatenate(log_probs), np.array(truths))
+
+
+def print_temperature_fit(log_probs: np.ndarray, truths: np.ndarray) -> None:
+    """The held-out passes' log-loss had the models been exported at other temperatures.
+
+    `log_probs` come from models exported at `learned.TEMPERATURE`; each other temperature `t`
+    rescales their logits by `TEMPERATURE / t`. The shipped temperature should be the least.
+    """
+    from batchroute.classify.learned import TEMPERATURE
+
+    losses = []
+    for t in (0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.2):
+        z = log_probs * (TEMPERATURE / t)
+        z -= z.max(axis=1, keepdims=True)
+        z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
+        losses.append(f"{t:g}: {-z[np.arange(len(truths)), truths].mean():.4f}")
+    print(
+        f"held-out passes' log-loss by temperature (shipped {TEMPERATURE:g}): " + ", ".join(losses)
+    )
 
 
 MT_BENCH_TIERS = {

@@ -16,7 +16,12 @@ from click.testing import CliRunner
 
 from batchroute.classify import Router, build_router, frame_from_prompts
 from batchroute.classify.evaluate import read_labelled
-from batchroute.classify.learned import FUNCTION_WORDS, export_pipeline, fit_pipeline
+from batchroute.classify.learned import (
+    FUNCTION_WORDS,
+    TEMPERATURE,
+    export_pipeline,
+    fit_pipeline,
+)
 from batchroute.classify.model import (
     FORMAT_VERSION,
     TOKEN_PATTERN,
@@ -75,10 +80,13 @@ def test_exported_model_predicts_what_the_sklearn_pipeline_predicts(
     tricky = ["", "   ", "ünïcödé wörds — and CAPS", "a b c", "repeat repeat repeat repeat"]
     texts = held + tricky
     model = load_model(model_path)
-    np.testing.assert_allclose(
-        model.predict_proba(texts), pipeline.predict_proba(texts), rtol=1e-9, atol=1e-12
-    )
+    # The export divides the logits by TEMPERATURE: softmax(z / T) is p^(1/T), renormalised.
+    sharpened = pipeline.predict_proba(texts) ** (1 / TEMPERATURE)
+    sharpened /= sharpened.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model.predict_proba(texts), sharpened, rtol=1e-9, atol=1e-12)
     assert model.tiers == tuple(pipeline.classes_)
+    most_probable = [model.tiers[i] for i in model.predict_proba(texts).argmax(axis=1)]
+    assert most_probable == list(pipeline.predict(texts)), "a temperature keeps the top tier"
 
 
 def test_function_words_weigh_nothing_alone_but_count_in_pairs(model_path: Path) -> None:
