@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import sample_rows
 
 NOT_ON_A_LOCAL_RUN = (
     "ray",  # the Ray engine: only `engine.kind: ray`
@@ -25,3 +31,26 @@ def test_a_local_run_imports_no_engine_or_check_it_does_not_use() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == ""
+
+
+NOT_IN_A_RUN = ("pyarrow",)  # results, attempts and reports are written through polars
+
+
+def test_a_whole_local_run_imports_no_pyarrow(
+    make_job: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run from a JSONL input to its reports never loads pyarrow (a twelfth of a second)."""
+    monkeypatch.setenv("BR_TEST_KEY", "sk-test")
+    job = make_job(sample_rows(30), output={"dir": "runs/{name}", "checkpoint_rows": 7})
+    code = (
+        "import sys\n"
+        "from batchroute.cli import main\n"
+        "try:\n"
+        f"    main(['run', {str(job)!r}, '--quiet'])\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        f"print('loaded:' + ','.join(m for m in {NOT_IN_A_RUN!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "loaded:\n" in done.stdout, done.stdout
+    assert (job.parent / "runs" / "t" / "results.parquet").is_file()
