@@ -69,6 +69,8 @@ _Classify = Callable[[pl.DataFrame], pl.DataFrame]
 _Row = tuple[RowRequest, tuple[Any, ...]]
 """A row on its way to a model: its request, and its context for `OutcomeBuffer.add`."""
 
+_CACHE_KEY = "_cache_key"
+"""A queued row's response-cache key for its first model, from its batch's lookup."""
 _YOUNG_GC_THRESHOLD = 10_000
 """Allocations between young-generation collections during the request loop (Python's: 700)."""
 
@@ -504,9 +506,11 @@ class _Run:
         assert self.cache is not None
         if frame.height == 0:
             return frame
-        hits = await anyio.to_thread.run_sync(
-            self.cache.lookup, frame["tier"].to_list(), frame["messages"].to_list()
+        hits, keys = await anyio.to_thread.run_sync(
+            self.cache.lookup_keyed, frame["tier"].to_list(), frame["messages"].to_list()
         )
+        # Each row carries its key to the walk, which stores the answer under it (issue 15).
+        frame = frame.with_columns(pl.Series(_CACHE_KEY, keys, dtype=pl.Binary))
         rest = self._settle_cached(frame, hits)
         if rest.height < frame.height:
             self._flush_wanted.set()
@@ -575,11 +579,18 @@ class _Run:
         slots = self._slots
         contexts = self.buffer.contexts(frame).iter_rows()
         requests = frame.select(
-            "id", "row_index", "row_key", "tier", "messages", "prompt_tokens", "prompt_token_bound"
+            "id",
+            "row_index",
+            "row_key",
+            "tier",
+            "messages",
+            "prompt_tokens",
+            "prompt_token_bound",
+            pl.col(_CACHE_KEY) if _CACHE_KEY in frame.columns else pl.lit(None, pl.Binary),
         )
         for position, (
             context,
-            (row_id, row_index, row_key, tier, messages, tokens, bound),
+            (row_id, row_index, row_key, tier, messages, tokens, bound, cache_key),
         ) in enumerate(zip(contexts, requests.iter_rows(), strict=True)):
             await lane.acquire()
             await slots.acquire()
@@ -602,6 +613,7 @@ class _Run:
                 messages=messages,
                 prompt_tokens=tokens,
                 prompt_token_bound=bound,
+                cache_key=cache_key,
             )
             self.progress.sent(tier)
             senders.put((request, context))
