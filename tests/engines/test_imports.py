@@ -54,3 +54,29 @@ def test_a_whole_local_run_imports_no_pyarrow(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "loaded:\n" in done.stdout, done.stdout
     assert (job.parent / "runs" / "t" / "results.parquet").is_file()
+
+
+def test_the_console_script_freezes_what_a_command_imports() -> None:
+    """`entry`'s process leaves the objects its imports built out of every collection (issue 15),
+    instead of in the young generation, for a first collection that would walk them all."""
+    code = (
+        "import gc, click\n"
+        "import batchroute.cli as cli\n"
+        "cli._freeze_imports = True  # as entry() sets it\n"
+        "cli.main.get_command(click.Context(cli.main), 'run')\n"
+        "print(gc.get_freeze_count())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(done.stdout) > 100_000
+
+
+def test_an_in_process_caller_keeps_its_collector_as_it_was() -> None:
+    import gc
+
+    import click
+
+    from batchroute.cli import main
+
+    frozen, enabled = gc.get_freeze_count(), gc.isenabled()
+    main.get_command(click.Context(main), "validate")
+    assert (gc.get_freeze_count(), gc.isenabled()) == (frozen, enabled)
