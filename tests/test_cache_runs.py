@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 import batchroute
+from batchroute.cache.runs import RunCache
 from batchroute.exitcodes import ExitCode
 from batchroute.sim import SimConfig, SimulatorProcess
 from tests.conftest import job_dict, sample_rows
@@ -140,6 +141,27 @@ def test_a_fresh_run_directory_pays_only_for_new_rows(
     assert shown.returncode == 0, shown.stderr
     assert f"Response cache: {ROWS} answers" in " ".join(shown.stdout.split())
     assert f"Response cache: {ROWS} answers" in Path("r.html").read_text()
+
+
+def test_a_sent_row_is_keyed_once_and_its_answer_found_by_that_key(
+    workdir: Path, sim: SimulatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key made for a row's lookup travels with it and its answer is stored under it: one
+    hash a row (issue 15), and a later run's lookup, which hashes afresh, finds every answer."""
+    made: list[bytes] = []
+    key = RunCache.key
+
+    def counted(self: RunCache, model: str, body: Any, messages: Any) -> bytes:
+        made.append(key(self, model, body, messages))
+        return made[-1]
+
+    monkeypatch.setattr(RunCache, "key", counted)
+    job = write_job(workdir, sim, sample_rows(ROWS))
+    assert batchroute.run(job).ok and sent(sim) == ROWS
+    assert len(made) == ROWS  # the lookups'; the stores reused them
+    again = batchroute.run(job, fresh=True)
+    assert sent(sim) == ROWS and again.cached_rows == ROWS
+    assert len(made) == 2 * ROWS
 
 
 def test_one_changed_parameter_misses(workdir: Path, sim: SimulatorProcess) -> None:

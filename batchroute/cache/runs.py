@@ -142,6 +142,13 @@ class RunCache:
         looked up by the walk (`get`), only when the row does fall back. A tier with checks
         (`verify`) is never served from the cache: its answers must pass this run's checks.
         """
+        return self.lookup_keyed(tiers, messages)[0]
+
+    def lookup_keyed(
+        self, tiers: Sequence[str], messages: Sequence[Any]
+    ) -> tuple[list[Hit | None], list[bytes]]:
+        """`lookup`, with each row's key for its chain's first model: a row that is sent
+        carries it (`RowRequest.cache_key`), so its answer is stored without hashing again."""
         keys: list[bytes] = []
         plans: list[TierPlan] = []
         for tier, row_messages in zip(tiers, messages, strict=True):
@@ -150,10 +157,11 @@ class RunCache:
             first = plan.chain[0]
             keys.append(self.key(first, plan.bodies[first], row_messages))
         answers = self.cache.get_many(keys)
-        return [
+        hits: list[Hit | None] = [
             None if answer is None or plan.verifier else (0, plan.chain[0], answer)
             for plan, answer in zip(plans, answers, strict=True)
         ]
+        return hits, keys
 
     def get(self, model: str, body: Mapping[str, Any], messages: Any) -> CachedAnswer | None:
         """The stored answer to the request the walk is about to send `model`, or None."""
@@ -162,16 +170,23 @@ class RunCache:
         return self.cache.get(self.key(model, body, messages))
 
     def store(
-        self, model: str, body: Mapping[str, Any], messages: Any, completion: Completion
+        self,
+        model: str,
+        body: Mapping[str, Any],
+        messages: Any,
+        completion: Completion,
+        *,
+        key: bytes | None = None,
     ) -> None:
         """Keep an answer the policy accepted; `put` itself refuses a truncated or filtered one.
 
         An answer without reported usage is not kept: a hit's list cost comes from its usage.
+        `key`: this request's key when the caller has it already (`lookup_keyed`).
         """
         if not self.cache.write or not completion.has_usage or completion.content is None:
             return
         self.cache.put(
-            self.key(model, body, messages),
+            key if key is not None else self.key(model, body, messages),
             CachedAnswer(
                 content=completion.content,
                 finish_reason=completion.finish_reason or "",

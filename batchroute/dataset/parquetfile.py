@@ -10,8 +10,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import polars as pl
-import pyarrow as pa  # type: ignore[import-untyped]
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from batchroute.dataset.messages import messages_from_native
 from batchroute.dataset.normalize import (
@@ -50,6 +48,10 @@ def read_parquet(
     source: Source, columns: ColumnMap, *, skip: bool, chunk_rows: int
 ) -> Iterator[Parsed]:
     """The file's rows in record batches of `chunk_rows`, read into the intermediate frame."""
+    # Imported here: a run over JSONL or CSV input never loads pyarrow (issue 15, start-up CPU).
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
     try:
         file = pq.ParquetFile(source.path)
     except (pa.ArrowException, OSError) as exc:

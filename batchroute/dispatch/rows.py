@@ -31,6 +31,9 @@ class RowRequest:
     prompt_token_bound: int | None = None
     """A true upper bound on the prompt's tokens (`pricing.tokens.message_token_bound`), which
     the budget reserves for; without one it reserves for `prompt_tokens`, an estimate."""
+    cache_key: bytes | None = None
+    """The response-cache key of the request to its tier's first model, when the runner made
+    it to look the row up (`RunCache.lookup_keyed`); the walk stores the answer under it."""
 
 
 @dataclass(slots=True)

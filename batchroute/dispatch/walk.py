@@ -57,9 +57,15 @@ class AnswerCache(Protocol):
         ...
 
     def store(
-        self, model: str, body: dict[str, Any], messages: Any, completion: Completion
+        self,
+        model: str,
+        body: dict[str, Any],
+        messages: Any,
+        completion: Completion,
+        *,
+        key: bytes | None = None,
     ) -> None:
-        """Keep an answer the policy accepted."""
+        """Keep an answer the policy accepted; `key`, when known, is this request's key."""
         ...
 
 
@@ -646,8 +652,15 @@ class RowWalk:
         self.fleet.count_answer(self.row, model, completion)
         self.outcome.cost_estimate_usd = completion.cost_usd
         if self.cache is not None:  # the policy accepted it: not filtered, JSON when asked
+            # The row's key was made for its own tier's first model, when its batch was looked
+            # up; any other request (a fallback, a tier climbed to) is keyed here.
+            first = self.plan is self.origin and model.name == self.plan.chain[0]
             self.cache.store(
-                model.name, self.plan.bodies[model.name], self.row.messages, completion
+                model.name,
+                self.plan.bodies[model.name],
+                self.row.messages,
+                completion,
+                key=self.row.cache_key if first else None,
             )
         return self._finish(Status.OK, None, None)
 

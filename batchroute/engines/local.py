@@ -66,6 +66,8 @@ _Classify = Callable[[pl.DataFrame], pl.DataFrame]
 _Row = tuple[RowRequest, tuple[Any, ...]]
 """A row on its way to a model: its request, and its context for `OutcomeBuffer.add`."""
 
+_CACHE_KEY = "_cache_key"
+"""A queued row's response-cache key for its first model, from its batch's lookup."""
 _YOUNG_GC_THRESHOLD = 10_000
 """Allocations between young-generation collections during the request loop (Python's: 700)."""
 
@@ -377,15 +379,18 @@ class _Run:
         cfg = self.job.config
         remaining = self.options.limit
         source = iter(batches(batch_rows=cfg.run.batch_rows))
-        # As many senders as slots: a row that gets a slot always finds an idle sender.
-        senders: WorkerPool[_Row] = WorkerPool(
-            cfg.run.max_in_flight, functools.partial(self._send, dispatcher)
-        )
         # One lane per tier, each with its own cap: a tier whose model is slow or paused holds
         # at most its cap of the run's slots, never the slots the other tiers need.
         self._lanes: dict[str, Lane] = {
             tier: Lane(tier, capacity=self._lane_capacity(tier)) for tier in cfg.tiers
         }
+        # As many senders as rows can be sent at once: a row holds a slot of the run and of its
+        # lane while it is sent, so it always finds an idle sender. Senders no row could use
+        # are not started (each costs ~25 us to start; issue 15).
+        senders: WorkerPool[_Row] = WorkerPool(
+            min(cfg.run.max_in_flight, sum(lane.capacity for lane in self._lanes.values())),
+            functools.partial(self._send, dispatcher),
+        )
         self._pending = Backlog(cfg.run.batch_rows)
         """Rows queued on the lanes: the reader waits while a batch's worth is queued."""
         try:
@@ -467,9 +472,11 @@ class _Run:
         assert self.cache is not None
         if frame.height == 0:
             return frame
-        hits = await anyio.to_thread.run_sync(
-            self.cache.lookup, frame["tier"].to_list(), frame["messages"].to_list()
+        hits, keys = await anyio.to_thread.run_sync(
+            self.cache.lookup_keyed, frame["tier"].to_list(), frame["messages"].to_list()
         )
+        # Each row carries its key to the walk, which stores the answer under it (issue 15).
+        frame = frame.with_columns(pl.Series(_CACHE_KEY, keys, dtype=pl.Binary))
         rest = self._settle_cached(frame, hits)
         if rest.height < frame.height:
             self._flush_wanted.set()
@@ -538,11 +545,18 @@ class _Run:
         slots = self._slots
         contexts = self.buffer.contexts(frame).iter_rows()
         requests = frame.select(
-            "id", "row_index", "row_key", "tier", "messages", "prompt_tokens", "prompt_token_bound"
+            "id",
+            "row_index",
+            "row_key",
+            "tier",
+            "messages",
+            "prompt_tokens",
+            "prompt_token_bound",
+            pl.col(_CACHE_KEY) if _CACHE_KEY in frame.columns else pl.lit(None, pl.Binary),
         )
         for position, (
             context,
-            (row_id, row_index, row_key, tier, messages, tokens, bound),
+            (row_id, row_index, row_key, tier, messages, tokens, bound, cache_key),
         ) in enumerate(zip(contexts, requests.iter_rows(), strict=True)):
             await lane.acquire()
             await slots.acquire()
@@ -565,6 +579,7 @@ class _Run:
                 messages=messages,
                 prompt_tokens=tokens,
                 prompt_token_bound=bound,
+                cache_key=cache_key,
             )
             self.progress.sent(tier)
             senders.put((request, context))

@@ -27,10 +27,9 @@ import functools
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import polars as pl
-import pyarrow as pa  # type: ignore[import-untyped]
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from batchroute.errors import OutputError
 from batchroute.pricing.costs import failed_costs, price_attempts, price_results
@@ -132,10 +131,11 @@ def assemble_attempts(
     rows = 0
     parts = _sized([part.path for part in list_parts(run_dir, "attempts")])
     try:
-        with _parquet_writer(out, ATTEMPT_SCHEMA) as writer:
-            for group, _ in _consecutive_groups(parts, rows=_ATTEMPT_ROW_GROUP):
+        groups = list(_consecutive_groups(parts, rows=_ATTEMPT_ROW_GROUP))
+        with _parquet_out(out, ATTEMPT_SCHEMA, frames=len(groups)) as writer:
+            for group, _ in groups:
                 frame = _conform(_read_parts(group), ATTEMPT_SCHEMA)
-                rows += _write(writer, _priced_attempts(frame, prices))
+                rows += writer.write(_priced_attempts(frame, prices))
     except OSError as exc:
         raise OutputError(f"cannot write the attempts ({exc})", path=out) from None
     return rows
@@ -189,7 +189,8 @@ class _Assembly:
             where=self.where,
         )
         first, last = bounds.row(0)
-        with _parquet_writer(out, self.out_schema) as writer:
+        chunks = 0 if first is None else len(range(first, last + 1, self.chunk_rows))
+        with _parquet_out(out, self.out_schema, frames=chunks) as writer:
             if first is None:
                 return counts
             self._spill_winners(first=first)
@@ -199,7 +200,7 @@ class _Assembly:
                     chunk = self.price(chunk)
                 for status, n in chunk.group_by("status").len().iter_rows():
                     counts[status] = counts.get(status, 0) + n
-                _write(writer, chunk)
+                writer.write(chunk)
         return counts
 
     def _spill_winners(self, *, first: int) -> None:
@@ -417,23 +418,57 @@ def _read_schema(path: Path) -> dict[str, pl.DataType]:
         raise OutputError(f"a checkpoint part cannot be read ({exc})", path=path) from None
 
 
-def _write(writer: pq.ParquetWriter, frame: pl.DataFrame) -> int:
-    table = frame.to_arrow()
-    # A conformed frame already has the writer's schema; casting it anyway imports
-    # pyarrow.compute, a twentieth of a second of every run's CPU (bench_overhead.py).
-    if table.schema != writer.schema:
-        table = table.cast(writer.schema)
-    writer.write_table(table)
-    return frame.height
+class _ParquetOut:
+    """One Parquet file written from frames in order, all or nothing (`atomic_file`).
+
+    A file of one frame (every run of up to `chunk_rows` rows) is written by polars. A file of
+    several goes through pyarrow's ParquetWriter, a row group a frame, so memory holds one
+    frame, not the file. pyarrow is imported only then: its import is a twelfth of a second of
+    a small run's CPU (issue 15, `benchmarks/bench_overhead.py`).
+    """
+
+    def __init__(self, handle: IO[bytes], schema: pl.Schema, *, frames: int) -> None:
+        self.handle = handle
+        self.schema = schema
+        self.single = frames <= 1
+        self._written = False
+        self._writer: Any = None
+
+    def write(self, frame: pl.DataFrame) -> int:
+        """Append a frame, cast to the file's schema if it is not in it; its row count."""
+        if frame.schema != self.schema:
+            frame = frame.select(pl.col(name).cast(dtype) for name, dtype in self.schema.items())
+        if self.single:
+            if self._written:
+                raise RuntimeError("a one-frame Parquet file was given a second frame")
+            frame.write_parquet(self.handle, compression="zstd")
+        else:
+            self._arrow_writer().write_table(frame.to_arrow())
+        self._written = True
+        return frame.height
+
+    def _arrow_writer(self) -> Any:
+        if self._writer is None:
+            import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+            arrow_schema = pl.DataFrame(schema=self.schema).to_arrow().schema
+            self._writer = pq.ParquetWriter(self.handle, arrow_schema, compression="zstd")
+        return self._writer
+
+    def close(self) -> None:
+        """Finish the file; one that was given no frame holds the schema and no rows."""
+        if self._writer is not None:
+            self._writer.close()
+        elif not self._written:
+            pl.DataFrame(schema=self.schema).write_parquet(self.handle, compression="zstd")
 
 
 @contextlib.contextmanager
-def _parquet_writer(path: Path, schema: pl.Schema) -> Iterator[pq.ParquetWriter]:
-    """A ParquetWriter on an atomic file: the output appears whole at the end, or not at all."""
-    arrow_schema: pa.Schema = pl.DataFrame(schema=schema).to_arrow().schema
+def _parquet_out(path: Path, schema: pl.Schema, *, frames: int) -> Iterator[_ParquetOut]:
+    """A `_ParquetOut` for `frames` frames on an atomic file: it appears whole, or not at all."""
     with atomic_file(path) as handle:
-        writer = pq.ParquetWriter(handle, arrow_schema, compression="zstd")
+        out = _ParquetOut(handle, schema, frames=frames)
         try:
-            yield writer
+            yield out
         finally:
-            writer.close()
+            out.close()

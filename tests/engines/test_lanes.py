@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 from click.testing import CliRunner
 
 from batchroute.cli import main
 from batchroute.config import load_job
 from batchroute.engines.local import RunOptions, run_job
+from batchroute.engines.workers import WorkerPool
 from batchroute.exitcodes import ExitCode
 from batchroute.progress import Progress
 from batchroute.sim import EmbeddedSimulator, SimConfig
@@ -121,3 +123,31 @@ def test_a_retired_model_is_loud_on_stderr_and_in_the_summary(make_job: JobFacto
         load_job(job), RunOptions(fresh=True), progress=Progress(live=False, enabled=False)
     )
     assert any("small is gone for this run" in warning for warning in summary.warnings)
+
+
+def test_the_run_starts_only_the_senders_its_lanes_can_use(
+    make_job: JobFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row is sent holding a slot of its lane, so the lanes' capacities bound the senders
+    busy at once: no more are started (issue 15), and every row is still sent."""
+    sizes: list[int] = []
+    init = WorkerPool.__init__
+
+    def recording(self: WorkerPool[Any], size: int, handle: Any) -> None:
+        sizes.append(size)
+        init(self, size, handle)
+
+    monkeypatch.setattr(WorkerPool, "__init__", recording)
+    with EmbeddedSimulator(SimConfig()) as sim:
+        job = make_job(
+            _rows(["complex", "standard", "structured", "bulk"] * 5),
+            endpoint={"base_url": sim.base_url, "api_key_env": None, "timeout_s": 10},
+            models=_models(big={"max_concurrency": 2}, mid={"max_concurrency": 3}),
+            run={"max_in_flight": 100},
+        )
+        code, err = _run(job)
+    assert code == ExitCode.OK, err
+    # complex: big (2); standard and structured: mid (3 each); bulk: small (the default 64,
+    # held to a fair share of max_in_flight among four tiers: 25)
+    assert sizes == [2 + 3 + 3 + 25]
+    assert pl.read_parquet("runs/t/results.parquet")["status"].to_list() == ["ok"] * 20

@@ -151,14 +151,19 @@ def test_an_empty_journal_leaves_no_parts_and_frees_its_number(tmp_path: Path) -
 
 
 def test_close_compacts_into_parts_of_at_most_part_rows(tmp_path: Path) -> None:
-    journal = Journal(tmp_path, session="s1", part_rows=12)
+    journal = Journal(tmp_path, session="s1", part_rows=8)
     for start in range(0, 30, 5):
         keys = _keys(start, start + 5)
         journal.commit(_results(keys), _attempts(keys))
     assert "commits: 6" in repr(journal)
     journal.close()
     assert not journal.path.exists()
-    sizes = [pl.read_parquet(p.path).height for p in list_parts(tmp_path, "results")]
-    assert sum(sizes) == 30 and max(sizes) <= 15 and len(sizes) >= 2
+    # a part is cut at the first commit that fills it: 2 commits of 5 rows reach 8
+    results = [pl.read_parquet(p.path) for p in list_parts(tmp_path, "results")]
+    attempts = [pl.read_parquet(p.path) for p in list_parts(tmp_path, "attempts")]
+    assert [part.height for part in results] == [10, 10, 10]
+    assert [part.height for part in attempts] == [10, 10, 10]
+    assert pl.concat(results)["row_key"].to_list() == _keys(0, 30)
+    assert pl.concat(attempts)["row_key"].to_list() == _keys(0, 30)
     with pytest.raises(RuntimeError, match="closed"):
         journal.commit(_results(["k999"]), _attempts(["k999"]))

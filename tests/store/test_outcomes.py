@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import polars as pl
 
@@ -88,3 +88,29 @@ def test_metadata_columns_follow_the_result_columns() -> None:
     assert results.columns == [*RESULT_SCHEMA.names(), "team"]
     assert results["team"].to_list() == ["a", "b"]
     assert results["status"].to_list() == ["ok", "ok"]
+
+
+def test_times_are_kept_to_the_microsecond_in_any_time_zone() -> None:
+    """Times travel as epoch microseconds: aware ones in any zone, and naive ones (read as UTC,
+    as polars reads them), come back as the same instants."""
+    moments = [
+        datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        datetime(2026, 1, 2, 5, 4, 5, 678901, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 1, 2, 3, 4, 5, 678901),
+    ]
+    buffer = OutcomeBuffer(metadata_columns=())
+    for context, moment in zip(buffer.contexts(classified(3)).iter_rows(), moments, strict=True):
+        outcome = RowOutcome(
+            status="ok", model_requested="m", started_at=moment, finished_at=moment
+        )
+        outcome.attempt_records.append(
+            AttemptRecord("m", 1, 200, None, "ok", 1, 1, 0, 0, 1.0, moment)
+        )
+        buffer.add(context, outcome)
+    results, attempts = buffer.take()
+    same = [moments[0]] * 3
+    assert results["started_at"].to_list() == same
+    assert results["finished_at"].to_list() == same
+    assert attempts["started_at"].to_list() == same
+    assert results.schema["started_at"] == RESULT_SCHEMA["started_at"]
+    assert attempts.schema["started_at"] == ATTEMPT_SCHEMA["started_at"]
