@@ -594,20 +594,21 @@ def test_both_engines_refuse_a_run_dir_another_live_run_holds(
     assert refused.value.pid == os.getpid()
 
 
+def _batch_bulk_job(make_job: JobFactory) -> Path:
+    """Three bulk rows whose tier goes through the Batch API."""
+    tiers = {"complex": "big", "standard": "mid", "structured": "mid"}
+    return make_job(
+        [{**row, "tier": "bulk"} for row in sample_rows(3)],
+        tiers={**tiers, "bulk": {"model": "small", "mode": "batch"}},
+    )
+
+
 def test_ray_refuses_batch_mode_tiers_before_anything_is_paid(make_job: JobFactory) -> None:
     """Ray shards cannot share the Batch API's spool and ledger yet: a clear error up front,
     not a shard failing three times (or, with --no-wait, a run reported done with batches open)."""
     from batchroute.errors import JobError
 
-    job = make_job(
-        [{**row, "tier": "bulk"} for row in sample_rows(3)],
-        tiers={
-            "complex": "big",
-            "standard": "mid",
-            "structured": "mid",
-            "bulk": {"model": "small", "mode": "batch"},
-        },
-    )
+    job = _batch_bulk_job(make_job)
     with pytest.raises(JobError, match="tier bulk goes through the Batch API") as refused:
         _run(job, engine="ray")
     assert "--engine local" in str(refused.value)
@@ -623,15 +624,7 @@ def test_both_engines_check_no_wait_before_making_a_run_dir(
     from batchroute.errors import JobError
 
     engine = _engine(request, engine)
-    job = make_job(
-        [{**row, "tier": "bulk"} for row in sample_rows(3)],
-        tiers={
-            "complex": "big",
-            "standard": "mid",
-            "structured": "mid",
-            "bulk": {"model": "small", "mode": "batch"},
-        },
-    )
+    job = _batch_bulk_job(make_job)
     with pytest.raises(JobError, match="--no-wait leaves batches open"):
         _run(job, engine=engine, wait=False)
     assert not Path("runs").exists()
