@@ -51,11 +51,8 @@ is are was were be been being it its this that these those there i me my you you
 them their he him his she her do does did has have had will would can could should shall may
 might must just very too not no
 """
-FUNCTION_WORDS = frozenset(
-    form
-    for word in _FUNCTION_WORDS.split()
-    for form in (re.sub(ENDINGS, r"\1", word), "hh" + re.sub(ENDINGS, r"\1", word))
-)
+_FUNCTION_STEMS = {re.sub(ENDINGS, r"\1", word) for word in _FUNCTION_WORDS.split()}
+FUNCTION_WORDS = frozenset(_FUNCTION_STEMS | {"hh" + stem for stem in _FUNCTION_STEMS})
 """The words that are features only inside pairs (see above): as `prepare` writes them (endings
 cut, so "this" is "thi"), and as head words. Chosen on the passes held out in
 `bench_classify.py --penalty-sweep`: a model trained on the first passes routed the later ones
