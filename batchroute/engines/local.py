@@ -36,7 +36,7 @@ from batchroute.dataset import Batch
 from batchroute.dispatch.dispatcher import AttemptRecord, Dispatcher, RowOutcome, RowRequest
 from batchroute.dispatch.rows import EscalationProgress
 from batchroute.engines.startup import check_run, claim_run_dir
-from batchroute.engines.workers import Backlog, Lane, WorkerPool
+from batchroute.engines.workers import Backlog, Lane, WorkerPool, acquire
 from batchroute.exitcodes import ExitCode
 from batchroute.logs import log_event
 from batchroute.pricing.budget import Budget
@@ -563,7 +563,7 @@ class _Run:
             (row_id, row_index, row_key, tier, messages, tokens, bound, cache_key),
         ) in enumerate(zip(contexts, requests.iter_rows(), strict=True)):
             await lane.acquire()
-            await slots.acquire()
+            await acquire(slots)
             if self.stop_status is None and dispatcher.abort is not None:
                 self._stop(Status.SKIPPED_ABORTED, str(dispatcher.abort))
             if self.stop_status is None and self.budget.exhausted:
