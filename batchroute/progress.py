@@ -22,9 +22,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn
-from rich.progress import Progress as RichProgress
 from rich.table import Table
 from rich.text import Text
 
@@ -248,6 +245,11 @@ class Progress:
             yield
             return
         if self.is_live:
+            # The live view's modules load only when a terminal shows it (issue 15: start-up).
+            from rich.live import Live
+            from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn
+            from rich.progress import Progress as RichProgress
+
             bar = RichProgress(
                 TextColumn("[bold]rows"),
                 BarColumn(),

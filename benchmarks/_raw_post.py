@@ -17,6 +17,10 @@ import httpx2
 import openai
 
 MODEL = "bench-model"
+LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=512)
+"""The connection limits batchroute's client uses (`dispatch/client.py`): the SDK's default keeps
+only 100 connections alive, so at concurrency above 100 the raw loop would reconnect while
+batchroute does not, and the two would not compare like with like."""
 
 
 def messages(i: int) -> list[dict[str, str]]:
@@ -27,7 +31,10 @@ def messages(i: int) -> list[dict[str, str]]:
 async def run(base_url: str, count: int, concurrency: int) -> None:
     """Send `count` chat requests through `concurrency` workers and decode every answer."""
     client = openai.AsyncOpenAI(
-        api_key="k", base_url=base_url, max_retries=0, http_client=openai.DefaultAioHttpClient()
+        api_key="k",
+        base_url=base_url,
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(limits=LIMITS),
     )
     counter = iter(range(count))
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import polars as pl
@@ -33,11 +33,10 @@ import polars as pl
 from batchroute.cache.runs import Hit, RunCache
 from batchroute.config import Job
 from batchroute.dataset import Batch
-from batchroute.dispatch.batch import BatchRunner
 from batchroute.dispatch.dispatcher import AttemptRecord, Dispatcher, RowOutcome, RowRequest
 from batchroute.dispatch.rows import EscalationProgress
 from batchroute.engines.startup import check_run, claim_run_dir
-from batchroute.engines.workers import Backlog, Lane, WorkerPool
+from batchroute.engines.workers import Backlog, Lane, WorkerPool, acquire
 from batchroute.exitcodes import ExitCode
 from batchroute.logs import log_event
 from batchroute.pricing.budget import Budget
@@ -58,6 +57,9 @@ from batchroute.store.outcomes import OutcomeBuffer, skipped_results
 from batchroute.store.parts import completed_keys
 from batchroute.store.plan import write_plan
 from batchroute.store.rundir import atomic_file
+
+if TYPE_CHECKING:
+    from batchroute.dispatch.batch import BatchRunner
 
 __all__ = ["RunOptions", "RunSummary", "run_job"]
 
@@ -213,11 +215,13 @@ class _Run:
         """Rows an earlier session left mid-escalation, by key (`store.escalations`)."""
         self.started_at = datetime.now(UTC)
         self._contexts = tier_contexts(cfg)
-        self.batch = (
-            BatchRunner(job, run_dir=run_dir, prices=prices, budget=self.budget)
-            if any(cfg.tier_mode(tier) == "batch" for tier in cfg.tiers)
-            else None
-        )
+        self.batch: BatchRunner | None = None
+        if any(cfg.tier_mode(tier) == "batch" for tier in cfg.tiers):
+            # Imported only for a job with batch-mode tiers: a run without them does not pay for
+            # loading the Batch API runner at start-up (issue 15).
+            from batchroute.dispatch.batch import BatchRunner
+
+            self.batch = BatchRunner(job, run_dir=run_dir, prices=prices, budget=self.budget)
         self._requested = {tier: cfg.tier(tier).model for tier in cfg.tiers}
         self._float_rates = {  # for the progress display only
             model: FloatRates.of(price)
@@ -559,7 +563,7 @@ class _Run:
             (row_id, row_index, row_key, tier, messages, tokens, bound, cache_key),
         ) in enumerate(zip(contexts, requests.iter_rows(), strict=True)):
             await lane.acquire()
-            await slots.acquire()
+            await acquire(slots)
             if self.stop_status is None and dispatcher.abort is not None:
                 self._stop(Status.SKIPPED_ABORTED, str(dispatcher.abort))
             if self.stop_status is None and self.budget.exhausted:

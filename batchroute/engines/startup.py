@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 from batchroute.classify import Router, build_router
 from batchroute.config import Job
 from batchroute.dataset import Dataset, open_dataset
-from batchroute.dispatch.batch import check_no_wait
 from batchroute.errors import OutputError
 from batchroute.logs import log_event, run_id_var
 from batchroute.pricing.prices import PriceTable, resolve_prices
@@ -63,6 +62,8 @@ def check_run(job: Job, options: RunOptions) -> RunInputs:
     checked = dataset.check()  # file-level problems stop here, before a run dir exists
     job.check_api_keys()
     if not options.wait:
+        from batchroute.dispatch.batch import check_no_wait  # only with --no-wait (issue 15)
+
         check_no_wait(job)
     return RunInputs(
         prices=prices,

@@ -18,6 +18,9 @@ NOT_ON_A_LOCAL_RUN = (
     "sklearn",  # only `batchroute train`
     "aiohttp.web",  # the simulator's server: only a job whose endpoint is the simulator
     "batchroute.sim.server",
+    "batchroute.dispatch.batch",  # the Batch API runner: only batch-mode tiers or --no-wait
+    "rich.live",  # the live progress view: only when a terminal shows it
+    "rich.progress",
 )
 
 
