@@ -74,14 +74,8 @@ class WorkerPool(Generic[T]):
         return items
 
     async def _work(self) -> None:
-        permits = self._permits
         while True:
-            # A permit already there is taken without anyio's cancellation checkpoint (a task
-            # lookup and a walk up the cancel scopes, ~1 us): the handler's own awaits check.
-            if permits.value:
-                permits.acquire_nowait()
-            else:
-                await permits.acquire()
+            await acquire(self._permits)  # the handler's own awaits check for cancellation
             if not self._items:
                 return  # a closing permit: the queue is empty for good
             await self._handle(self._items.popleft())

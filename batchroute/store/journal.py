@@ -299,9 +299,6 @@ def compact_journal(path: Path, *, part_rows: int = 1000) -> int:
 def _add_held(store: PartWriter, held: list[tuple[pl.DataFrame, pl.DataFrame]]) -> None:
     if not held:
         return
-    if len(held) == 1:
-        store.add(*held[0])
-        return
     store.add(
         pl.concat([results for results, _ in held], how="diagonal_relaxed"),
         pl.concat([attempts for _, attempts in held], how="diagonal_relaxed"),
