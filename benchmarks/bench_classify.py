@@ -353,6 +353,9 @@ PASSES = (
     (200, 215),
     (230, 237),
     (250, 256),
+    (260, 279),
+    (280, 299),
+    (300, 319),
 )
 """The later passes' corpus files, each written apart by its own hands (sample_data/README.md).
 
@@ -362,7 +365,11 @@ plain-language puzzles); `160`-`173` is engineering, data and support teams' tra
 the teams covered least (product, legal, finance, security, ML, QA...); `200`-`215` the hardest
 contrasts (a question about a task against the task, mechanical work on hard subjects, a data
 format named only as context); `230`-`237` short chat messages with symbols and fragments;
-`250`-`256` people outside engineering (support, teachers, students, small businesses)."""
+`250`-`256` people outside engineering (support, teachers, students, small businesses);
+`260`-`279` explanations, discussions and persona play on science, history, economics, law and
+the arts, beside derivations and estimates on the same subjects; `280`-`299` short puzzles and
+problems in words or symbols beside look-alike questions that need no working; `300`-`319` a
+pasted passage or small table with an ask of each tier about it."""
 
 
 def penalty_sweep() -> None:

@@ -133,6 +133,20 @@ def test_text_is_prepared_alike_for_training_and_predicting() -> None:
     assert set(long.split()) - set(short.split()) == {"word", "hhword"}
 
 
+def test_one_character_words_are_features() -> None:
+    """The letters of a formula or a puzzle are read: "x" and "x y" are features of the shipped
+    model, and a formula's letters move its probabilities (two-character words dropped them)."""
+    words = re.findall(TOKEN_PATTERN, prepare("x+y = 4z, express x-y in z"))
+    assert words[:9] == ["xxbos", "x", "y", "4z", "expres", "x", "y", "in", "z"]
+    model = shipped_model()
+    index = {word: i for i, word in enumerate(model.unigrams)}
+    assert model.idf[index["x"]] > 0
+    pairs = {(model.unigrams[a], model.unigrams[b]) for a, b in model.bigrams}
+    assert {("x", "y"), ("f", "x"), ("and", "c")} <= pairs
+    with_letters, without = model.predict_proba(["solve x+y = 4z for x", "solve + = 4 for"])
+    assert not np.allclose(with_letters, without)
+
+
 def test_shipped_model_loads_and_predicts_without_sklearn() -> None:
     """A process where scikit-learn cannot be imported still routes with the shipped model."""
     code = (

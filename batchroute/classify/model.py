@@ -4,7 +4,7 @@
 exports the fitted numbers here; predicting needs only numpy and polars, and loading a model file
 is reading JSON, so it can never execute code. A model file is one JSON object::
 
-    {"format": "batchroute-router", "format_version": 4, "tiers": [...],
+    {"format": "batchroute-router", "format_version": 5, "tiers": [...],
      "token_pattern": "...", "markers": "...", "unigrams": [...], "bigrams": ARRAY,
      "idf": ARRAY, "coef": ARRAY, "intercept": [...],
      "tier_bias": {...}, "min_confidence": 0.0, "trained_on": N, "cv_accuracy": 0.9,
@@ -66,16 +66,26 @@ __all__ = [
 ]
 
 FORMAT_NAME = "batchroute-router"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Bumped whenever the model file's layout or text preparation changes; other versions are refused.
 
 Version 1 was a joblib pickle of a scikit-learn pipeline; version 2 was this plain JSON with
 length markers; version 3 dropped them, cut word endings and added the head words (`prepare`);
-version 4 writes the numeric tables as base64 arrays (see above).
+version 4 writes the numeric tables as base64 arrays (see above); version 5 reads one-character
+words too (`TOKEN_PATTERN`).
 """
 
-TOKEN_PATTERN = r"\b\w\w+\b"
-"""scikit-learn's default word pattern (two or more word characters), in polars' regex syntax."""
+TOKEN_PATTERN = r"\b\w+\b"
+"""A word is any run of word characters, one character included, in polars' regex syntax.
+
+scikit-learn's default pattern needs two, and so drops the single letters and digits that
+carry a puzzle or a formula: "x+y = 4z, express x-y in z" kept only "4z", "express" and "in",
+and "A is the father of B. B is the father of C" read as a question about fathers. With them,
+pairs such as "x y" and "of b" are features. Chosen on the passes held out in `bench_classify.py
+--penalty-sweep` (14 passes pooled, at the default penalty: 95.3% routed right and 1.5%
+under-routed, against 95.0% and 1.7% with two-character words; the short-chat pass with maths
+in symbols under-routed 3.2% instead of 4.5%). "a" and "i" are function words
+(`batchroute.classify.learned`), features only inside pairs."""
 
 MARKERS = "xxbos text xxeos xxqm hh*16"
 """The marker words added around a text before it is tokenised (see `prepare`).
