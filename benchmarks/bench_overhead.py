@@ -18,6 +18,10 @@ The figures that matter are (d)/(c), the dispatcher's overhead in steady state, 
 the whole tool against the best plain loop as a whole process (targets: at most 1.2 for the
 dispatcher, and 1.15 for the whole process, issue 15).
 
+By default the measured processes are pinned to the CPUs the simulator leaves free (one, on a
+2-core machine). `--no-pin` leaves them every CPU, as a cron job runs: libraries that start a
+thread per core (numpy's OpenBLAS) then cost what they cost in production.
+
 The machine is shared and noisy, so the figures are ratios measured in the same run, and
 `--rounds N` repeats every workload N times in alternating order (forward, then backward) and
 reports the median of the per-round ratios. `--split` also runs (e) and (f) on 10 requests in
@@ -224,11 +228,16 @@ def main() -> None:
         "--split", action="store_true", help="(e) and (f) on 10 requests too: fixed vs per request"
     )
     parser.add_argument("--no-bytecode-cache", action="store_true")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave the measured processes free to use every CPU (the simulator stays pinned)",
+    )
     args = parser.parse_args()
     count = args.requests or (1000 if args.quick else 5000)
     cpus = os.sched_getaffinity(0)
     sim_cpus = [max(cpus)] if len(cpus) > 1 else None
-    if sim_cpus:
+    if sim_cpus and not args.no_pin:
         os.sched_setaffinity(0, cpus - set(sim_cpus))
     names = args.only or list(WORKLOADS)
     with (

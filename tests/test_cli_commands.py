@@ -159,3 +159,39 @@ def test_shell_completion_is_served_by_click(tmp_path: Path) -> None:
         check=False,
     )
     assert "_batchroute_completion" in result.stdout
+
+
+_PRINT_BLAS_THREADS = """
+import atexit, os, sys
+from threadpoolctl import threadpool_info
+atexit.register(lambda: print("blas threads", [p["num_threads"] for p in threadpool_info()
+                                               if p["user_api"] == "blas"]))
+sys.argv = ["batchroute", "run", "--help"]  # `run`'s imports bring numpy in
+import batchroute.cli
+batchroute.cli.entry()
+"""
+
+
+@pytest.mark.parametrize(("user_setting", "threads"), [(None, "[1]"), ("2", "[2]")])
+def test_the_command_line_keeps_numpys_blas_to_one_thread(
+    user_setting: str | None, threads: str
+) -> None:
+    """OpenBLAS starts a thread per core on import, at a CPU cost a run never earns back; the
+    command line asks for one, and a user's own setting wins."""
+    pytest.importorskip("threadpoolctl")
+    env = {
+        k: v
+        for k, v in __import__("os").environ.items()
+        if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+    }
+    if user_setting is not None:
+        env["OPENBLAS_NUM_THREADS"] = user_setting
+    result = subprocess.run(
+        [sys.executable, "-c", _PRINT_BLAS_THREADS],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert f"blas threads {threads}" in result.stdout, result.stdout + result.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,9 @@ __all__ = ["entry", "main"]
 
 _freeze_imports = False
 """Set by `entry`: the process is the command's alone, so its imports may be frozen."""
+
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+"""Set to 1 by `entry` unless the user set them: see `_one_blas_thread`."""
 
 _COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("batchroute.cli.run", "run_command"),
@@ -117,7 +121,23 @@ def entry() -> None:
     """
     global _freeze_imports
     _freeze_imports = True
+    _one_blas_thread()
     try:
         main()
     finally:
         gc.freeze()
+
+
+def _one_blas_thread() -> None:
+    """Keep numpy's BLAS to one thread in the command's process, unless the user chose otherwise.
+
+    numpy's OpenBLAS starts a thread per core when it is imported, and they cost CPU before any
+    work: 0.10 s of the 0.80 s a 10-row `batchroute run` used on a 2-core machine (issue 15).
+    batchroute multiplies no large matrices (the router sums sparse features with `bincount`), so
+    one thread loses nothing; polars keeps its own thread pool. Only the command line does this,
+    before numpy is imported: a program that imports batchroute keeps its own settings.
+    """
+    if "numpy" in sys.modules:  # too late: the threads are up
+        return
+    for name in BLAS_THREADS:
+        os.environ.setdefault(name, "1")
