@@ -356,6 +356,9 @@ PASSES = (
     (260, 279),
     (280, 299),
     (300, 319),
+    (320, 339),
+    (340, 359),
+    (360, 379),
 )
 """The later passes' corpus files, each written apart by its own hands (sample_data/README.md).
 
@@ -369,7 +372,9 @@ format named only as context); `230`-`237` short chat messages with symbols and 
 `260`-`279` explanations, discussions and persona play on science, history, economics, law and
 the arts, beside derivations and estimates on the same subjects; `280`-`299` short puzzles and
 problems in words or symbols beside look-alike questions that need no working; `300`-`319` a
-pasted passage or small table with an ask of each tier about it."""
+pasted passage or small table with an ask of each tier about it; `320`-`339` platform, SRE and
+backend engineers' gateway traffic; `340`-`359` data analysts', data and ML engineers'; `360`-`379`
+support, success and operations teams'."""
 
 
 def penalty_sweep() -> None:
