@@ -299,10 +299,7 @@ def compact_journal(path: Path, *, part_rows: int = 1000) -> int:
 def _add_held(store: PartWriter, held: list[tuple[pl.DataFrame, pl.DataFrame]]) -> None:
     if not held:
         return
-    store.add(
-        pl.concat([results for results, _ in held], how="diagonal_relaxed"),
-        pl.concat([attempts for _, attempts in held], how="diagonal_relaxed"),
-    )
+    store.add([results for results, _ in held], [attempts for _, attempts in held])
 
 
 def recover_journals(run_dir: Path, *, part_rows: int = 1000) -> int:

@@ -125,8 +125,12 @@ def completed_keys(run_dir: Path, *, retry_failed: bool = True) -> pl.Series:
     return collect_parts(query, where=Path(run_dir) / PARTS_DIR).to_series()
 
 
-def _conform(frame: pl.DataFrame, schema: pl.Schema, *, keep_extra: bool) -> pl.DataFrame:
-    """`frame` with the schema's columns first, cast to their types (absent ones null)."""
+def _conform(
+    frames: pl.DataFrame | Sequence[pl.DataFrame], schema: pl.Schema, *, keep_extra: bool
+) -> pl.DataFrame:
+    """The frames, concatenated, with the schema's columns first, cast to their types (absent
+    ones null)."""
+    frame = frames if isinstance(frames, pl.DataFrame) else _concat_eager(frames)
     columns = [
         pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype=dtype).alias(name)
         for name, dtype in schema.items()
@@ -134,6 +138,17 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema, *, keep_extra: bool) -> pl.
     if keep_extra:
         columns += [pl.col(name) for name in frame.columns if name not in schema]
     return frame.select(columns)
+
+
+def _concat_eager(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """Frames one after another; a vertical concatenation when their schemas agree (the usual
+    case), which runs no query, unlike a diagonal one (issue 15: end-of-run CPU)."""
+    if len(frames) == 1:
+        return frames[0]
+    try:  # polars compares the schemas far faster than Python could
+        return pl.concat(frames, how="vertical")
+    except pl.exceptions.PolarsError:
+        return pl.concat(frames, how="diagonal_relaxed")
 
 
 class PartWriter:
@@ -204,23 +219,35 @@ class PartWriter:
             if self._index_rows >= _INDEX_FLUSH_ROWS:
                 self._flush_locked()
 
-    def add(self, results: pl.DataFrame, attempts: pl.DataFrame | None = None) -> None:
-        """Buffer settled rows and their attempts; write a part once `flush_rows` are buffered."""
+    def add(
+        self,
+        results: pl.DataFrame | Sequence[pl.DataFrame],
+        attempts: pl.DataFrame | Sequence[pl.DataFrame] | None = None,
+    ) -> None:
+        """Buffer settled rows and their attempts; write a part once `flush_rows` are buffered.
+
+        Several frames of each may be given: they are concatenated (diagonally) as they are
+        conformed, in one query.
+        """
         conformed = _conform(results, RESULT_SCHEMA, keep_extra=True)
         with self._lock:
             self._check_open()
             self._add_locked(conformed, attempts)
             self._flush_if_due_locked()
 
-    def _add_locked(self, results: pl.DataFrame, attempts: pl.DataFrame | None) -> None:
-        if results.select(
-            pl.col("row_key").is_null().any() | pl.col("status").is_null().any()
-        ).item():
+    def _add_locked(
+        self, results: pl.DataFrame, attempts: pl.DataFrame | Sequence[pl.DataFrame] | None
+    ) -> None:
+        # Series null counts are kept with the data: no query (issue 15)
+        if results.get_column("row_key").null_count() or results.get_column("status").null_count():
             raise ValueError("every result record needs a row_key and a status")
         if results.height:
             self._results.append(results)
             self._buffered_rows += results.height
-        if attempts is not None and attempts.height:
+        if isinstance(attempts, pl.DataFrame):
+            attempts = [attempts]
+        attempts = [frame for frame in attempts or () if frame.height]
+        if attempts:
             self._attempts.append(_conform(attempts, ATTEMPT_SCHEMA, keep_extra=False))
 
     def close(self) -> None:
