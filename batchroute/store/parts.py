@@ -45,6 +45,7 @@ __all__ = [
     "list_parts",
     "next_ordinal",
     "part_rows",
+    "remove_parts_after",
     "scan_parts",
 ]
 
@@ -191,6 +192,11 @@ class PartWriter:
         """Result rows made durable by this session so far."""
         self.parts_written = 0
         self._closed = False
+
+    @property
+    def seq(self) -> int:
+        """The number of the last part this store wrote (0 before the first)."""
+        return self._seq
 
     def completed_keys(self, *, retry_failed: bool = True) -> pl.Series:
         """The row keys earlier sessions settled (see `completed_keys`)."""
@@ -350,6 +356,32 @@ class PartWriter:
                 f"cannot write a checkpoint part ({exc.strerror})", path=final
             ) from None
         self.parts_written += 1
+
+
+def remove_parts_after(store: PartWriter) -> int:
+    """Delete the parts of a closed store's session numbered after the last it wrote; return
+    how many.
+
+    A journal compacted again after a crash, with other part bounds (another version, or
+    another `checkpoint_rows`), writes fewer parts than the first attempt: the first attempt's
+    later parts would otherwise count their records twice.
+    """
+    stale = [
+        part.path
+        for kind in ("results", "attempts", "index")
+        for part in list_parts(store.run_dir, kind)
+        if part.ordinal == store.ordinal and part.session == store.session and part.seq > store.seq
+    ]
+    try:
+        for path in stale:
+            path.unlink()
+        if stale:
+            fsync_dir(store.parts_dir)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot remove a stale checkpoint part ({exc.strerror})", path=store.parts_dir
+        ) from None
+    return len(stale)
 
 
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
