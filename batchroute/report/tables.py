@@ -9,6 +9,7 @@ null and flagged, and totals add up only the priced groups, flagged `unpriced`.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -157,9 +158,16 @@ def _row_indicators() -> dict[str, pl.Expr]:
     }
 
 
+@functools.cache
+def _summed() -> tuple[str, ...]:
+    """The row indicators summed as they are (named once: building the indicators costs a few
+    hundred expressions, issue 15)."""
+    return tuple(c for c in _row_indicators() if c not in {"_cost_nulls", "_failed_cost_nulls"})
+
+
 def _group_sums(*keys: str) -> list[pl.Expr]:
     """Sums over rows (or over finer groups: the same expressions re-aggregate exactly)."""
-    summed = [c for c in _row_indicators() if c not in {"_cost_nulls", "_failed_cost_nulls"}]
+    summed = _summed()
     return [
         pl.col("rows").sum().cast(pl.Int64) if keys else pl.len().cast(pl.Int64).alias("rows"),
         *(pl.col(c).sum().cast(pl.Int64) for c in summed),
@@ -223,10 +231,15 @@ def _pct(saved: Decimal | None, against: Decimal | None) -> float | None:
     return float(saved / against * 100)
 
 
-def _write(frame: pl.DataFrame, path: Path) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    frame.write_parquet(partial)
-    os.replace(partial, path)
+def _write_all(frames: dict[Path, pl.DataFrame]) -> None:
+    """Write each frame to its path, each file replaced whole; the writes run as one query
+    (issue 15: a query's fixed cost outweighs a report's few rows)."""
+    partials = {path: path.with_name(f".{path.name}.partial") for path in frames}
+    pl.collect_all(
+        [frame.lazy().sink_parquet(partials[path], lazy=True) for path, frame in frames.items()]
+    )
+    for path, partial in partials.items():
+        os.replace(partial, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,8 +326,7 @@ def write_reports(
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise OutputError(f"cannot read the run's Parquet files ({exc})", path=run_dir) from None
     try:
-        for stem, path in summary.paths.items():
-            _write(getattr(summary, stem), path)
+        _write_all({path: getattr(summary, stem) for stem, path in summary.paths.items()})
     except OSError as exc:
         raise OutputError(f"cannot write reports ({exc.strerror or exc})", path=run_dir) from None
     return summary

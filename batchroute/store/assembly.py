@@ -193,9 +193,11 @@ class _Assembly:
         with _parquet_out(out, self.out_schema, frames=chunks) as writer:
             if first is None:
                 return counts
-            self._spill_winners(first=first)
+            # One chunk's records are what `_chunk` holds anyway: keep them in memory rather
+            # than spill them to disk and read them back (issue 15: end-of-run CPU).
+            held = self._spill_winners(first=first, hold=chunks == 1)
             for lo in range(first, last + 1, self.chunk_rows):
-                chunk = self._chunk(lo=lo, bucket=(lo - first) // self.chunk_rows)
+                chunk = self._chunk(lo=lo, bucket=(lo - first) // self.chunk_rows, held=held)
                 if self.price is not None:
                     chunk = self.price(chunk)
                 for status, n in chunk.group_by("status").len().iter_rows():
@@ -203,8 +205,11 @@ class _Assembly:
                 writer.write(chunk)
         return counts
 
-    def _spill_winners(self, *, first: int) -> None:
-        """Read each result part once; spill its winning records to their output chunk's dir."""
+    def _spill_winners(self, *, first: int, hold: bool = False) -> list[pl.DataFrame] | None:
+        """Read each result part once; spill its winning records to their output chunk's dir.
+
+        With `hold` (a single output chunk), nothing is spilled: the records are returned.
+        """
         mapping = self._mapping()
         positions = mapping.get_column("_g")
         start = 0
@@ -220,13 +225,16 @@ class _Assembly:
                     wanted.get_column("row_index").alias("_out")
                 )
                 pending.append(_conform(records, self.record_schema))
-                if sum(frame.height for frame in pending) >= _SPILL_ROWS:
+                if not hold and sum(frame.height for frame in pending) >= _SPILL_ROWS:
                     flushes += 1
                     self._write_buckets(pl.concat(pending), first=first, flush=flushes)
                     pending.clear()
             start += rows
+        if hold:
+            return pending
         if pending:
             self._write_buckets(pl.concat(pending), first=first, flush=flushes + 1)
+        return None
 
     def _mapping(self) -> pl.DataFrame:
         """(position of the winning record, row_index), for each index row with a record."""
@@ -258,21 +266,22 @@ class _Assembly:
             directory.mkdir(exist_ok=True)
             piece.drop("_bucket").write_ipc(directory / f"{flush:06d}.arrow", compression="lz4")
 
-    def _chunk(self, *, lo: int, bucket: int) -> pl.DataFrame:
-        """The output rows with lo <= row_index < lo + chunk_rows, sorted."""
+    def _chunk(
+        self, *, lo: int, bucket: int, held: list[pl.DataFrame] | None = None
+    ) -> pl.DataFrame:
+        """The output rows with lo <= row_index < lo + chunk_rows, sorted; their records are
+        `held`, or else read from the bucket's spill files."""
         index = collect_parts(
             scan_parts(self.index_paths)
             .filter(pl.col("row_index").is_between(lo, lo + self.chunk_rows, closed="left"))
             .select(*INDEX_COLUMNS, *self.index_extras),
             where=self.where,
         ).unique("row_index", keep="last", maintain_order=True)
-        directory = self.spill / _bucket_name(bucket)
-        spilled = sorted(directory.glob("*.arrow")) if directory.is_dir() else []
-        records = (
-            pl.concat([pl.read_ipc(path) for path in spilled])
-            if spilled
-            else pl.DataFrame(schema=self.record_schema)
-        )
+        if held is None:
+            directory = self.spill / _bucket_name(bucket)
+            spilled = sorted(directory.glob("*.arrow")) if directory.is_dir() else []
+            held = [pl.read_ipc(path) for path in spilled]
+        records = pl.concat(held) if held else pl.DataFrame(schema=self.record_schema)
         joined = _attach(index, records)
         collided = joined.filter(pl.col("row_key_rec") != pl.col("row_key"))
         if collided.height:
@@ -376,8 +385,19 @@ def _read_parts(paths: list[Path]) -> pl.DataFrame:
 
 
 def _sized(paths: list[Path]) -> list[tuple[Path, int]]:
-    """Each part with its row count; a part whose footer cannot be read is named in the error."""
-    return [(path, part_rows(path)) for path in paths]
+    """Each part with its row count; a part whose footer cannot be read is named in the error.
+
+    Every footer is read in one query (a query costs more than a footer: issue 15, end-of-run
+    CPU); only if it fails are the parts read one by one, to name the damaged one.
+    """
+    if not paths:
+        return []
+    counts = pl.concat([pl.scan_parquet(path).select(pl.len()) for path in paths])
+    try:
+        sizes = counts.collect().to_series().to_list()
+    except (pl.exceptions.PolarsError, OSError):
+        sizes = [part_rows(path) for path in paths]  # raises, naming the damaged part
+    return list(zip(paths, (int(n) for n in sizes), strict=True))
 
 
 def _consecutive_groups(

@@ -19,8 +19,14 @@ misread. The rows in it were never durable, so they are sent again.
 
 A journal is compacted into Parquet parts (`parts.PartWriter`) when its session
 closes, or, after a crash, when the next session opens the run directory; then it is deleted.
-Compaction is idempotent: part names depend only on the journal's content, so a crash during it
-is repaired by compacting the same journal again.
+A part is cut at the first commit that brings it to `part_rows` rows (`output.checkpoint_rows`)
+and to `part_min_bytes` of journal: a fast run of short answers makes a few parts of a few MiB,
+not many small ones, each a Parquet write and an fsync (issue 15: end-of-run CPU), while memory
+holds at most one part.
+Compaction is idempotent: part names and contents depend only on the journal's content and
+those two bounds, which are the same whether a session closes or a crash is repaired, so a
+crash during it is repaired by compacting the same journal again; the session's parts beyond the
+last one it writes (left by a compaction with other bounds) are removed.
 """
 
 from __future__ import annotations
@@ -39,12 +45,13 @@ from typing import Final
 import polars as pl
 
 from batchroute.errors import OutputError
-from batchroute.store.parts import INDEX_COLUMNS, PartWriter, next_ordinal
+from batchroute.store.parts import INDEX_COLUMNS, PartWriter, next_ordinal, remove_parts_after
 from batchroute.store.rundir import PARTS_DIR, fsync_dir
 
 __all__ = [
     "INDEX",
     "JOURNAL_GLOB",
+    "PART_MIN_BYTES",
     "ROWS",
     "Journal",
     "compact_journal",
@@ -59,6 +66,8 @@ JOURNAL_GLOB: Final = "journal-*.log"
 _HEADER = struct.Struct("<IIB")
 _SPLIT = struct.Struct("<Q")
 _MAX_RECORD = 1 << 31
+PART_MIN_BYTES: Final = 8 << 20
+"""The journal bytes a part holds at least (unless the journal ends first)."""
 _NAME = re.compile(r"^journal-(?P<ordinal>[0-9]+)-(?P<session>.+)\.log$")
 
 logger = logging.getLogger("batchroute")
@@ -101,6 +110,7 @@ class Journal:
         session: str,
         metadata_columns: Sequence[str] = (),
         part_rows: int = 1000,
+        part_min_bytes: int = PART_MIN_BYTES,
         recover: bool = True,
         ordinal: int | None = None,
     ) -> None:
@@ -110,10 +120,11 @@ class Journal:
         self.parts_dir = self.run_dir / PARTS_DIR
         self.metadata_columns = tuple(metadata_columns)
         self.part_rows = part_rows
+        self.part_min_bytes = part_min_bytes
         try:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
             if recover:
-                recover_journals(self.run_dir, part_rows=part_rows)
+                recover_journals(self.run_dir, part_rows=part_rows, part_min_bytes=part_min_bytes)
             self.ordinal = ordinal if ordinal is not None else next_ordinal(self.run_dir)
             self.path = self.parts_dir / journal_name(self.ordinal, session)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
@@ -191,7 +202,7 @@ class Journal:
             self._closed = True
         os.close(self._fd)
         if compact:
-            compact_journal(self.path, part_rows=self.part_rows)
+            compact_journal(self.path, part_rows=self.part_rows, part_min_bytes=self.part_min_bytes)
 
 
 def _sync(fd: int) -> None:
@@ -254,9 +265,15 @@ def decode_index(payload: bytes) -> pl.DataFrame:
     return pl.read_ipc_stream(io.BytesIO(payload))
 
 
-def compact_journal(path: Path, *, part_rows: int = 1000) -> int:
+def compact_journal(
+    path: Path, *, part_rows: int = 1000, part_min_bytes: int = PART_MIN_BYTES
+) -> int:
     """Write a journal's records as Parquet parts of its session, then delete it; return the
-    number of result rows."""
+    number of result rows.
+
+    A part is cut at the first record that brings it to both `part_rows` rows and
+    `part_min_bytes` bytes of journal records.
+    """
     match = _NAME.match(path.name)
     if match is None:
         raise ValueError(f"not a journal file name: {path.name}")
@@ -272,7 +289,7 @@ def compact_journal(path: Path, *, part_rows: int = 1000) -> int:
     # so a part is cast and checked once, not once a commit (issue 15: end-of-run CPU). The
     # parts come out the same: the store writes one when a part's worth is buffered.
     held: list[tuple[pl.DataFrame, pl.DataFrame]] = []
-    held_rows = 0
+    held_rows = held_bytes = 0
     for kind, payload in read_journal(path):
         if kind == INDEX:
             store.add_index(decode_index(payload))
@@ -281,11 +298,13 @@ def compact_journal(path: Path, *, part_rows: int = 1000) -> int:
         rows += results.height
         held.append((results, attempts))
         held_rows += results.height
-        if held_rows >= part_rows:
+        held_bytes += len(payload)
+        if held_rows >= part_rows and held_bytes >= part_min_bytes:
             _add_held(store, held)
-            held, held_rows = [], 0
+            held, held_rows, held_bytes = [], 0, 0
     _add_held(store, held)
     store.close()
+    remove_parts_after(store)
     try:
         path.unlink()
         fsync_dir(path.parent)
@@ -299,16 +318,15 @@ def compact_journal(path: Path, *, part_rows: int = 1000) -> int:
 def _add_held(store: PartWriter, held: list[tuple[pl.DataFrame, pl.DataFrame]]) -> None:
     if not held:
         return
-    store.add(
-        pl.concat([results for results, _ in held], how="diagonal_relaxed"),
-        pl.concat([attempts for _, attempts in held], how="diagonal_relaxed"),
-    )
+    store.add([results for results, _ in held], [attempts for _, attempts in held])
 
 
-def recover_journals(run_dir: Path, *, part_rows: int = 1000) -> int:
+def recover_journals(
+    run_dir: Path, *, part_rows: int = 1000, part_min_bytes: int = PART_MIN_BYTES
+) -> int:
     """Compact the journals that sessions killed before closing left behind; return how many."""
     journals = sorted((Path(run_dir) / PARTS_DIR).glob(JOURNAL_GLOB))
     for path in journals:
-        rows = compact_journal(path, part_rows=part_rows)
+        rows = compact_journal(path, part_rows=part_rows, part_min_bytes=part_min_bytes)
         logger.info("%s: recovered %d answered rows from an interrupted session", path.name, rows)
     return len(journals)

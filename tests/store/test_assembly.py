@@ -65,7 +65,9 @@ def _session(
     """Run a session as the runner does, through its journal: index `keys`, skip what earlier
     sessions settled, commit `settle` (key -> status) in a shuffled completion order; return
     the keys it skipped as done."""
-    journal = Journal(run_dir, session=name, metadata_columns=["team"], part_rows=flush_rows)
+    journal = Journal(
+        run_dir, session=name, metadata_columns=["team"], part_rows=flush_rows, part_min_bytes=0
+    )
     done = completed_keys(run_dir)
     journal.add_index(_index(keys, team=tag))
     position = {k: i for i, k in enumerate(keys)}

@@ -14,6 +14,7 @@ from batchroute.store.journal import (
     INDEX,
     ROWS,
     Journal,
+    compact_journal,
     decode_rows,
     read_journal,
     recover_journals,
@@ -151,7 +152,7 @@ def test_an_empty_journal_leaves_no_parts_and_frees_its_number(tmp_path: Path) -
 
 
 def test_close_compacts_into_parts_of_at_most_part_rows(tmp_path: Path) -> None:
-    journal = Journal(tmp_path, session="s1", part_rows=8)
+    journal = Journal(tmp_path, session="s1", part_rows=8, part_min_bytes=0)
     for start in range(0, 30, 5):
         keys = _keys(start, start + 5)
         journal.commit(_results(keys), _attempts(keys))
@@ -167,3 +168,43 @@ def test_close_compacts_into_parts_of_at_most_part_rows(tmp_path: Path) -> None:
     assert pl.concat(attempts)["row_key"].to_list() == _keys(0, 30)
     with pytest.raises(RuntimeError, match="closed"):
         journal.commit(_results(["k999"]), _attempts(["k999"]))
+
+
+def test_close_merges_small_commits_into_parts_of_part_min_bytes(tmp_path: Path) -> None:
+    """A part holds part_rows rows *and* part_min_bytes of journal: small rows make few parts."""
+    journal = Journal(tmp_path, session="s1", part_rows=8)
+    for start in range(0, 30, 5):
+        keys = _keys(start, start + 5)
+        journal.commit(_results(keys), _attempts(keys))
+    journal.close()
+    results = [pl.read_parquet(p.path) for p in list_parts(tmp_path, "results")]
+    assert [part.height for part in results] == [30]  # far below the default PART_MIN_BYTES
+    record = journal.bytes_written // 6  # each commit wrote one ROWS record of about this size
+    other = tmp_path / "other"
+    journal = Journal(other, session="s1", part_rows=8, part_min_bytes=3 * record - 64)
+    for start in range(0, 30, 5):
+        keys = _keys(start, start + 5)
+        journal.commit(_results(keys), _attempts(keys))
+    journal.close()
+    # 2 commits reach 8 rows but not the bytes of 3 records: a part is cut every 3 commits
+    assert [pl.read_parquet(p.path).height for p in list_parts(other, "results")] == [15, 15]
+
+
+def test_compacting_again_with_other_bounds_leaves_no_stale_part(tmp_path: Path) -> None:
+    """A crash after compaction wrote its parts but before it deleted the journal, then a
+    repair with larger parts (another checkpoint_rows or version): nothing counts twice."""
+    journal = Journal(tmp_path, session="s1", part_rows=5)
+    for start in range(0, 30, 5):
+        keys = _keys(start, start + 5)
+        journal.commit(_results(keys), _attempts(keys))
+    journal.close(compact=False)
+    kept = journal.path.read_bytes()
+    compact_journal(journal.path, part_rows=5, part_min_bytes=0)
+    assert len(list_parts(tmp_path, "attempts")) == 6
+    journal.path.write_bytes(kept)  # the crash: the journal was not yet deleted
+    assert recover_journals(tmp_path) == 1
+    assert [p.seq for p in list_parts(tmp_path, "results")] == [1]
+    assert [p.seq for p in list_parts(tmp_path, "attempts")] == [1]
+    assert [p.seq for p in list_parts(tmp_path, "index")] in ([], [1])
+    attempts = pl.concat(pl.read_parquet(p.path) for p in list_parts(tmp_path, "attempts"))
+    assert attempts["row_key"].to_list() == _keys(0, 30)
