@@ -26,7 +26,7 @@ __all__ = ["entry", "main"]
 _freeze_imports = False
 """Set by `entry`: the process is the command's alone, so its imports may be frozen."""
 
-BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 """Set to 1 by `entry` unless the user set them: see `_one_blas_thread`."""
 
 _COMMANDS: dict[str, tuple[str, str]] = {
@@ -112,7 +112,8 @@ def main() -> None:
 
 
 def entry() -> None:
-    """The `batchroute` console script: `main`, then an exit without a final full collection.
+    """The `batchroute` console script: `main` with numpy's BLAS on one thread
+    (`_one_blas_thread`), then an exit without a final full collection.
 
     Everything still alive at exit is freed by the operating system. Freezing it first spares
     the interpreter the collection it otherwise runs at exit over the whole heap (the SDK's
@@ -139,5 +140,5 @@ def _one_blas_thread() -> None:
     """
     if "numpy" in sys.modules:  # too late: the threads are up
         return
-    for name in BLAS_THREADS:
+    for name in _BLAS_THREADS:
         os.environ.setdefault(name, "1")
