@@ -13,6 +13,8 @@ Every workload sends the same requests with the same number of worker tasks.
     (f) batchroute    the whole `batchroute run` process on a JSONL of the same prompts:
                       reading, validation, classification, row keys, limiters, bookkeeping,
                       durable parts, assembly of results.parquet and the reports
+    (g) batchroute-base (f) with another version's package (`--baseline-src DIR`), in the same
+                      rounds: old code against new on the same machine at the same time
 
 The figures that matter are (d)/(c), the dispatcher's overhead in steady state, and (f)/(e),
 the whole tool against the best plain loop as a whole process (targets: at most 1.2 for the
@@ -37,6 +39,8 @@ charge batchroute, and only batchroute, for compiling its own sources on every r
     python benchmarks/bench_overhead.py            # 5,000 requests at concurrency 64 and 256
     python benchmarks/bench_overhead.py --quick    # 1,000 requests
     python benchmarks/bench_overhead.py --only raw-post-proc batchroute --rounds 5 --split
+    git archive REV batchroute | tar -x -C /tmp/base && python benchmarks/bench_overhead.py \
+        --only raw-post-proc batchroute batchroute-base --baseline-src /tmp/base --rounds 7
 """
 
 # ruff: noqa: T201  (a benchmark script reports its figures on stdout)
@@ -149,9 +153,13 @@ CHILD_ENV: dict[str, str] | None = None
 """The environment of (e) and (f)'s processes; None: this process's (see `main`)."""
 
 
-def _child_cpu_s(command: list[str]) -> float:
+BASELINE_SRC: str | None = None
+"""`--baseline-src`: a directory holding another version's `batchroute/` package."""
+
+
+def _child_cpu_s(command: list[str], *, env: dict[str, str] | None = None) -> float:
     """Run a command to the end; return its user + system CPU seconds."""
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=CHILD_ENV)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env or CHILD_ENV)
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{command[:4]} exited {os.waitstatus_to_exitcode(status)}")
@@ -163,7 +171,13 @@ async def raw_post_process(base_url: str, count: int, concurrency: int) -> float
     return await anyio.to_thread.run_sync(_child_cpu_s, command)
 
 
-async def batchroute_run(base_url: str, count: int, concurrency: int) -> float:
+async def batchroute_run(
+    base_url: str, count: int, concurrency: int, *, src: str | None = None
+) -> float:
+    """(f); with `src`, the `batchroute` package in that directory instead of this one."""
+    env = None
+    if src is not None:
+        env = {**(CHILD_ENV or os.environ), "PYTHONPATH": src}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "prompts.jsonl"
         data.write_text(
@@ -187,7 +201,12 @@ async def batchroute_run(base_url: str, count: int, concurrency: int) -> float:
         job_path = Path(tmp) / "job.yaml"
         job_path.write_text(json.dumps(job))  # JSON is YAML
         command = [sys.executable, "-m", "batchroute", "run", str(job_path), "--quiet"]
-        return await anyio.to_thread.run_sync(_child_cpu_s, command)
+        return await anyio.to_thread.run_sync(lambda: _child_cpu_s(command, env=env))
+
+
+async def batchroute_baseline(base_url: str, count: int, concurrency: int) -> float:
+    """(f) with the `--baseline-src` version: old code against new, in the same rounds."""
+    return await batchroute_run(base_url, count, concurrency, src=BASELINE_SRC)
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -197,6 +216,7 @@ WORKLOADS: dict[str, Workload] = {
     "dispatcher": dispatcher,
     "raw-post-proc": raw_post_process,
     "batchroute": batchroute_run,
+    "batchroute-base": batchroute_baseline,
 }
 
 
@@ -217,7 +237,7 @@ def _bytecode_cache_env(directory: str) -> dict[str, str]:
 
 
 def main() -> None:
-    global CHILD_ENV
+    global CHILD_ENV, BASELINE_SRC
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 requests instead of 5,000")
     parser.add_argument("--requests", type=int)
@@ -229,17 +249,25 @@ def main() -> None:
     )
     parser.add_argument("--no-bytecode-cache", action="store_true")
     parser.add_argument(
+        "--baseline-src",
+        help="a directory with another version's batchroute/ (e.g. `git archive REV batchroute "
+        "| tar -x -C DIR`): adds the workload batchroute-base, and its CPU against batchroute's",
+    )
+    parser.add_argument(
         "--no-pin",
         action="store_true",
         help="leave the measured processes free to use every CPU (the simulator stays pinned)",
     )
     args = parser.parse_args()
+    BASELINE_SRC = args.baseline_src
+    if args.only and "batchroute-base" in args.only and BASELINE_SRC is None:
+        parser.error("batchroute-base needs --baseline-src DIR")
     count = args.requests or (1000 if args.quick else 5000)
     cpus = os.sched_getaffinity(0)
     sim_cpus = [max(cpus)] if len(cpus) > 1 else None
     if sim_cpus and not args.no_pin:
         os.sched_setaffinity(0, cpus - set(sim_cpus))
-    names = args.only or list(WORKLOADS)
+    names = args.only or [n for n in WORKLOADS if n != "batchroute-base" or BASELINE_SRC]
     with (
         SimulatorProcess(SimConfig(), cpus=sim_cpus) as sim,
         tempfile.TemporaryDirectory() as pycache,
@@ -247,7 +275,9 @@ def main() -> None:
         anyio.run(raw_post, sim.base_url, 200, 16)  # warm up the server and the imports
         if not args.no_bytecode_cache:
             CHILD_ENV = _bytecode_cache_env(pycache)
-            for warm in ("raw-post-proc", "batchroute"):
+            for warm in ("raw-post-proc", "batchroute", "batchroute-base"):
+                if warm == "batchroute-base" and warm not in names:
+                    continue
                 anyio.run(WORKLOADS[warm], sim.base_url, 10, 4)
         for concurrency in args.concurrency:
             _measure_rounds(names, sim.base_url, count, concurrency, args.rounds, args.split)
@@ -277,6 +307,9 @@ def _measure_rounds(
     if "dispatcher" in cpu and "raw-post" in cpu:
         ratio = _median_ratio(cpu["dispatcher"], cpu["raw-post"])
         print(f"c={concurrency:<4} dispatcher / raw-post CPU: {ratio:.3f}x (target <= 1.2)")
+    if "batchroute" in cpu and "batchroute-base" in cpu:
+        ratio = _median_ratio(cpu["batchroute"], cpu["batchroute-base"])
+        print(f"c={concurrency:<4} batchroute / batchroute-base ({BASELINE_SRC}) CPU: {ratio:.3f}x")
     if "batchroute" in cpu and "raw-post-proc" in cpu:
         ratios = [a / b for a, b in zip(cpu["batchroute"], cpu["raw-post-proc"], strict=True)]
         print(
