@@ -45,7 +45,7 @@ from typing import Final
 import polars as pl
 
 from batchroute.errors import OutputError
-from batchroute.store.parts import INDEX_COLUMNS, PartWriter, next_ordinal, remove_parts_after
+from batchroute.store.parts import INDEX_COLUMNS, PartWriter, next_ordinal
 from batchroute.store.rundir import PARTS_DIR, fsync_dir
 
 __all__ = [
@@ -286,8 +286,8 @@ def compact_journal(
     )
     rows = 0
     # A commit holds a few dozen rows: they are handed to the store a part's worth at a time,
-    # so a part is cast and checked once, not once a commit (issue 15: end-of-run CPU). The
-    # parts come out the same: the store writes one when a part's worth is buffered.
+    # so a part is cast and checked once, not once a commit (issue 15: end-of-run CPU). Each
+    # hand-over holds at least `part_rows` rows, so the store writes it as one part.
     held: list[tuple[pl.DataFrame, pl.DataFrame]] = []
     held_rows = held_bytes = 0
     for kind, payload in read_journal(path):
@@ -304,7 +304,7 @@ def compact_journal(
             held, held_rows, held_bytes = [], 0, 0
     _add_held(store, held)
     store.close()
-    remove_parts_after(store)
+    store.remove_later_parts()
     try:
         path.unlink()
         fsync_dir(path.parent)

@@ -45,7 +45,6 @@ __all__ = [
     "list_parts",
     "next_ordinal",
     "part_rows",
-    "remove_parts_after",
     "scan_parts",
 ]
 
@@ -131,7 +130,9 @@ def _conform(
 ) -> pl.DataFrame:
     """The frames, concatenated, with the schema's columns first, cast to their types (absent
     ones null)."""
-    frame = frames if isinstance(frames, pl.DataFrame) else _concat_eager(frames)
+    frame = frames if isinstance(frames, pl.DataFrame) else _concat(frames)
+    if frame is None:
+        return pl.DataFrame(schema=schema)
     columns = [
         pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype=dtype).alias(name)
         for name, dtype in schema.items()
@@ -139,17 +140,6 @@ def _conform(
     if keep_extra:
         columns += [pl.col(name) for name in frame.columns if name not in schema]
     return frame.select(columns)
-
-
-def _concat_eager(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
-    """Frames one after another; a vertical concatenation when their schemas agree (the usual
-    case), which runs no query, unlike a diagonal one (issue 15: end-of-run CPU)."""
-    if len(frames) == 1:
-        return frames[0]
-    try:  # polars compares the schemas far faster than Python could
-        return pl.concat(frames, how="vertical")
-    except pl.exceptions.PolarsError:
-        return pl.concat(frames, how="diagonal_relaxed")
 
 
 class PartWriter:
@@ -192,11 +182,6 @@ class PartWriter:
         """Result rows made durable by this session so far."""
         self.parts_written = 0
         self._closed = False
-
-    @property
-    def seq(self) -> int:
-        """The number of the last part this store wrote (0 before the first)."""
-        return self._seq
 
     def completed_keys(self, *, retry_failed: bool = True) -> pl.Series:
         """The row keys earlier sessions settled (see `completed_keys`)."""
@@ -255,6 +240,32 @@ class PartWriter:
         attempts = [frame for frame in attempts or () if frame.height]
         if attempts:
             self._attempts.append(_conform(attempts, ATTEMPT_SCHEMA, keep_extra=False))
+
+    def remove_later_parts(self) -> int:
+        """Delete this session's parts numbered after the last this store wrote; return how many.
+
+        A journal compacted again after a crash, with other part bounds (another version, or
+        another `checkpoint_rows`), writes fewer parts than the first attempt: the first
+        attempt's later parts would otherwise count their records twice.
+        """
+        stale = [
+            part.path
+            for kind in ("results", "attempts", "index")
+            for part in list_parts(self.run_dir, kind)
+            if part.ordinal == self.ordinal
+            and part.session == self.session
+            and part.seq > self._seq
+        ]
+        try:
+            for path in stale:
+                path.unlink()
+            if stale:
+                fsync_dir(self.parts_dir)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot remove a stale checkpoint part ({exc.strerror})", path=self.parts_dir
+            ) from None
+        return len(stale)
 
     def close(self) -> None:
         """Flush what is buffered; the store takes no more rows."""
@@ -358,36 +369,15 @@ class PartWriter:
         self.parts_written += 1
 
 
-def remove_parts_after(store: PartWriter) -> int:
-    """Delete the parts of a closed store's session numbered after the last it wrote; return
-    how many.
-
-    A journal compacted again after a crash, with other part bounds (another version, or
-    another `checkpoint_rows`), writes fewer parts than the first attempt: the first attempt's
-    later parts would otherwise count their records twice.
-    """
-    stale = [
-        part.path
-        for kind in ("results", "attempts", "index")
-        for part in list_parts(store.run_dir, kind)
-        if part.ordinal == store.ordinal and part.session == store.session and part.seq > store.seq
-    ]
-    try:
-        for path in stale:
-            path.unlink()
-        if stale:
-            fsync_dir(store.parts_dir)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot remove a stale checkpoint part ({exc.strerror})", path=store.parts_dir
-        ) from None
-    return len(stale)
-
-
-def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
-    if not frames:
-        return None
-    return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+def _concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame | None:
+    """Frames one after another (None for none); a vertical concatenation when their schemas
+    agree (the usual case), which runs no query, unlike a diagonal one (issue 15)."""
+    if len(frames) <= 1:
+        return frames[0] if frames else None
+    try:  # polars compares the schemas far faster than Python could
+        return pl.concat(frames, how="vertical")
+    except pl.exceptions.PolarsError:
+        return pl.concat(frames, how="diagonal_relaxed")
 
 
 def _recover_parts(directory: Path) -> None:
