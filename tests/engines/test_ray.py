@@ -112,7 +112,12 @@ def test_resume_across_engines(ray_cluster: Any, make_job: JobFactory) -> None:
 
 def test_the_limit_is_cluster_wide(ray_cluster: Any, make_job: JobFactory) -> None:
     """The server admits 600 rpm and at most 10 in any one second; three workers together
-    stay inside both: no self-caused 429s, and no second (or minute) window over."""
+    stay inside both: the simulator, which counts every sliding second and minute on arrival as
+    a provider does, refused none of their requests.
+
+    The client's own send stamps are not checked against the windows: on a loaded machine a
+    task that resumes late stamps late, so two sends that reached the server a second apart can
+    look bunched (this check flaked). The server's count is the one a provider would make."""
     rpm = 600
     sim_config = SimConfig(default={"rpm": rpm, "per_second": True})  # type: ignore[arg-type]
     with EmbeddedSimulator(sim_config) as sim:
@@ -121,15 +126,7 @@ def test_the_limit_is_cluster_wide(ray_cluster: Any, make_job: JobFactory) -> No
         stats = sim.stats()
     assert summary.exit_code == ExitCode.OK, summary.message
     assert stats["limited"] == {}, f"self-caused 429s: {stats}"
-    attempts = pl.read_parquet("runs/t/attempts.parquet")
-    assert attempts.height == 90
-    starts = attempts["started_at"].sort().dt.epoch("us").to_numpy() / 1e6
-    # every sliding one-second window (the client's send stamps) holds at most rpm/60
-    ends = starts.searchsorted(starts + 1.0, side="left")
-    per_second = int((ends - range(len(starts))).max())
-    assert per_second <= rpm // 60
-    minute = starts.searchsorted(starts + 60.0, side="left")
-    assert int((minute - range(len(starts))).max()) <= rpm
+    assert stats["total"] == 90, f"every row sent once, none retried: {stats}"
 
 
 def test_budget_cap_holds_across_workers(ray_cluster: Any, make_job: JobFactory) -> None:
