@@ -15,6 +15,9 @@ Every workload sends the same requests with the same number of worker tasks.
                       durable parts, assembly of results.parquet and the reports
     (g) batchroute-base (f) with another version's package (`--baseline-src DIR`), in the same
                       rounds: old code against new on the same machine at the same time
+    (h) batchroute-nocache  (f) with the response cache off (`cache: {read: false, write: false}`)
+    (i) batchroute-rules    (f) with the keyword rules alone (`classifier: {kind: rules}`): no model
+                      (h) and (i) say what two features cost within (f), measured in the same rounds
 
 The figures that matter are (d)/(c), the dispatcher's overhead in steady state, and (f)/(e),
 the whole tool against the best plain loop as a whole process (targets: at most 1.2 for the
@@ -39,6 +42,8 @@ charge batchroute, and only batchroute, for compiling its own sources on every r
     python benchmarks/bench_overhead.py            # 5,000 requests at concurrency 64 and 256
     python benchmarks/bench_overhead.py --quick    # 1,000 requests
     python benchmarks/bench_overhead.py --only raw-post-proc batchroute --rounds 5 --split
+    python benchmarks/bench_overhead.py --only raw-post-proc batchroute batchroute-nocache \
+        batchroute-rules --rounds 7 --concurrency 64      # what the cache and the model cost
     git archive REV batchroute | tar -x -C /tmp/base && python benchmarks/bench_overhead.py \
         --only raw-post-proc batchroute batchroute-base --baseline-src /tmp/base --rounds 7
 """
@@ -57,6 +62,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import openai
@@ -172,9 +178,15 @@ async def raw_post_process(base_url: str, count: int, concurrency: int) -> float
 
 
 async def batchroute_run(
-    base_url: str, count: int, concurrency: int, *, src: str | None = None
+    base_url: str,
+    count: int,
+    concurrency: int,
+    *,
+    src: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> float:
-    """(f); with `src`, the `batchroute` package in that directory instead of this one."""
+    """(f); with `src`, the `batchroute` package in that directory instead of this one; with
+    `settings`, these sections of the job replaced."""
     env = None
     if src is not None:
         env = {**(CHILD_ENV or os.environ), "PYTHONPATH": src}
@@ -197,6 +209,7 @@ async def batchroute_run(
             },
             "output": {"dir": str(Path(tmp) / "run")},
             "cache": {"path": str(Path(tmp) / "cache.sqlite3")},  # a new file: no hits
+            **(settings or {}),
         }
         job_path = Path(tmp) / "job.yaml"
         job_path.write_text(json.dumps(job))  # JSON is YAML
@@ -209,6 +222,18 @@ async def batchroute_baseline(base_url: str, count: int, concurrency: int) -> fl
     return await batchroute_run(base_url, count, concurrency, src=BASELINE_SRC)
 
 
+async def batchroute_without_cache(base_url: str, count: int, concurrency: int) -> float:
+    """(h): what the response cache costs is (f) against this."""
+    settings = {"cache": {"read": False, "write": False}}
+    return await batchroute_run(base_url, count, concurrency, settings=settings)
+
+
+async def batchroute_rules_only(base_url: str, count: int, concurrency: int) -> float:
+    """(i): what the router model costs (loading it, scoring every row) is (f) against this."""
+    settings = {"routing": {"classifier": {"kind": "rules"}}}
+    return await batchroute_run(base_url, count, concurrency, settings=settings)
+
+
 WORKLOADS: dict[str, Workload] = {
     "sdk-httpx": sdk_httpx,
     "sdk-aiohttp": sdk_aiohttp,
@@ -217,6 +242,8 @@ WORKLOADS: dict[str, Workload] = {
     "raw-post-proc": raw_post_process,
     "batchroute": batchroute_run,
     "batchroute-base": batchroute_baseline,
+    "batchroute-nocache": batchroute_without_cache,
+    "batchroute-rules": batchroute_rules_only,
 }
 
 
@@ -301,7 +328,7 @@ def _measure_rounds(
                 fixed[name].append(measure(WORKLOADS[name], base_url, small, concurrency)[0])
     for name in names:
         print(
-            f"c={concurrency:<4} {name:<14} {statistics.median(cpu[name]):6.3f} CPU-ms/request  "
+            f"c={concurrency:<4} {name:<18} {statistics.median(cpu[name]):6.3f} CPU-ms/request  "
             f"{statistics.median(rate[name]):7.0f} requests/s  (median of {rounds})"
         )
     if "dispatcher" in cpu and "raw-post" in cpu:
@@ -310,6 +337,20 @@ def _measure_rounds(
     if "batchroute" in cpu and "batchroute-base" in cpu:
         ratio = _median_ratio(cpu["batchroute"], cpu["batchroute-base"])
         print(f"c={concurrency:<4} batchroute / batchroute-base ({BASELINE_SRC}) CPU: {ratio:.3f}x")
+    for feature, without in (
+        ("the response cache", "batchroute-nocache"),
+        ("the router model", "batchroute-rules"),
+    ):
+        if "batchroute" in cpu and without in cpu:
+            share = 1 - _median_ratio(cpu[without], cpu["batchroute"])
+            cost_ms = statistics.median(
+                a - b for a, b in zip(cpu["batchroute"], cpu[without], strict=True)
+            )
+            print(
+                f"c={concurrency:<4} {feature}: {100 * share:.1f}% of batchroute's CPU "
+                f"({cost_ms * 1000:.1f} us of CPU per request over {count} requests, "
+                f"against {without} in the same rounds)"
+            )
     if "batchroute" in cpu and "raw-post-proc" in cpu:
         ratios = [a / b for a, b in zip(cpu["batchroute"], cpu["raw-post-proc"], strict=True)]
         print(
@@ -324,7 +365,7 @@ def _measure_rounds(
             total_s = statistics.median(cpu[name]) * count / 1000
             marginal_ms = (total_s - fixed_s) * 1000 / (count - small)
             print(
-                f"c={concurrency:<4} {name:<14} fixed {fixed_s:.3f} s (CPU of {small} requests) "
+                f"c={concurrency:<4} {name:<18} fixed {fixed_s:.3f} s (CPU of {small} requests) "
                 f"+ {marginal_ms:.3f} ms/request"
             )
 
