@@ -42,7 +42,7 @@ def _child(mode: str, job: str) -> None:
     from batchroute.engines import local
 
     if mode == "baseline":
-        local._Run._escalated = None  # type: ignore[assignment,method-assign]
+        local.Session._escalated = None  # type: ignore[assignment,method-assign]
     cli(["run", job, "--quiet", "--no-cache"], standalone_mode=False)
 
 

@@ -61,10 +61,20 @@ from batchroute.store.rundir import atomic_file
 if TYPE_CHECKING:
     from batchroute.dispatch.batch import BatchRunner
 
-__all__ = ["RunOptions", "RunSummary", "run_job"]
+__all__ = [
+    "BatchSource",
+    "Classify",
+    "RunOptions",
+    "RunSummary",
+    "Session",
+    "log_finished",
+    "run_job",
+]
 
-_BatchSource = Callable[..., Iterator[Batch]]
-_Classify = Callable[[pl.DataFrame], pl.DataFrame]
+BatchSource = Callable[..., Iterator[Batch]]
+"""The input read in batches (`Dataset.batches`), as a session reads it."""
+Classify = Callable[[pl.DataFrame], pl.DataFrame]
+"""A batch of rows with their tiers added (`Router.classify`)."""
 _Row = tuple[RowRequest, tuple[Any, ...]]
 """A row on its way to a model: its request, and its context for `OutcomeBuffer.add`."""
 
@@ -128,7 +138,7 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
         return run_job_on_ray(job, options, progress=progress)
     inputs = check_run(job, options)
     with claim_run_dir(job, options) as claim:
-        run = _Run(
+        run = Session(
             job,
             options,
             run_id=claim.run_id,
@@ -139,11 +149,11 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
         )
         claim.announce(job, rows=run.total_rows, max_cost_usd=run.budget.max_cost_usd)
         summary = run.execute(inputs.dataset.batches, inputs.router.classify)
-    _log_finished(summary)
+    log_finished(summary)
     return summary
 
 
-def _log_finished(summary: RunSummary) -> None:
+def log_finished(summary: RunSummary) -> None:
     """The `run_finished` event: how the run ended, its counts, spend and forecast."""
     forecast = None
     if summary.report is not None:
@@ -170,8 +180,12 @@ def _log_finished(summary: RunSummary) -> None:
     )
 
 
-class _Run:
-    """The state of one session of a run: counters, buffers, and how it is stopping."""
+class Session:
+    """The state of one session of a run: counters, buffers, and how it is stopping.
+
+    The Ray engine's driver and its shards are sessions too (`ray._DriverRun` reads and
+    reports without sending, `shard._ShardRun` sends one shard's rows).
+    """
 
     def __init__(
         self,
@@ -239,7 +253,7 @@ class _Run:
 
     # -- the session -------------------------------------------------------------------------
 
-    def execute(self, batches: _BatchSource, classify: _Classify) -> RunSummary:
+    def execute(self, batches: BatchSource, classify: Classify) -> RunSummary:
         previous = read_manifest(self.run_dir)
         done = completed_keys(self.run_dir, retry_failed=self.options.retry_failed)
         self.climbs = pending_escalations(self.run_dir, done=done)
@@ -319,8 +333,8 @@ class _Run:
 
     async def _dispatch_all(
         self,
-        batches: _BatchSource,
-        classify: _Classify,
+        batches: BatchSource,
+        classify: Classify,
         done: pl.Series,
         base_urls: dict[str, str],
     ) -> None:
@@ -376,8 +390,8 @@ class _Run:
     async def _feed(
         self,
         dispatcher: Dispatcher,
-        batches: _BatchSource,
-        classify: _Classify,
+        batches: BatchSource,
+        classify: Classify,
         done: pl.Series,
     ) -> None:
         cfg = self.job.config
@@ -437,7 +451,7 @@ class _Run:
         fair = max(1, -(-cfg.run.max_in_flight // len(cfg.tiers)))
         return min(head.max_concurrency, fair)
 
-    def _prepare(self, rows: pl.DataFrame, classify: _Classify, done: pl.Series) -> pl.DataFrame:
+    def _prepare(self, rows: pl.DataFrame, classify: Classify, done: pl.Series) -> pl.DataFrame:
         """Classify a batch, record it, settle invalid and already-answered rows; return others."""
         frame = classify(rows)
         frame = frame.with_columns(

@@ -17,7 +17,7 @@ them back. The response cache need not be shared: the driver looks each batch up
 it into shards, and a `CacheHost` actor on the driver's node keeps the file for the workers
 (`cache/cluster.py` says why).
 
-The end of a run is the local engine's (`_Run._assemble_and_report`, the over-forecast check).
+The end of a run is the local engine's (`Session._assemble_and_report`, the over-forecast check).
 The warnings the workers' fleets raise (a model gone for the run, spend running past the
 forecast) reach the driver with their progress (`RunControl`). The driver logs each one once,
 as it arrives, and records it in run.json, as a local run does.
@@ -41,12 +41,12 @@ from batchroute.cache.cluster import start_cache_host
 from batchroute.config import Job
 from batchroute.engines.leases import ClusterLimits
 from batchroute.engines.local import (
+    BatchSource,
+    Classify,
     RunOptions,
     RunSummary,
-    _BatchSource,
-    _Classify,
-    _log_finished,
-    _Run,
+    Session,
+    log_finished,
 )
 from batchroute.engines.shard import (
     RunControl,
@@ -120,7 +120,7 @@ def run_job_on_ray(job: Job, options: RunOptions, *, progress: Progress) -> RunS
             workers=workers,
         )
         summary = run.execute_on_ray(ray, workers, inputs.dataset.batches, inputs.router.classify)
-    _log_finished(summary)
+    log_finished(summary)
     return summary
 
 
@@ -156,7 +156,7 @@ def _check_reachable(address: str | None) -> None:
         ) from None
 
 
-class _DriverRun(_Run):
+class _DriverRun(Session):
     """The driver's session: everything a session does except sending."""
 
     engine_record: dict[str, Any] | None = None
@@ -164,7 +164,7 @@ class _DriverRun(_Run):
     """Calls the lease actor served (rate leases, budget leases, returns)."""
 
     def execute_on_ray(
-        self, ray: Any, workers: int, batches: _BatchSource, classify: _Classify
+        self, ray: Any, workers: int, batches: BatchSource, classify: Classify
     ) -> RunSummary:
         previous = read_manifest(self.run_dir)
         done = completed_keys(self.run_dir, retry_failed=self.options.retry_failed)
@@ -194,8 +194,8 @@ class _DriverRun(_Run):
 
     def _read(
         self,
-        batches: _BatchSource,
-        classify: _Classify,
+        batches: BatchSource,
+        classify: Classify,
         done: pl.Series,
         *,
         shards: int,
@@ -236,8 +236,8 @@ class _DriverRun(_Run):
         self,
         ray: Any,
         workers: int,
-        batches: _BatchSource,
-        classify: _Classify,
+        batches: BatchSource,
+        classify: Classify,
         done: pl.Series,
         base_urls: dict[str, str],
     ) -> list[ShardResult]:

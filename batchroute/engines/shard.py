@@ -1,6 +1,6 @@
 """A Ray worker's session: one shard of classified rows, sent by batchroute's own dispatcher.
 
-`run_shard` is what the Ray engine runs as a task. It is the single-process session (`_Run` in
+`run_shard` is what the Ray engine runs as a task. It is the single-process session (`Session` in
 `local.py`) with four things changed: its rows come already classified from the driver; its
 journal shares the driver's ordinal and leaves the other workers' journals alone; its limiters
 pace at the share of each model's rate leased from the cluster's `ClusterLimits` actor, and its
@@ -13,9 +13,9 @@ request was answered, so a shard looks up only fallbacks there, and stores what 
 A task that dies is retried by Ray. The retry first compacts the journals its shard's earlier
 attempts left behind, then sends only the rows of the shard that are not already answered. A row
 caught mid-escalation resumes at the tier it reached, as on the local engine: the shard journals
-a climbing row's attempts before the next tier is asked (`_Run._escalated`, inherited), and reads
-back the climbs left pending (`store.escalations`), whether by its own dead attempt or by an
-earlier session of the run on either engine.
+a climbing row's attempts before the next tier is asked (`Session._escalated`, inherited), and
+reads back the climbs left pending (`store.escalations`), whether by its own dead attempt or by
+an earlier session of the run on either engine.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from batchroute.dataset import Batch
 from batchroute.dispatch.dispatcher import Dispatcher
 from batchroute.dispatch.walk import plan_tiers
 from batchroute.engines.leases import LeasedBudget, LeasedLimiter, LeaseKeeper
-from batchroute.engines.local import RunOptions, _BatchSource, _Classify, _Run
+from batchroute.engines.local import BatchSource, Classify, RunOptions, Session
 from batchroute.logs import run_id_var
 from batchroute.pricing.prices import PriceTable
 from batchroute.progress import Progress, TierCounts
@@ -110,7 +110,7 @@ def run_shard(
     return session.run(rows)
 
 
-class _ShardRun(_Run):
+class _ShardRun(Session):
     def __init__(
         self,
         job: Job,
@@ -224,7 +224,7 @@ class _ShardRun(_Run):
             warnings=tuple(self.warnings),
         )
 
-    def _prepare(self, rows: pl.DataFrame, classify: _Classify, done: pl.Series) -> pl.DataFrame:
+    def _prepare(self, rows: pl.DataFrame, classify: Classify, done: pl.Series) -> pl.DataFrame:
         return rows  # classified, indexed and filtered by the driver
 
     async def _serve_cached(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -233,8 +233,8 @@ class _ShardRun(_Run):
     async def _feed(
         self,
         dispatcher: Dispatcher,
-        batches: _BatchSource,
-        classify: _Classify,
+        batches: BatchSource,
+        classify: Classify,
         done: pl.Series,
     ) -> None:
         fleet = dispatcher.fleet

@@ -140,7 +140,7 @@ def test_forecast_equals_actual_when_usage_matches_the_estimate(make_job: JobFac
 
 
 def test_a_run_leaves_garbage_collection_as_it_found_it(make_job: JobFactory) -> None:
-    """The request loop tunes the collector (see runner._request_loop_gc) and restores it."""
+    """The request loop tunes the collector (see local._request_loop_gc) and restores it."""
     threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
     code, _, err = run_cli("run", str(make_job(sample_rows(10))))
     assert code == 0, err
