@@ -4,10 +4,8 @@ The data flow is input → classify → dispatch → results → reports. The in
 batches; each batch is classified as a whole, rows already answered by an earlier session of the
 same run directory are dropped, and the rest are sent through the dispatcher with at most
 `run.max_in_flight` requests in flight. Each finished row goes to the session's journal
-(`store.journal`) in group commits: at once when the writer is idle, else at most every
-`output.commit_interval_ms`. A row keeps its in-flight slot until its commit is durable, so a
-crash at any instant re-buys at most the requests in flight plus the answers of the last commit
-interval. At the end the journal is compacted into Parquet parts, the parts are assembled into
+(`store.journal`) in group commits (`commits.py`), and keeps its in-flight slot until its commit
+is durable. At the end the journal is compacted into Parquet parts, the parts are assembled into
 results.parquet in input order, and the reports are written.
 """
 
@@ -35,6 +33,7 @@ from batchroute.config import Job
 from batchroute.dataset import Batch
 from batchroute.dispatch.dispatcher import AttemptRecord, Dispatcher, RowOutcome, RowRequest
 from batchroute.dispatch.rows import EscalationProgress
+from batchroute.engines.commits import GroupCommit
 from batchroute.engines.startup import check_run, claim_run_dir
 from batchroute.engines.workers import Backlog, Lane, WorkerPool, acquire
 from batchroute.exitcodes import ExitCode
@@ -223,8 +222,6 @@ class Session:
             job, no_cache=options.no_cache, refresh_cache=options.refresh_cache
         )
         self.warnings: list[str] = []
-        self._undurable = 0
-        """Answered rows whose in-flight slot is held until their journal commit is durable."""
         self.climbs: dict[str, EscalationProgress] = {}
         """Rows an earlier session left mid-escalation, by key (`store.escalations`)."""
         self.started_at = datetime.now(UTC)
@@ -350,21 +347,23 @@ class Session:
             ) as dispatcher,
             anyio.create_task_group() as watchers,
         ):
-            self._flush_wanted = anyio.Event()
-            self._durable = anyio.Event()
-            """Set by the commit that makes the attempts buffered before it durable."""
-            self._flush_lock = anyio.Lock()
             self._dispatcher = dispatcher
             # fast_acquire: the feeder takes a free slot without yielding, so a batch's rows are
             # all handed to the dispatcher at once instead of one per event-loop turn.
             self._slots = anyio.Semaphore(self.job.config.run.max_in_flight, fast_acquire=True)
+            self.group_commit = GroupCommit(
+                self.journal,
+                self.buffer,
+                self._slots,
+                interval_s=self.job.config.output.commit_interval_ms / 1000,
+            )
             self.progress.watch(
                 lambda: {name: limiter.in_flight for name, limiter in dispatcher.limiters.items()},
                 tier_models={str(tier): model for tier, model in self._requested.items()},
                 budget=self.budget,
             )
             self._start_watchers(watchers)
-            watchers.start_soon(self._flush_periodically)
+            watchers.start_soon(self.group_commit.run)
             try:
                 with anyio.CancelScope() as self._run_scope:
                     await self._feed(dispatcher, batches, classify, done)
@@ -373,7 +372,7 @@ class Session:
                             dispatcher,
                             wait=self.options.wait,
                             settle=self._settle_batch_row,
-                            flush=self._flush,
+                            flush=self.group_commit.commit,
                             stopping=lambda: self.stop_status is not None,
                             context_columns=self.buffer.context_columns,
                         )
@@ -385,7 +384,7 @@ class Session:
             elif self.budget.exhausted:
                 self._stop(Status.SKIPPED_BUDGET, "the budget cap was reached")
             watchers.cancel_scope.cancel()
-        await self._flush()
+        await self.group_commit.commit()
 
     async def _feed(
         self,
@@ -497,7 +496,7 @@ class Session:
         frame = frame.with_columns(pl.Series(_CACHE_KEY, keys, dtype=pl.Binary))
         rest = self._settle_cached(frame, hits)
         if rest.height < frame.height:
-            self._flush_wanted.set()
+            self.group_commit.want()
         return rest
 
     def _settle_cached(self, frame: pl.DataFrame, hits: list[Hit | None]) -> pl.DataFrame:
@@ -614,8 +613,6 @@ class Session:
             raise
         finally:
             self._lane_of(request.tier).release()
-        # The slot is released by the commit that makes this answer durable (see `_flush`).
-        self._undurable += 1
         if outcome.attempts:  # a row refused by the budget or an abort was never sent
             self.sent_rows += 1
         self.buffer.add(context, outcome)
@@ -625,7 +622,7 @@ class Session:
             cost_usd=self._cost_estimate(outcome),
             attempts=outcome.attempt_records,
         )
-        self._flush_wanted.set()
+        self.group_commit.hold()  # its slot comes back with the commit that keeps this answer
 
     def _settle_batch_row(self, context: tuple[Any, ...], outcome: RowOutcome) -> None:
         """A batch-mode row's outcome (collected, or sent online after the Batch API)."""
@@ -702,40 +699,11 @@ class Session:
 
     # -- durability ---------------------------------------------------------------------------
 
-    async def _flush_periodically(self) -> None:
-        """Group commit: at once when the writer is idle, else at most once an interval.
-
-        Answers that arrive while a commit is being synced wait for the rest of the interval
-        and go out together in the next one, so one fsync serves many rows.
-        """
-        interval = self.job.config.output.commit_interval_ms / 1000
-        while True:
-            await self._flush_wanted.wait()
-            self._flush_wanted = anyio.Event()
-            started = anyio.current_time()
-            await self._flush()
-            await anyio.sleep(max(0.0, started + interval - anyio.current_time()))
-
-    async def _flush(self) -> None:
-        if self.buffer.is_empty:
-            return
-        results, attempts = self.buffer.take()
-        held, self._undurable = self._undurable, 0
-        durable, self._durable = self._durable, anyio.Event()
-        with anyio.CancelScope(shield=True):  # a commit is written whole or not at all
-            async with self._flush_lock:  # batch collection commits beside the periodic flush
-                await anyio.to_thread.run_sync(self.journal.commit, results, attempts)
-        for _ in range(held):
-            self._slots.release()
-        durable.set()
-
     async def _escalated(self, row: RowRequest, attempts: list[AttemptRecord]) -> None:
         """A row climbs a tier: return once its attempts so far are durable (with the next group
         commit), so a crash from here on resumes it at that tier (`store.escalations`)."""
-        durable = self._durable
         self.buffer.add_attempts((row.id, row.row_index, row.row_key), attempts)
-        self._flush_wanted.set()
-        await durable.wait()
+        await self.group_commit.durable()
 
     # -- stopping -----------------------------------------------------------------------------
 
