@@ -18,6 +18,8 @@ Every workload sends the same requests with the same number of worker tasks.
     (h) batchroute-nocache  (f) with the response cache off (`cache: {read: false, write: false}`)
     (i) batchroute-rules    (f) with the keyword rules alone (`classifier: {kind: rules}`): no model
                       (h) and (i) say what two features cost within (f), measured in the same rounds
+    (j) batchroute-offline  (f) with every HTTP attempt answered at once in process
+                      (`_offline_run.py`): batchroute's own CPU, with no client or server in it
 
 The figures that matter are (d)/(c), the dispatcher's overhead in steady state, and (f)/(e),
 the whole tool against the best plain loop as a whole process (targets: at most 1.2 for the
@@ -44,6 +46,8 @@ charge batchroute, and only batchroute, for compiling its own sources on every r
     python benchmarks/bench_overhead.py --only raw-post-proc batchroute --rounds 5 --split
     python benchmarks/bench_overhead.py --only raw-post-proc batchroute batchroute-nocache \
         batchroute-rules --rounds 7 --concurrency 64      # what the cache and the model cost
+    python benchmarks/bench_overhead.py --only raw-post-proc batchroute batchroute-offline \
+        --rounds 5 --concurrency 64 --split               # batchroute's own CPU per request
     git archive REV batchroute | tar -x -C /tmp/base && python benchmarks/bench_overhead.py \
         --only raw-post-proc batchroute batchroute-base --baseline-src /tmp/base --rounds 7
 """
@@ -79,6 +83,8 @@ from _raw_post import MODEL, messages
 
 RAW_POST_SCRIPT = Path(__file__).with_name("_raw_post.py")
 """(e)'s process: the raw-post loop importing only what it needs (openai, anyio, httpx2, json)."""
+OFFLINE_RUN_SCRIPT = Path(__file__).with_name("_offline_run.py")
+"""(j)'s process: `batchroute run` with each HTTP attempt answered in process."""
 Workload = Callable[[str, int, int], Awaitable[float | None]]
 """(base_url, requests, concurrency) -> CPU seconds if the workload measures its own, else None."""
 
@@ -184,9 +190,10 @@ async def batchroute_run(
     *,
     src: str | None = None,
     settings: dict[str, Any] | None = None,
+    offline: bool = False,
 ) -> float:
     """(f); with `src`, the `batchroute` package in that directory instead of this one; with
-    `settings`, these sections of the job replaced."""
+    `settings`, these sections of the job replaced; `offline`, (j)."""
     env = None
     if src is not None:
         env = {**(CHILD_ENV or os.environ), "PYTHONPATH": src}
@@ -214,6 +221,8 @@ async def batchroute_run(
         job_path = Path(tmp) / "job.yaml"
         job_path.write_text(json.dumps(job))  # JSON is YAML
         command = [sys.executable, "-m", "batchroute", "run", str(job_path), "--quiet"]
+        if offline:
+            command = [sys.executable, str(OFFLINE_RUN_SCRIPT), str(job_path)]
         return await anyio.to_thread.run_sync(lambda: _child_cpu_s(command, env=env))
 
 
@@ -234,6 +243,11 @@ async def batchroute_rules_only(base_url: str, count: int, concurrency: int) -> 
     return await batchroute_run(base_url, count, concurrency, settings=settings)
 
 
+async def batchroute_offline(base_url: str, count: int, concurrency: int) -> float:
+    """(j): batchroute's own CPU; against (f), what the client and the sockets cost it."""
+    return await batchroute_run(base_url, count, concurrency, offline=True)
+
+
 WORKLOADS: dict[str, Workload] = {
     "sdk-httpx": sdk_httpx,
     "sdk-aiohttp": sdk_aiohttp,
@@ -244,6 +258,7 @@ WORKLOADS: dict[str, Workload] = {
     "batchroute-base": batchroute_baseline,
     "batchroute-nocache": batchroute_without_cache,
     "batchroute-rules": batchroute_rules_only,
+    "batchroute-offline": batchroute_offline,
 }
 
 
@@ -317,7 +332,11 @@ def _measure_rounds(
     cpu: dict[str, list[float]] = {name: [] for name in names}
     rate: dict[str, list[float]] = {name: [] for name in names}
     small = 10
-    fixed: dict[str, list[float]] = {"raw-post-proc": [], "batchroute": []}
+    fixed: dict[str, list[float]] = {
+        "raw-post-proc": [],
+        "batchroute": [],
+        "batchroute-offline": [],
+    }
     for round_ in range(rounds):
         order = names if round_ % 2 == 0 else names[::-1]
         for name in order:
