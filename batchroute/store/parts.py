@@ -217,8 +217,8 @@ class PartWriter:
     ) -> None:
         """Buffer settled rows and their attempts; write a part once `flush_rows` are buffered.
 
-        Several frames of each may be given: they are concatenated (diagonally) as they are
-        conformed, in one query.
+        Several frames of each may be given: they are concatenated as they are conformed
+        (`_concat`: vertically when their schemas agree, else diagonally).
         """
         conformed = _conform(results, RESULT_SCHEMA, keep_extra=True)
         with self._lock:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 import anyio
 import polars as pl
@@ -99,7 +99,7 @@ def test_answers_within_one_interval_share_one_commit() -> None:
 
 
 def test_its_repr_says_what_it_holds() -> None:
-    async def main() -> Any:
+    async def main() -> str:
         group, _, buffer = _group(slots=1, interval_s=0.025)
         _answer(buffer, group)
         return repr(group)
