@@ -29,7 +29,8 @@ from pathlib import Path
 import polars as pl
 
 from batchroute.config import Job, load_job
-from batchroute.engines.local import RunOptions, RunSummary, run_job
+from batchroute.engines.ending import RunSummary
+from batchroute.engines.local import RunOptions, run_job
 from batchroute.exitcodes import ExitCode
 from batchroute.progress import Progress
 from batchroute.report.tables import ReportSummary

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from batchroute.engines.local import RunSummary
+from batchroute.engines.ending import RunSummary
 from batchroute.exitcodes import ExitCode
 
 __all__ = ["print_run_summary"]

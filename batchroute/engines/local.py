@@ -34,9 +34,9 @@ from batchroute.dataset import Batch
 from batchroute.dispatch.dispatcher import AttemptRecord, Dispatcher, RowOutcome, RowRequest
 from batchroute.dispatch.rows import EscalationProgress
 from batchroute.engines.commits import GroupCommit
+from batchroute.engines.ending import RunSummary, ending, log_finished, manifest_figures
 from batchroute.engines.startup import check_run, claim_run_dir
 from batchroute.engines.workers import Backlog, Lane, WorkerPool, acquire
-from batchroute.exitcodes import ExitCode
 from batchroute.logs import log_event
 from batchroute.pricing.budget import Budget
 from batchroute.pricing.costs import FloatRates
@@ -64,9 +64,7 @@ __all__ = [
     "BatchSource",
     "Classify",
     "RunOptions",
-    "RunSummary",
     "Session",
-    "log_finished",
     "run_job",
 ]
 
@@ -107,28 +105,6 @@ class RunOptions:
     """`--address`: the Ray cluster to join, over the job's `engine.address`."""
 
 
-@dataclass(slots=True)
-class RunSummary:
-    """How a run ended, for the CLI to print and exit with."""
-
-    run_id: str
-    run_dir: Path
-    exit_code: ExitCode
-    counts: dict[str, int]
-    cost_usd: Decimal
-    reused_rows: int
-    sent_rows: int
-    message: str | None = None
-    report: ReportSummary | None = None
-    rejected_rows: int = 0
-    """Input lines `on_invalid_row: skip` set aside in rejects.parquet."""
-    warnings: tuple[str, ...] = ()
-    """What the operator was warned about (a model gone for the run, spend past the forecast
-    by more than `run.warn_overrun_pct`); each was also logged on stderr, and is in run.json."""
-    cached_rows: int = 0
-    """Rows the response cache answered in this session: nothing was sent for them."""
-
-
 def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
     """Run a job to the end (or to a clean stop) and write its results and reports."""
     if (options.engine or job.config.engine.kind) == "ray":
@@ -150,33 +126,6 @@ def run_job(job: Job, options: RunOptions, *, progress: Progress) -> RunSummary:
         summary = run.execute(inputs.dataset.batches, inputs.router.classify)
     log_finished(summary)
     return summary
-
-
-def log_finished(summary: RunSummary) -> None:
-    """The `run_finished` event: how the run ended, its counts, spend and forecast."""
-    forecast = None
-    if summary.report is not None:
-        forecast = summary.report.savings["forecast_cost_usd"][0]
-    ended = ExitCode(summary.exit_code).name.lower()
-    log_event(
-        logger,
-        "run_finished",
-        f"run {summary.run_id} finished: {ended} (exit {int(summary.exit_code)})"
-        + (f": {summary.message}" if summary.message else ""),
-        level=logging.INFO if summary.exit_code == ExitCode.OK else logging.WARNING,
-        exit_code=int(summary.exit_code),
-        exit_status=ended,
-        stop_reason=summary.message,
-        counts=summary.counts,
-        sent_rows=summary.sent_rows,
-        reused_rows=summary.reused_rows,
-        cached_rows=summary.cached_rows,
-        rejected_rows=summary.rejected_rows,
-        cost_usd=summary.cost_usd,
-        forecast_cost_usd=forecast,
-        run_dir=str(summary.run_dir),
-        warnings=list(summary.warnings),
-    )
 
 
 class Session:
@@ -761,21 +710,13 @@ class Session:
         return sum(frame.height for frame in self.rejects)
 
     def _summary(self, *, counts: dict[str, int], report: ReportSummary | None) -> RunSummary:
-        if self._batches_left():
-            code, message = (
-                ExitCode.SUBMITTED,
-                "batches are open at the Batch API; run again later to collect",
-            )
-        elif self.hard_stop or self.stop_status == Status.SKIPPED_INTERRUPTED:
-            code, message = ExitCode.INTERRUPTED, self.stop_message
-        elif self.stop_status == Status.SKIPPED_ABORTED:
-            code, message = ExitCode.ABORTED, self.stop_message
-        elif self.stop_status == Status.SKIPPED_BUDGET:
-            code, message = ExitCode.BUDGET, self.stop_message
-        elif counts.get(Status.FAILED, 0):
-            code, message = ExitCode.SOME_FAILED, None
-        else:
-            code, message = ExitCode.OK, None
+        code, message = ending(
+            batches_open=self._batches_left(),
+            hard_stop=self.hard_stop,
+            stop_status=self.stop_status,
+            stop_message=self.stop_message,
+            counts=counts,
+        )
         return RunSummary(
             run_id=self.run_id,
             run_dir=self.run_dir,
@@ -801,13 +742,7 @@ class Session:
             run_id=self.run_id,
             started_at=self.started_at,
             finished_at=datetime.now(UTC) if finished else None,
-            counts=summary.counts if summary else {},
-            total_cost_usd=summary.cost_usd if summary else Decimal(0),
-            spend=_spend(summary.report) if summary and summary.report else None,
-            exit_code=summary.exit_code if summary else None,
             budget_hit=self.stop_status == Status.SKIPPED_BUDGET,
-            stop_reason=summary.message if summary else None,
-            rejected_rows=summary.rejected_rows if summary else 0,
             price_source=self.prices.source,
             price_sha256=self.prices.sha256,
             sent_rows=self.sent_rows,
@@ -815,28 +750,8 @@ class Session:
             pid=os.getpid(),
             warnings=tuple(self.warnings),
             cached_rows=self.cached_rows,
-            **_cache_figures(summary.report if summary else None),
+            **manifest_figures(summary),
         )
-
-
-def _cache_figures(report: ReportSummary | None) -> dict[str, Any]:
-    """What the response cache answered and saved, for run.json (from savings.parquet)."""
-    if report is None:
-        return {}
-    savings = report.savings.row(0, named=True)
-    return {
-        "cache_hits": savings["cache_hits"],
-        "cache_saved_usd": savings["cache_saved_usd"] or Decimal(0),
-    }
-
-
-def _spend(report: ReportSummary) -> dict[str, Decimal]:
-    """The three parts of a run's total spend, for run.json."""
-    return {
-        "answers_kept_usd": report.cost_usd,
-        "answers_superseded_usd": report.superseded_cost_usd,
-        "failed_attempts_usd": report.failed_cost_usd,
-    }
 
 
 @contextmanager

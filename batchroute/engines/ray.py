@@ -39,15 +39,9 @@ import polars as pl
 
 from batchroute.cache.cluster import start_cache_host
 from batchroute.config import Job
+from batchroute.engines.ending import RunSummary, log_finished
 from batchroute.engines.leases import ClusterLimits
-from batchroute.engines.local import (
-    BatchSource,
-    Classify,
-    RunOptions,
-    RunSummary,
-    Session,
-    log_finished,
-)
+from batchroute.engines.local import BatchSource, Classify, RunOptions, Session
 from batchroute.engines.shard import (
     RunControl,
     ShardResult,

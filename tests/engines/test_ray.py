@@ -21,7 +21,8 @@ import polars as pl
 import pytest
 
 from batchroute.config import load_job
-from batchroute.engines.local import RunOptions, RunSummary, run_job
+from batchroute.engines.ending import RunSummary
+from batchroute.engines.local import RunOptions, run_job
 from batchroute.exitcodes import ExitCode
 from batchroute.progress import Progress
 from batchroute.sim import EmbeddedSimulator
