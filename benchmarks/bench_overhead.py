@@ -41,6 +41,13 @@ libraries both sides import, and an environment with `PYTHONDONTWRITEBYTECODE` w
 charge batchroute, and only batchroute, for compiling its own sources on every run.
 `--no-bytecode-cache` keeps the environment as it is.
 
+`--instructions` counts the instructions each process ran, under valgrind's cachegrind with no
+cache simulation, instead of its CPU time. The count does not move with the machine's load (a
+rerun agrees within 0.3%, where CPU-time rounds spread by 0.1-0.3x), so it says
+which way a change moved the code's work. It does not see the memory system: at concurrency 256
+the raw loop's CPU per instruction is worse than at 64, and so its CPU ratio is better than its
+instruction ratio. One round is enough; each process runs about 40 times slower.
+
     python benchmarks/bench_overhead.py            # 5,000 requests at concurrency 64 and 256
     python benchmarks/bench_overhead.py --quick    # 1,000 requests
     python benchmarks/bench_overhead.py --only raw-post-proc batchroute --rounds 5 --split
@@ -48,6 +55,8 @@ charge batchroute, and only batchroute, for compiling its own sources on every r
         batchroute-rules --rounds 7 --concurrency 64      # what the cache and the model cost
     python benchmarks/bench_overhead.py --only raw-post-proc batchroute batchroute-offline \
         --rounds 5 --concurrency 64 --split               # batchroute's own CPU per request
+    python benchmarks/bench_overhead.py --only raw-post-proc batchroute batchroute-nocache \
+        batchroute-rules batchroute-offline --instructions --split   # the same, in instructions
     git archive REV batchroute | tar -x -C /tmp/base && python benchmarks/bench_overhead.py \
         --only raw-post-proc batchroute batchroute-base --baseline-src /tmp/base --rounds 7
 """
@@ -59,6 +68,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -169,8 +180,32 @@ BASELINE_SRC: str | None = None
 """`--baseline-src`: a directory holding another version's `batchroute/` package."""
 
 
+COUNT_INSTRUCTIONS = False
+"""`--instructions`: a process workload's figure is the instructions it ran (in billions), counted
+by valgrind, instead of its CPU seconds."""
+VALGRIND = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+_INSTRUCTIONS = re.compile(r"I\s+refs:\s+([\d,]+)")
+FIGURE, UNIT, TOTAL_UNIT, FINE_UNIT = "CPU", "CPU-ms", "s of CPU", "us of CPU"
+"""What is measured, per request, in all, and in thousandths of a request's unit; `main` sets
+them for `--instructions`."""
+
+
 def _child_cpu_s(command: list[str], *, env: dict[str, str] | None = None) -> float:
-    """Run a command to the end; return its user + system CPU seconds."""
+    """Run a command to the end; return its user + system CPU seconds (`--instructions`: the
+    billions of instructions it ran, from cachegrind's summary)."""
+    if COUNT_INSTRUCTIONS:
+        done = subprocess.run(
+            [*VALGRIND, *command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env or CHILD_ENV,
+            text=True,
+            check=False,
+        )
+        counted = _INSTRUCTIONS.search(done.stderr)
+        if done.returncode != 0 or counted is None:
+            raise SystemExit(f"{command[:4]} exited {done.returncode}: {done.stderr[-2000:]}")
+        return int(counted.group(1).replace(",", "")) / 1e9
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env or CHILD_ENV)
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -248,6 +283,8 @@ async def batchroute_offline(base_url: str, count: int, concurrency: int) -> flo
     return await batchroute_run(base_url, count, concurrency, offline=True)
 
 
+IN_PROCESS = {"sdk-httpx", "sdk-aiohttp", "raw-post", "dispatcher"}
+"""The workloads measured inside this process: `--instructions` cannot count them apart."""
 WORKLOADS: dict[str, Workload] = {
     "sdk-httpx": sdk_httpx,
     "sdk-aiohttp": sdk_aiohttp,
@@ -279,7 +316,7 @@ def _bytecode_cache_env(directory: str) -> dict[str, str]:
 
 
 def main() -> None:
-    global CHILD_ENV, BASELINE_SRC
+    global CHILD_ENV, BASELINE_SRC, COUNT_INSTRUCTIONS, FIGURE, UNIT, TOTAL_UNIT, FINE_UNIT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 requests instead of 5,000")
     parser.add_argument("--requests", type=int)
@@ -300,8 +337,28 @@ def main() -> None:
         action="store_true",
         help="leave the measured processes free to use every CPU (the simulator stays pinned)",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count the instructions each process ran (valgrind's cachegrind) instead of its CPU "
+        "time: the same figure on a quiet or a busy machine, about 40 times slower to get; the "
+        "process workloads only",
+    )
     args = parser.parse_args()
     BASELINE_SRC = args.baseline_src
+    COUNT_INSTRUCTIONS = args.instructions
+    if COUNT_INSTRUCTIONS:
+        FIGURE, UNIT, TOTAL_UNIT, FINE_UNIT = (
+            "instructions",
+            "M-instr",
+            "billion instructions",
+            "thousand instructions",
+        )
+        in_process = set(args.only or WORKLOADS) & IN_PROCESS
+        if in_process:
+            parser.error(f"--instructions counts processes; leave out {sorted(in_process)}")
+        if shutil.which("valgrind") is None:
+            parser.error("--instructions needs valgrind on the PATH (apt install valgrind)")
     if args.only and "batchroute-base" in args.only and BASELINE_SRC is None:
         parser.error("batchroute-base needs --baseline-src DIR")
     count = args.requests or (1000 if args.quick else 5000)
@@ -347,7 +404,7 @@ def _measure_rounds(
                 fixed[name].append(measure(WORKLOADS[name], base_url, small, concurrency)[0])
     for name in names:
         print(
-            f"c={concurrency:<4} {name:<18} {statistics.median(cpu[name]):6.3f} CPU-ms/request  "
+            f"c={concurrency:<4} {name:<18} {statistics.median(cpu[name]):6.3f} {UNIT}/request  "
             f"{statistics.median(rate[name]):7.0f} requests/s  (median of {rounds})"
         )
     if "dispatcher" in cpu and "raw-post" in cpu:
@@ -355,7 +412,10 @@ def _measure_rounds(
         print(f"c={concurrency:<4} dispatcher / raw-post CPU: {ratio:.3f}x (target <= 1.2)")
     if "batchroute" in cpu and "batchroute-base" in cpu:
         ratio = _median_ratio(cpu["batchroute"], cpu["batchroute-base"])
-        print(f"c={concurrency:<4} batchroute / batchroute-base ({BASELINE_SRC}) CPU: {ratio:.3f}x")
+        print(
+            f"c={concurrency:<4} batchroute / batchroute-base ({BASELINE_SRC}) {FIGURE}: "
+            f"{ratio:.3f}x"
+        )
     for feature, without in (
         ("the response cache", "batchroute-nocache"),
         ("the router model", "batchroute-rules"),
@@ -366,17 +426,23 @@ def _measure_rounds(
                 a - b for a, b in zip(cpu["batchroute"], cpu[without], strict=True)
             )
             print(
-                f"c={concurrency:<4} {feature}: {100 * share:.1f}% of batchroute's CPU "
-                f"({cost_ms * 1000:.1f} us of CPU per request over {count} requests, "
+                f"c={concurrency:<4} {feature}: {100 * share:.1f}% of batchroute's {FIGURE} "
+                f"({cost_ms * 1000:.1f} {FINE_UNIT} per request over {count} requests, "
                 f"against {without} in the same rounds)"
             )
     if "batchroute" in cpu and "raw-post-proc" in cpu:
         ratios = [a / b for a, b in zip(cpu["batchroute"], cpu["raw-post-proc"], strict=True)]
+        # Under valgrind a process runs some 40 times slower: its rate says nothing.
+        speed = (
+            ""
+            if COUNT_INSTRUCTIONS
+            else f"; batchroute {statistics.median(rate['batchroute']):.0f} requests/s "
+            "(target >= 600)"
+        )
         print(
-            f"c={concurrency:<4} batchroute run / raw-post process CPU: "
+            f"c={concurrency:<4} batchroute run / raw-post process {FIGURE}: "
             f"{statistics.median(ratios):.3f}x (target <= 1.15; rounds: "
-            f"{', '.join(f'{r:.3f}' for r in ratios)}); batchroute "
-            f"{statistics.median(rate['batchroute']):.0f} requests/s (target >= 600)"
+            f"{', '.join(f'{r:.3f}' for r in ratios)}){speed}"
         )
     for name, small_ms in fixed.items():
         if small_ms:
@@ -384,8 +450,9 @@ def _measure_rounds(
             total_s = statistics.median(cpu[name]) * count / 1000
             marginal_ms = (total_s - fixed_s) * 1000 / (count - small)
             print(
-                f"c={concurrency:<4} {name:<18} fixed {fixed_s:.3f} s (CPU of {small} requests) "
-                f"+ {marginal_ms:.3f} ms/request"
+                f"c={concurrency:<4} {name:<18} fixed {fixed_s:.3f} {TOTAL_UNIT} "
+                f"({small} requests) "
+                f"+ {marginal_ms:.3f} {UNIT}/request"
             )
 
 
