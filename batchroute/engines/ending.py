@@ -10,8 +10,9 @@ order of precedence (the first that holds wins):
     some row failed                       SOME_FAILED
     otherwise                             OK
 
-The local session, the Ray driver and a shard all end through here, so `run.json`, the closing
-lines and the `run_finished` event say the same thing whichever engine ran.
+The local session and the Ray driver both end through here (a shard reports to the driver
+instead), so `run.json`, the closing lines and the `run_finished` event say the same thing
+whichever engine ran.
 """
 
 from __future__ import annotations
