@@ -97,7 +97,8 @@ RAW_POST_SCRIPT = Path(__file__).with_name("_raw_post.py")
 OFFLINE_RUN_SCRIPT = Path(__file__).with_name("_offline_run.py")
 """(j)'s process: `batchroute run` with each HTTP attempt answered in process."""
 Workload = Callable[[str, int, int], Awaitable[float | None]]
-"""(base_url, requests, concurrency) -> CPU seconds if the workload measures its own, else None."""
+"""(base_url, requests, concurrency) -> the process's figure if the workload runs one (CPU
+seconds, or billions of instructions with `--instructions`), else None: this process's CPU."""
 
 
 async def _workers(count: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
@@ -190,9 +191,9 @@ FIGURE, UNIT, TOTAL_UNIT, FINE_UNIT = "CPU", "CPU-ms", "s of CPU", "us of CPU"
 them for `--instructions`."""
 
 
-def _child_cpu_s(command: list[str], *, env: dict[str, str] | None = None) -> float:
-    """Run a command to the end; return its user + system CPU seconds (`--instructions`: the
-    billions of instructions it ran, from cachegrind's summary)."""
+def _child_cost(command: list[str], *, env: dict[str, str] | None = None) -> float:
+    """Run a command to the end; return its figure: its user + system CPU seconds, or with
+    `--instructions` the billions of instructions it ran (cachegrind's summary)."""
     if COUNT_INSTRUCTIONS:
         done = subprocess.run(
             [*VALGRIND, *command],
@@ -215,7 +216,7 @@ def _child_cpu_s(command: list[str], *, env: dict[str, str] | None = None) -> fl
 
 async def raw_post_process(base_url: str, count: int, concurrency: int) -> float:
     command = [sys.executable, str(RAW_POST_SCRIPT), base_url, str(count), str(concurrency)]
-    return await anyio.to_thread.run_sync(_child_cpu_s, command)
+    return await anyio.to_thread.run_sync(_child_cost, command)
 
 
 async def batchroute_run(
@@ -258,7 +259,7 @@ async def batchroute_run(
         command = [sys.executable, "-m", "batchroute", "run", str(job_path), "--quiet"]
         if offline:
             command = [sys.executable, str(OFFLINE_RUN_SCRIPT), str(job_path)]
-        return await anyio.to_thread.run_sync(lambda: _child_cpu_s(command, env=env))
+        return await anyio.to_thread.run_sync(lambda: _child_cost(command, env=env))
 
 
 async def batchroute_baseline(base_url: str, count: int, concurrency: int) -> float:
@@ -300,7 +301,8 @@ WORKLOADS: dict[str, Workload] = {
 
 
 def measure(workload: Workload, base_url: str, count: int, concurrency: int) -> tuple[float, float]:
-    """(CPU ms per request, requests per second) of one workload."""
+    """(the figure per request, requests per second) of one workload: CPU ms, or with
+    `--instructions` millions of instructions."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
     own_cpu = anyio.run(workload, base_url, count, concurrency)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0

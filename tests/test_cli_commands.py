@@ -4,6 +4,7 @@ with no directory, and output that survives a pipe."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -181,7 +182,7 @@ def test_the_command_line_keeps_numpys_blas_to_one_thread(
     pytest.importorskip("threadpoolctl")
     env = {
         k: v
-        for k, v in __import__("os").environ.items()
+        for k, v in os.environ.items()
         if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
     }
     if user_setting is not None:
